@@ -1,0 +1,1 @@
+"""Cluster client (issue 3)."""

@@ -1,0 +1,1 @@
+"""Cluster tooling (issue 4)."""

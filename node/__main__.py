@@ -1,0 +1,126 @@
+"""``ringcache-node`` / ``python -m ringcache.node``: start one node from memcached's flags.
+
+This module owns the process: argument errors and exit codes, ``-h``/``-V``, the ``-vv``
+class table, ``-d``/``-P``/``-u``, and clean exit on SIGTERM/SIGINT. Serving is ``server``'s.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+
+import trio
+
+from .config import USAGE, VERSION, Config, ConfigError, parse_args
+from .server import ListenError, Node, open_listeners
+from .slabs import class_table
+
+EX_USAGE = 64
+EX_OSERR = 71
+
+
+def _daemonize() -> None:
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def _drop_privileges(user: str) -> None:
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise ConfigError(f"can't find the user {user} to switch to") from None
+    os.setgroups([])
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+
+
+def _write_port_file(listeners) -> None:
+    """memcached's ``MEMCACHED_PORT_FILENAME``: report the bound ports (useful with ``-p 0``)."""
+    path = os.environ.get("MEMCACHED_PORT_FILENAME")
+    if not path:
+        return
+    with open(path + ".lck", "a") as fh:
+        for sock in listeners:
+            kind = "INET6" if sock.family == socket.AF_INET6 else "INET"
+            fh.write(f"TCP {kind}: {sock.getsockname()[1]}\n")
+    os.rename(path + ".lck", path)
+
+
+async def _run(node: Node) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def stop_on_signal() -> None:
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(stop_on_signal)
+            await node.serve()
+            nursery.cancel_scope.cancel()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        cfg: Config = parse_args(args)
+    except ConfigError as exc:
+        print(f"ringcache-node: {exc}", file=sys.stderr)
+        return EX_USAGE
+    if cfg.show_help:
+        print(USAGE.format(version=VERSION), end="")
+        return 0
+    if cfg.show_version:
+        print(f"memcached {VERSION} (ringcache-node)")
+        return 0
+    for note in cfg.notes:
+        if cfg.verbose:
+            print(f"note: {note}", file=sys.stderr)
+    try:
+        listeners = open_listeners(cfg)
+    except ListenError as exc:
+        print(exc.strerror, file=sys.stderr)
+        return EX_OSERR
+    _write_port_file(listeners)
+    try:
+        if cfg.user and os.geteuid() == 0:
+            _drop_privileges(cfg.user)
+    except (ConfigError, OSError) as exc:
+        print(f"ringcache-node: {exc}", file=sys.stderr)
+        return EX_OSERR
+    if cfg.daemonize:
+        _daemonize()
+    if cfg.pidfile:
+        with open(cfg.pidfile, "w") as fh:
+            fh.write(f"{os.getpid()}\n")
+    if cfg.verbose > 1:
+        sys.stderr.write(class_table(cfg))
+        sys.stderr.flush()
+    node = Node(cfg)
+    node.listeners = listeners
+    try:
+        trio.run(_run, node)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if cfg.pidfile:
+            try:
+                os.unlink(cfg.pidfile)
+            except OSError:
+                pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

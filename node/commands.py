@@ -1,0 +1,530 @@
+"""One connection's request handling, sans-IO: parsed requests in, reply bytes out.
+
+This module owns command dispatch and the rules that decide each reply (token counts,
+``noreply``, the order of checks, which error a bad request gets) following memcached 1.6.18's
+proto_text.c. It is the one place where a ``ProtocolError`` becomes reply bytes. It calls the
+store and renders ``stats`` through ``stats``; it never does I/O, so it is tested with bytes in
+and bytes out, and ``server`` drives it over sockets.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from . import stats as stats_text
+from .config import VERSION
+from .protocol import (
+    MAX_TOKENS,
+    R_BAD_DATA_CHUNK,
+    R_BAD_FORMAT,
+    R_DELETED,
+    R_END,
+    R_ERROR,
+    R_EXISTS,
+    R_NOT_FOUND,
+    R_NOT_STORED,
+    R_OK,
+    R_RESET,
+    R_STORED,
+    R_TOUCHED,
+    ClientError,
+    Close,
+    Parser,
+    ProtocolError,
+    ServerError,
+    StorageRequest,
+    bad_format,
+)
+from .store import (
+    EXISTS,
+    KEY_MAX_LENGTH,
+    NO_MEMORY,
+    NON_NUMERIC,
+    NOT_FOUND,
+    NOT_STORED,
+    STORED,
+    TOO_LARGE,
+    c_strtonum,
+)
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .store import Store
+
+_STORE_REPLIES = {
+    STORED: R_STORED,
+    NOT_STORED: R_NOT_STORED,
+    EXISTS: R_EXISTS,
+    NOT_FOUND: R_NOT_FOUND,
+}
+R_TOO_LARGE = b"SERVER_ERROR object too large for cache\r\n"
+R_NO_MEMORY = b"SERVER_ERROR out of memory storing object\r\n"
+
+# A multiget with more keys than this is answered in slices between sends, so that one
+# request cannot make the node build an unbounded reply in memory.
+GET_SLICE = 100
+STREAM_CHUNK = 256 * 1024
+
+
+class NodeState:
+    """What the sessions of one node share besides the store: settings and connections."""
+
+    def __init__(self, cfg: Config, store: Store, log: Callable[[str], None] | None = None):
+        self.cfg = cfg
+        self.store = store
+        self.verbosity = cfg.verbose
+        self.connections: dict[int, Session] = {}
+        self.next_id = 0
+        self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.listen_addr = f"{cfg.listen}:{cfg.port}"
+        self.shutdown_requested = False
+
+    def conns_text(self) -> bytes:
+        now = self.store.clock.now
+        lines = [
+            f"STAT {sid}:addr tcp:{s.peer}\r\nSTAT {sid}:listen_addr tcp:{self.listen_addr}\r\n"
+            f"STAT {sid}:state conn_parse_cmd\r\n"
+            f"STAT {sid}:secs_since_last_cmd {now - s.last_cmd}\r\n"
+            for sid, s in sorted(self.connections.items())
+        ]
+        return ("".join(lines) + "END\r\n").encode()
+
+
+class Session:
+    """The protocol state of one client connection."""
+
+    def __init__(self, node: NodeState, peer: str = "127.0.0.1:0") -> None:
+        self.node = node
+        self.store = node.store
+        self.stats = node.store.stats
+        self.parser = Parser(self.store.item_size_ok)
+        self.peer = peer
+        node.next_id += 1
+        self.id = node.next_id
+        self.last_cmd = self.store.clock.now
+        self.stream: Iterator[bytes] | None = None
+        self.closing = False
+        self._dispatch = {
+            b"get": self._get,
+            b"gets": self._gets,
+            b"bget": self._get,
+            b"gat": self._gat,
+            b"gats": self._gats,
+            b"delete": self._delete,
+            b"incr": self._incr,
+            b"decr": self._decr,
+            b"touch": self._touch,
+            b"stats": self._stats,
+            b"flush_all": self._flush_all,
+            b"version": self._version,
+            b"verbosity": self._verbosity,
+            b"quit": self._quit,
+            b"shutdown": self._shutdown,
+            b"slabs": self._slabs,
+            b"lru_crawler": self._lru_crawler,
+            b"cache_memlimit": self._cache_memlimit,
+        }
+
+    # -- driving ---------------------------------------------------------------------------
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        self.parser.feed(data)
+        self.stats.bytes_read += len(data)
+
+    def step(self, max_requests: int = 20, max_bytes: int = 4 * 1024 * 1024) -> tuple[bytes, bool]:
+        """Answer up to ``max_requests`` buffered requests: ``(reply_bytes, more)``.
+
+        ``more`` is true when buffered requests or a streamed reply remain; the caller sends
+        the bytes, yields to other connections, and calls ``step`` again. ``self.closing``
+        says the connection must be closed after the bytes are sent.
+        """
+        out: list[bytes] = []
+        size = 0
+        parser = self.parser
+        for _ in range(max_requests):
+            if self.stream is not None:
+                for chunk in self.stream:
+                    out.append(chunk)
+                    size += len(chunk)
+                    if size >= max_bytes:
+                        break
+                else:
+                    self.stream = None
+                if self.stream is not None:
+                    break
+            try:
+                req = parser.next()
+            except Close:
+                self.closing = True
+                break
+            except ProtocolError as exc:
+                self._verbose_in(b"<storage line>")
+                if not getattr(exc, "noreply", False):
+                    out.append(self._reply(exc.reply()))
+                continue
+            if req is None:
+                break
+            self.last_cmd = self.store.clock.now
+            try:
+                if type(req) is list:
+                    reply = self._command(req, out)
+                else:
+                    reply = self._storage(req)
+            except ProtocolError as exc:
+                reply = exc.reply()
+            except Close:
+                self.closing = True
+                break
+            if reply:
+                out.append(self._reply(reply) if self.node.verbosity > 1 else reply)
+            if self.closing:
+                break
+        data = b"".join(out)
+        self.stats.bytes_written += len(data)
+        more = not self.closing and (self.stream is not None or parser.buffered() > 0)
+        return data, more
+
+    def _reply(self, reply: bytes) -> bytes:
+        if self.node.verbosity > 1:
+            first = reply.split(b"\r\n", 1)[0]
+            self.node.log(f">{self.id} {first.decode('latin-1')}")
+        return reply
+
+    def _verbose_in(self, line: bytes) -> None:
+        if self.node.verbosity > 1:
+            self.node.log(f"<{self.id} {line.decode('latin-1')}")
+
+    # -- storage ---------------------------------------------------------------------------
+    def _storage(self, req: StorageRequest) -> bytes:
+        if self.node.verbosity > 1:
+            self._verbose_in(b"%s %d bytes" % (req.key, req.nbytes - 2))
+        store = self.store
+        exptime = store.clock.realtime(req.exptime)
+        if req.data is None:
+            store.oversized(req.mode, req.key)
+            return b"" if req.noreply else R_TOO_LARGE
+        if req.data[-2:] != b"\r\n":
+            return b"" if req.noreply else R_BAD_DATA_CHUNK
+        result, _ = store.store(req.mode, req.key, req.flags, exptime, req.data, req.cas)
+        if req.noreply:
+            return b""
+        if result == TOO_LARGE:
+            return R_TOO_LARGE
+        if result == NO_MEMORY:
+            return R_NO_MEMORY
+        return _STORE_REPLIES[result]
+
+    # -- other commands --------------------------------------------------------------------
+    def _command(self, tokens: list[bytes], out: list[bytes]) -> bytes:
+        self._verbose_in(b" ".join(tokens))
+        ntokens = min(len(tokens), MAX_TOKENS - 1) + 1
+        if ntokens < 2 or len(tokens[0]) < 2:
+            return R_ERROR
+        handler = self._dispatch.get(tokens[0])
+        if handler is None:
+            if tokens[-1].startswith(b"HTTP/") or tokens[min(len(tokens), 23) - 1].startswith(
+                b"HTTP/"
+            ):
+                raise Close()
+            return R_ERROR
+        return handler(tokens, ntokens, out)
+
+    def _noreply(self, tokens: list[bytes], ntokens: int) -> bool:
+        return tokens[ntokens - 2] == b"noreply"
+
+    def _get(self, tokens, ntokens, out):
+        return self._retrieve(tokens, ntokens, False, None)
+
+    def _gets(self, tokens, ntokens, out):
+        return self._retrieve(tokens, ntokens, True, None)
+
+    def _gat(self, tokens, ntokens, out):
+        return self._touch_retrieve(tokens, ntokens, False)
+
+    def _gats(self, tokens, ntokens, out):
+        return self._touch_retrieve(tokens, ntokens, True)
+
+    def _touch_retrieve(self, tokens, ntokens, with_cas):
+        if ntokens < 3:
+            return R_ERROR
+        exptime = c_strtonum(tokens[1], 32, True)
+        if exptime is None:
+            raise ClientError("invalid exptime argument")
+        return self._answer(tokens[2:], with_cas, self.store.clock.realtime(exptime))
+
+    def _retrieve(self, tokens, ntokens, with_cas, touch):
+        if ntokens < 3:
+            return R_ERROR
+        return self._answer(tokens[1:], with_cas, touch)
+
+    def _answer(self, keys, with_cas, touch):
+        if len(keys) > GET_SLICE:
+            self.stream = self._retrieve_stream(keys, with_cas, touch)
+            return b""
+        return self._retrieve_keys(keys, with_cas, touch, True)
+
+    def _retrieve_stream(self, keys, with_cas, touch) -> Iterator[bytes]:
+        for i in range(0, len(keys), GET_SLICE):
+            yield self._retrieve_keys(
+                keys[i : i + GET_SLICE], with_cas, touch, i + GET_SLICE >= len(keys)
+            )
+
+    def _retrieve_keys(self, keys, with_cas, touch, last) -> bytes:
+        store = self.store
+        st = self.stats
+        counters = st.cls
+        parts = []
+        for key in keys:
+            if len(key) > KEY_MAX_LENGTH:
+                # memcached drops what it gathered and answers with an error instead of END.
+                return R_BAD_FORMAT
+            hit = store.get(key, touch)
+            if touch is None:
+                st.cmd_get += 1
+            else:
+                st.cmd_touch += 1
+            if hit is None:
+                if touch is None:
+                    st.get_misses += 1
+                else:
+                    st.touch_misses += 1
+                continue
+            flags, data, cas, clsid = hit
+            if touch is None:
+                counters[clsid].get_hits += 1
+            else:
+                counters[clsid].touch_hits += 1
+            if with_cas:
+                parts.append(b"VALUE %s %d %d %d\r\n" % (key, flags, len(data) - 2, cas))
+            else:
+                parts.append(b"VALUE %s %d %d\r\n" % (key, flags, len(data) - 2))
+            parts.append(data)
+        if last:
+            parts.append(R_END)
+        return b"".join(parts)
+
+    def _delete(self, tokens, ntokens, out):
+        if not 3 <= ntokens <= 5:
+            return R_ERROR
+        noreply = False
+        if ntokens > 3:
+            hold_is_zero = tokens[2] == b"0"
+            noreply = self._noreply(tokens, ntokens)
+            valid = (ntokens == 4 and (hold_is_zero or noreply)) or (
+                ntokens == 5 and hold_is_zero and noreply
+            )
+            if not valid:
+                if noreply:
+                    return b""
+                raise ClientError("bad command line format.  Usage: delete <key> [noreply]")
+        if len(tokens[1]) > KEY_MAX_LENGTH:
+            return b"" if noreply else R_BAD_FORMAT
+        found = self.store.delete(tokens[1])
+        if noreply:
+            return b""
+        return R_DELETED if found else R_NOT_FOUND
+
+    def _incr(self, tokens, ntokens, out):
+        return self._arith(tokens, ntokens, True)
+
+    def _decr(self, tokens, ntokens, out):
+        return self._arith(tokens, ntokens, False)
+
+    def _arith(self, tokens, ntokens, incr):
+        if ntokens not in (4, 5):
+            return R_ERROR
+        noreply = self._noreply(tokens, ntokens)
+        if len(tokens[1]) > KEY_MAX_LENGTH:
+            error = bad_format()
+        else:
+            delta = c_strtonum(tokens[2], 64, False)
+            if delta is None:
+                error = ClientError("invalid numeric delta argument")
+            else:
+                result = self.store.delta(tokens[1], incr, delta)
+                if noreply:
+                    return b""
+                if type(result) is bytes:
+                    return result + b"\r\n"
+                if result == NOT_FOUND:
+                    return R_NOT_FOUND
+                if result == NON_NUMERIC:
+                    error = ClientError("cannot increment or decrement non-numeric value")
+                else:
+                    error = ServerError("out of memory")
+        return b"" if noreply else error.reply()
+
+    def _touch(self, tokens, ntokens, out):
+        if ntokens not in (4, 5):
+            return R_ERROR
+        noreply = self._noreply(tokens, ntokens)
+        if len(tokens[1]) > KEY_MAX_LENGTH:
+            return b"" if noreply else R_BAD_FORMAT
+        exptime = c_strtonum(tokens[2], 32, True)
+        if exptime is None:
+            return b"" if noreply else ClientError("invalid exptime argument").reply()
+        found = self.store.touch(tokens[1], self.store.clock.realtime(exptime))
+        if noreply:
+            return b""
+        return R_TOUCHED if found else R_NOT_FOUND
+
+    def _flush_all(self, tokens, ntokens, out):
+        if not 2 <= ntokens <= 4:
+            return R_ERROR
+        noreply = self._noreply(tokens, ntokens)
+        delay = 0
+        if ntokens != (3 if noreply else 2):
+            delay = c_strtonum(tokens[1], 32, True)
+            if delay is None:
+                self.stats.cmd_flush += 1
+                return b"" if noreply else ClientError("invalid exptime argument").reply()
+        self.store.flush_all(delay)
+        return b"" if noreply else R_OK
+
+    def _version(self, tokens, ntokens, out):
+        return b"VERSION %s\r\n" % VERSION.encode()
+
+    def _verbosity(self, tokens, ntokens, out):
+        if ntokens not in (3, 4):
+            return R_ERROR
+        noreply = self._noreply(tokens, ntokens)
+        level = c_strtonum(tokens[1], 32, False)
+        if level is None:
+            return b"" if noreply else R_BAD_FORMAT
+        self.node.verbosity = min(level, 2)
+        return b"" if noreply else R_OK
+
+    def _quit(self, tokens, ntokens, out):
+        raise Close()
+
+    def _shutdown(self, tokens, ntokens, out):
+        # Like memcached without -A; with -A the server stops (handled by server.py).
+        if not self.node.cfg.shutdown_command:
+            return b"ERROR: shutdown not enabled\r\n"
+        if ntokens == 2 or (ntokens == 3 and tokens[1] == b"graceful"):
+            self.node.shutdown_requested = True
+            raise Close()
+        raise ClientError("invalid shutdown mode")
+
+    def _cache_memlimit(self, tokens, ntokens, out):
+        if ntokens not in (3, 4):
+            return R_ERROR
+        raise ClientError("cache_memlimit is not supported: restart the node with another -m")
+
+    def _stats(self, tokens, ntokens, out):
+        store = self.store
+        node = self.node
+        if ntokens == 2:
+            return stats_text.general(store, node.cfg, len(node.connections))
+        sub = tokens[1]
+        if sub == b"reset":
+            self.stats.reset()
+            return R_RESET
+        if sub == b"detail":
+            if ntokens >= 4 and tokens[2] in (b"on", b"off"):
+                return R_OK
+            if ntokens >= 4 and tokens[2] == b"dump":
+                return R_END
+            raise ClientError("usage: stats detail on|off|dump")
+        if sub == b"settings":
+            return stats_text.settings(store, node.cfg, node.verbosity)
+        if sub == b"cachedump":
+            if ntokens < 5:
+                raise ClientError("bad command line")
+            clsid = c_strtonum(tokens[2], 32, False)
+            limit = c_strtonum(tokens[3], 32, False)
+            if clsid is None or limit is None:
+                raise bad_format()
+            if clsid >= 64:
+                raise ClientError("Illegal slab id")
+            return store.cachedump(clsid, limit)
+        if sub == b"conns":
+            return node.conns_text()
+        if sub == b"items":
+            return stats_text.items(store)
+        if sub == b"slabs":
+            return stats_text.slabs(store)
+        if sub == b"sizes":
+            return stats_text.sizes()
+        return R_ERROR
+
+    def _slabs(self, tokens, ntokens, out):
+        if ntokens == 5 and tokens[1] == b"reassign":
+            src = c_strtonum(tokens[2], 32, True)
+            dst = c_strtonum(tokens[3], 32, True)
+            if src is None or dst is None:
+                raise bad_format()
+            word = self.store.reassign(src, dst)
+            return {
+                "OK": R_OK,
+                "BUSY": b"BUSY currently processing reassign request\r\n",
+                "BADCLASS": b"BADCLASS invalid src or dst class id\r\n",
+                "NOSPARE": b"NOSPARE source class has no spare pages\r\n",
+                "SAME": b"SAME src and dst class are identical\r\n",
+            }[word]
+        if ntokens >= 4 and tokens[1] == b"automove":
+            noreply = self._noreply(tokens, ntokens)
+            if tokens[2] == b"ratio":
+                if ntokens < 5 or _c_strtod(tokens[3]) is None:
+                    return b"" if noreply else R_ERROR
+                return b"" if noreply else R_OK
+            level = c_strtonum(tokens[2], 32, False)
+            if level is None:
+                return b"" if noreply else R_BAD_FORMAT
+            if level > 2:
+                return b"" if noreply else R_ERROR
+            self.store.automove = level
+            return b"" if noreply else R_OK
+        return R_ERROR
+
+    def _lru_crawler(self, tokens, ntokens, out):
+        if ntokens == 4 and tokens[1] == b"metadump":
+            if out:
+                return b"ERROR cannot pipeline other commands before metadump\r\n"
+            which = tokens[2]
+            if which == b"all":
+                classes = None
+            else:
+                classes = set()
+                for part in which.split(b","):
+                    clsid = c_strtonum(part, 32, False)
+                    if clsid is None or not 1 <= clsid <= self.store.slabs.largest:
+                        return b"BADCLASS invalid class id\r\n"
+                    classes.add(clsid)
+            self.stream = self._metadump(classes)
+            return b""
+        if ntokens == 4 and tokens[1] == b"crawl":
+            self.store.stats.lru_crawler_starts += 1
+            self.store.crawl(budget=10_000_000)
+            return R_OK
+        if ntokens == 4 and tokens[1] in (b"tocrawl", b"sleep"):
+            value = c_strtonum(tokens[2], 32, False)
+            if value is None:
+                raise bad_format()
+            if tokens[1] == b"sleep" and value > 1_000_000:
+                raise ClientError("sleep must be one second or less")
+            return R_OK
+        if ntokens == 3 and tokens[1] in (b"enable", b"disable"):
+            return R_OK
+        return R_ERROR
+
+    def _metadump(self, classes) -> Iterator[bytes]:
+        chunk: list[bytes] = []
+        size = 0
+        for line in self.store.metadump(classes):
+            chunk.append(line)
+            size += len(line)
+            if size >= STREAM_CHUNK:
+                yield b"".join(chunk)
+                chunk = []
+                size = 0
+        chunk.append(R_END)
+        yield b"".join(chunk)
+
+
+def _c_strtod(text: bytes) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None

@@ -1,0 +1,259 @@
+"""Command-line configuration of a node: memcached's own flags, parsed into one frozen dataclass.
+
+This module owns flag syntax, defaults and validation (with memcached's messages where it has
+them). It does not start anything; ``__main__`` and ``server`` consume the ``Config``.
+"""
+
+from __future__ import annotations
+
+import getopt
+from dataclasses import dataclass, field
+
+PAGE_SIZE = 1024 * 1024
+ITEM_SIZE_MAX_LOWER = 1024
+ITEM_SIZE_MAX_UPPER = 1024 * 1024 * 1024
+VERSION = "1.6.18"
+
+USAGE = """ringcache-node {version} (memcached-compatible)
+-p, --port=<num>          TCP port to listen on (default: 11211)
+-U, --udp-port=<num>      UDP port: only 0 is accepted, UDP is never served
+-l, --listen=<addr>       interface to listen on (default: 127.0.0.1)
+-d, --daemon              run as a daemon
+-u, --user=<user>         assume identity of <username> (only when run as root)
+-m, --memory-limit=<num>  item memory in megabytes (default: 64)
+-c, --conn-limit=<num>    max simultaneous connections (default: 1024)
+-M, --disable-evictions   return error on memory exhausted instead of evicting
+-v, --verbose             verbose (print errors/warnings while in event loop)
+-vv                       very verbose (also print client commands/responses)
+-vvv                      extremely verbose (internal state transitions)
+-h, --help                print this help and exit
+-V, --version             print version and exit
+-P, --pidfile=<file>      save PID in <file>, only used with -d option
+-f, --slab-growth-factor=<num> chunk size growth factor (default: 1.25)
+-n, --slab-min-size=<bytes> min space used for key+value+flags (default: 48)
+-t, --threads=<num>       accepted for compatibility; a node is single-threaded and
+                          scales by running more nodes (default: 4)
+-I, --max-item-size=<num> adjusts max item size (default: 1m, min: 1k, max: 1024m)
+-A, --enable-shutdown     enable ascii "shutdown" command
+-o, --extended            comma separated list of extended options:
+   - idle_timeout:        timeout for idle connections in seconds (default: 0, off)
+   - slab_chunk_max:      maximum slab chunk size in bytes (default: 512k)
+   - slab_automove:       0 = off, 1 = move pages between classes (default: 1)
+   - no_lru_crawler:      disable the background expired-item crawler
+"""
+
+
+class ConfigError(ValueError):
+    """A flag or flag value that memcached would refuse; the message is for the user."""
+
+
+@dataclass(frozen=True)
+class Config:
+    port: int = 11211
+    listen: str = "127.0.0.1"
+    memory_limit: int = 64 * 1024 * 1024
+    max_connections: int = 1024
+    growth_factor: float = 1.25
+    chunk_size: int = 48
+    item_size_max: int = 1024 * 1024
+    slab_chunk_max: int = PAGE_SIZE // 2
+    slab_page_size: int = PAGE_SIZE
+    evictions: bool = True
+    verbose: int = 0
+    daemonize: bool = False
+    pidfile: str | None = None
+    user: str | None = None
+    threads: int = 4
+    idle_timeout: int = 0
+    slab_automove: int = 1
+    lru_crawler: bool = True
+    shutdown_command: bool = False
+    reqs_per_event: int = 20
+    show_help: bool = False
+    show_version: bool = False
+    notes: tuple[str, ...] = field(default=())
+
+
+_SHORT = "p:U:l:dhVu:m:c:Mvt:P:f:n:I:Ao:"
+_LONG = [
+    "port=",
+    "udp-port=",
+    "listen=",
+    "daemon",
+    "help",
+    "version",
+    "user=",
+    "memory-limit=",
+    "conn-limit=",
+    "disable-evictions",
+    "verbose",
+    "threads=",
+    "pidfile=",
+    "slab-growth-factor=",
+    "slab-min-size=",
+    "max-item-size=",
+    "enable-shutdown",
+    "extended=",
+]
+_LONG_TO_SHORT = {
+    "--port": "-p",
+    "--udp-port": "-U",
+    "--listen": "-l",
+    "--daemon": "-d",
+    "--help": "-h",
+    "--version": "-V",
+    "--user": "-u",
+    "--memory-limit": "-m",
+    "--conn-limit": "-c",
+    "--disable-evictions": "-M",
+    "--verbose": "-v",
+    "--threads": "-t",
+    "--pidfile": "-P",
+    "--slab-growth-factor": "-f",
+    "--slab-min-size": "-n",
+    "--max-item-size": "-I",
+    "--enable-shutdown": "-A",
+    "--extended": "-o",
+}
+
+
+def _int(flag: str, text: str, low: int | None = None, high: int | None = None) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise ConfigError(f"{flag}: '{text}' is not a whole number") from None
+    if low is not None and value < low:
+        raise ConfigError(f"{flag}: {value} is below the minimum {low}")
+    if high is not None and value > high:
+        raise ConfigError(f"{flag}: {value} is above the maximum {high}")
+    return value
+
+
+def parse_size(flag: str, text: str) -> int:
+    """A byte count with memcached's optional k/m suffix (either case): ``1m``, ``512k``."""
+    unit = text[-1:].lower()
+    scale = {"k": 1024, "m": 1024 * 1024}.get(unit, 1)
+    digits = text[:-1] if unit in ("k", "m") else text
+    return _int(flag, digits, low=0) * scale
+
+
+def parse_args(argv: list[str]) -> Config:
+    """Parse memcached-style arguments (without the program name) into a ``Config``."""
+    try:
+        opts, rest = getopt.getopt(argv, _SHORT, _LONG)
+    except getopt.GetoptError as exc:
+        raise ConfigError(f"{exc}; try -h") from None
+    if rest:
+        raise ConfigError(f"unexpected argument '{rest[0]}'; try -h")
+    values: dict = {}
+    notes: list[str] = []
+    for flag, arg in opts:
+        flag = _LONG_TO_SHORT.get(flag, flag)
+        if flag == "-p":
+            values["port"] = _int("-p", arg, 0, 65535)
+        elif flag == "-U":
+            if _int("-U", arg) != 0:
+                raise ConfigError(
+                    "-U: UDP is never served by ringcache-node; only -U 0 is accepted"
+                )
+        elif flag == "-l":
+            if not arg:
+                raise ConfigError("-l: empty address")
+            values["listen"] = arg
+        elif flag == "-d":
+            values["daemonize"] = True
+        elif flag == "-h":
+            values["show_help"] = True
+        elif flag == "-V":
+            values["show_version"] = True
+        elif flag == "-u":
+            values["user"] = arg
+        elif flag == "-m":
+            megabytes = _int("-m", arg)
+            if megabytes <= 0:
+                raise ConfigError("-m: the memory limit must be a positive number of megabytes")
+            values["memory_limit"] = megabytes * 1024 * 1024
+        elif flag == "-c":
+            values["max_connections"] = _int("-c", arg)
+            if values["max_connections"] <= 0:
+                raise ConfigError("Maximum connections must be greater than 0")
+        elif flag == "-M":
+            values["evictions"] = False
+        elif flag == "-v":
+            values["verbose"] = values.get("verbose", 0) + 1
+        elif flag == "-t":
+            threads = _int("-t", arg, 1)
+            values["threads"] = threads
+            notes.append(
+                f"-t {threads}: a ringcache node is single-threaded; scale by running more nodes"
+            )
+        elif flag == "-P":
+            values["pidfile"] = arg
+        elif flag == "-f":
+            try:
+                factor = float(arg)
+            except ValueError:
+                raise ConfigError(f"-f: '{arg}' is not a number") from None
+            if factor <= 1.0:
+                raise ConfigError("Factor must be greater than 1")
+            values["growth_factor"] = factor
+        elif flag == "-n":
+            chunk = _int("-n", arg)
+            if chunk <= 0:
+                raise ConfigError("Chunk size must be greater than 0")
+            values["chunk_size"] = chunk
+        elif flag == "-I":
+            values["item_size_max"] = parse_size("-I", arg)
+        elif flag == "-A":
+            values["shutdown_command"] = True
+        elif flag == "-o":
+            _extended(arg, values)
+    cfg = Config(**values, notes=tuple(notes))
+    return _validate(cfg)
+
+
+def _extended(arg: str, values: dict) -> None:
+    for item in filter(None, arg.split(",")):
+        name, _, value = item.partition("=")
+        if name == "idle_timeout":
+            values["idle_timeout"] = _int("idle_timeout", value, 0)
+        elif name == "slab_chunk_max":
+            values["slab_chunk_max"] = parse_size("slab_chunk_max", value)
+        elif name == "slab_automove":
+            values["slab_automove"] = _int("slab_automove", value, 0, 2)
+        elif name == "no_lru_crawler":
+            values["lru_crawler"] = False
+        elif name == "lru_crawler":
+            values["lru_crawler"] = True
+        elif name in ("modern", "slab_reassign", "lru_maintainer", "no_hashexpand"):
+            pass  # memcached 1.6 defaults; accepted for compatibility.
+        else:
+            raise ConfigError(f'Illegal suboption "{item}"')
+
+
+def _validate(cfg: Config) -> Config:
+    if cfg.item_size_max < ITEM_SIZE_MAX_LOWER:
+        raise ConfigError("Item max size cannot be less than 1024 bytes.")
+    if cfg.item_size_max > cfg.memory_limit // 2:
+        raise ConfigError("Cannot set item size limit higher than 1/2 of memory max.")
+    if cfg.item_size_max > ITEM_SIZE_MAX_UPPER:
+        raise ConfigError("Cannot set item size limit higher than a gigabyte.")
+    chunk_max = cfg.slab_chunk_max
+    if chunk_max > cfg.item_size_max:
+        raise ConfigError(
+            f"slab_chunk_max (bytes: {chunk_max}) cannot be larger than -I "
+            f"(item_size_max {cfg.item_size_max})"
+        )
+    if cfg.item_size_max % chunk_max != 0:
+        raise ConfigError(
+            f"-I (item_size_max: {cfg.item_size_max}) must be evenly divisible by "
+            f"slab_chunk_max (bytes: {chunk_max})"
+        )
+    if cfg.slab_page_size % chunk_max != 0:
+        raise ConfigError(
+            f"slab_chunk_max (bytes: {chunk_max}) must divide evenly into "
+            f"{cfg.slab_page_size} (slab_page_size)"
+        )
+    if cfg.chunk_size + 48 >= chunk_max:
+        raise ConfigError(f"-n {cfg.chunk_size} leaves no room below slab_chunk_max {chunk_max}")
+    return cfg

@@ -1,0 +1,234 @@
+"""The node's network side on trio: listeners, one task per connection, background upkeep.
+
+This is the only module of the node that does I/O or imports trio. It owns the connection
+limit (``-c``), the idle timeout, per-connection fairness (a batch of at most
+``reqs_per_event`` requests, then a yield), one send per batch of replies, back-pressure (a
+client that does not read its replies stops being read, so the node's memory for it stays at
+one batch), the once-a-second clock, the expiry crawler and the slab automover. Sockets are
+driven with ``wait_readable``/``wait_writable`` and non-blocking ``recv_into``/``send`` on the
+raw socket, which measured clearly faster than trio's ``SocketStream`` (see DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import socket
+from collections.abc import Callable
+
+import trio
+
+from .commands import NodeState, Session
+from .config import Config
+from .protocol import R_TOO_MANY_CONNECTIONS
+from .store import Store
+
+RECV_SIZE = 64 * 1024
+CRAWL_BUDGET = 2000  # items the crawler visits between two checkpoints
+CRAWL_PER_SECOND = 50_000
+AUTOMOVE_INTERVAL = 10.0
+
+
+class ListenError(OSError):
+    """The node could not listen on the address it was given."""
+
+
+def open_listeners(cfg: Config) -> list[socket.socket]:
+    """Bind every ``-l`` address (comma-separated, as memcached allows) on ``-p``."""
+    listeners = []
+    for host in filter(None, (h.strip() for h in cfg.listen.split(","))):
+        host = host.strip("[]")
+        try:
+            infos = socket.getaddrinfo(
+                host, cfg.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )
+        except socket.gaierror as exc:
+            raise ListenError(errno.EINVAL, f"cannot resolve -l {host}: {exc}") from None
+        for family, kind, proto, _, addr in infos[:1]:
+            sock = socket.socket(family, kind, proto)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(addr)
+                sock.listen(1024)
+            except OSError as exc:
+                sock.close()
+                for other in listeners:
+                    other.close()
+                raise ListenError(
+                    exc.errno, f"failed to listen on TCP port {cfg.port}: {exc.strerror}"
+                ) from None
+            sock.setblocking(False)
+            listeners.append(sock)
+    if not listeners:
+        raise ListenError(errno.EINVAL, "no address to listen on")
+    return listeners
+
+
+class Node:
+    """A running node: its store, shared session state and listeners."""
+
+    def __init__(
+        self, cfg: Config, store: Store | None = None, log: Callable[[str], None] | None = None
+    ):
+        self.cfg = cfg
+        self.store = store or Store(cfg)
+        self.state = NodeState(cfg, self.store, log)
+        self.listeners: list[socket.socket] = []
+        self.port = cfg.port
+        self._cancel: trio.CancelScope | None = None
+
+    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Listen and serve until cancelled (or ``shutdown`` with ``-A``)."""
+        if not self.listeners:
+            self.listeners = open_listeners(self.cfg)
+        self.port = self.listeners[0].getsockname()[1]
+        self.state.listen_addr = f"{self.listeners[0].getsockname()[0]}:{self.port}"
+        try:
+            async with trio.open_nursery() as nursery:
+                self._cancel = nursery.cancel_scope
+                nursery.start_soon(self._tick)
+                if self.cfg.lru_crawler:
+                    nursery.start_soon(self._crawler)
+                nursery.start_soon(self._automover)
+                for listener in self.listeners:
+                    nursery.start_soon(self._accept, listener, nursery)
+                task_status.started(self.port)
+        finally:
+            for listener in self.listeners:
+                listener.close()
+
+    def stop(self) -> None:
+        if self._cancel is not None:
+            self._cancel.cancel()
+
+    # -- upkeep ----------------------------------------------------------------------------
+    async def _tick(self) -> None:
+        clock = self.store.clock
+        while True:
+            clock.tick()
+            await trio.sleep(1.0 - (trio.current_time() % 1.0) + 0.001)
+
+    async def _crawler(self) -> None:
+        while True:
+            await trio.sleep(1.0)
+            visited = 0
+            while visited < CRAWL_PER_SECOND:
+                n = self.store.crawl(CRAWL_BUDGET)
+                visited += n
+                await trio.lowlevel.checkpoint()
+                if n < CRAWL_BUDGET:
+                    break
+
+    async def _automover(self) -> None:
+        last = [0] * (self.store.slabs.largest + 1)
+        while True:
+            await trio.sleep(AUTOMOVE_INTERVAL)
+            self.store.automove_step(last)
+
+    # -- connections -----------------------------------------------------------------------
+    async def _accept(self, listener: socket.socket, nursery: trio.Nursery) -> None:
+        stats = self.store.stats
+        while True:
+            try:
+                conn, addr = listener.accept()
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(listener)
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # Out of descriptors: stop accepting briefly, as memcached does.
+                    stats.listen_disabled_num += 1
+                    await trio.sleep(0.01)
+                    continue
+                raise
+            stats.total_connections += 1
+            conn.setblocking(False)
+            if len(self.state.connections) >= self.cfg.max_connections:
+                stats.rejected_connections += 1
+                try:
+                    conn.send(R_TOO_MANY_CONNECTIONS)
+                except OSError:
+                    pass
+                conn.close()
+                continue
+            if conn.family in (socket.AF_INET, socket.AF_INET6):
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+            session = Session(self.state, peer)
+            self.state.connections[session.id] = session
+            nursery.start_soon(self._serve_conn, conn, session)
+
+    async def _serve_conn(self, sock: socket.socket, session: Session) -> None:
+        state = self.state
+        stats = self.store.stats
+        verbose = state.verbosity > 1
+        if verbose:
+            state.log(f"<{session.id} new auto-negotiating client connection")
+        buf = bytearray(RECV_SIZE)
+        view = memoryview(buf)
+        idle = self.cfg.idle_timeout or math.inf
+        batch = self.cfg.reqs_per_event
+        recv_into = sock.recv_into
+        wait_readable = trio.lowlevel.wait_readable
+        checkpoint = trio.lowlevel.checkpoint
+        waited = True
+        try:
+            while True:
+                try:
+                    n = recv_into(buf)
+                except BlockingIOError:
+                    if idle == math.inf:
+                        await wait_readable(sock)
+                    else:
+                        with trio.move_on_after(idle) as scope:
+                            await wait_readable(sock)
+                        if scope.cancelled_caught:
+                            break
+                    waited = True
+                    continue
+                except OSError:
+                    break
+                if n == 0:
+                    break
+                if not waited:
+                    # Data was already waiting: let the other connections run first.
+                    await checkpoint()
+                waited = False
+                session.feed(view[:n])
+                while True:
+                    out, more = session.step(batch)
+                    if out:
+                        await _send_all(sock, out)
+                    if session.closing:
+                        return
+                    if not more:
+                        break
+                    stats.conn_yields += 1
+                    await checkpoint()
+                if state.shutdown_requested:
+                    self.stop()
+        except OSError:
+            pass
+        finally:
+            state.connections.pop(session.id, None)
+            sock.close()
+            if verbose:
+                state.log(f"<{session.id} connection closed.")
+            if state.shutdown_requested:
+                self.stop()
+
+
+async def _send_all(sock: socket.socket, data: bytes) -> None:
+    try:
+        sent = sock.send(data)
+    except BlockingIOError:
+        sent = 0
+    if sent == len(data):
+        return
+    view = memoryview(data)
+    while sent < len(data):
+        await trio.lowlevel.wait_writable(sock)
+        try:
+            sent += sock.send(view[sent:])
+        except BlockingIOError:
+            continue

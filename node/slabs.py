@@ -1,0 +1,247 @@
+"""Slab memory: memcached's class table, 1 MB pages bounded by ``-m``, and chunk allocation.
+
+This module owns raw memory: which chunk sizes exist, which page belongs to which class, the
+free list of every class and the page accounting that decides when the store must evict. It
+knows the layout of the 48-byte chunk header only as far as free chunks need it (free-list
+links and the FREE flag); what items mean is ``store``'s business. A chunk is addressed by an
+integer handle ``page_index << PAGE_SHIFT | offset``.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+
+from .config import Config
+
+ITEM_HEADER = 48  # sizeof(item) on 64-bit memcached; also our own header size.
+CHUNK_HEADER = 48  # sizeof(item_chunk): the header of each chunk of a chained item.
+CHUNK_ALIGN = 8
+MAX_NUMBER_OF_SLAB_CLASSES = 64
+PAGE_SHIFT = 20
+OFFSET_MASK = (1 << PAGE_SHIFT) - 1
+NONE = -1
+
+# Chunk header layout shared with store.py.  next/prev are LRU links for items, free-list
+# links for free chunks, and (next chunk, head item) for the chunks of a chained item.
+HDR = struct.Struct("<qqQIIIIBBBBI")
+OFF_NEXT = 0
+OFF_PREV = 8
+OFF_IFLAGS = 41
+LINKS = struct.Struct("<qq")
+IFLAGS = struct.Struct("<B")
+
+F_LINKED = 0x01
+F_FETCHED = 0x02
+F_ACTIVE = 0x04
+F_CHUNKED = 0x08  # an item header whose value lives in a chain of chunks
+F_FREE = 0x10
+F_DATA = 0x20  # a chunk of a chained item's value
+
+
+def class_sizes(
+    chunk_size: int = 48, factor: float = 1.25, slab_chunk_max: int = 524288
+) -> list[int]:
+    """Chunk sizes of classes 1..N exactly as memcached's ``slabs_init`` computes them."""
+    size = ITEM_HEADER + chunk_size
+    sizes: list[int] = []
+    while len(sizes) < MAX_NUMBER_OF_SLAB_CLASSES - 2:
+        if size >= slab_chunk_max / factor:
+            break
+        if size % CHUNK_ALIGN:
+            size += CHUNK_ALIGN - size % CHUNK_ALIGN
+        sizes.append(size)
+        size = int(size * factor)  # C: unsigned int *= double truncates
+    sizes.append(slab_chunk_max)
+    return sizes
+
+
+def class_table(cfg: Config) -> str:
+    """The ``-vv`` start-up lines, byte for byte as memcached prints them to stderr."""
+    lines = []
+    for clsid, size in enumerate(
+        class_sizes(cfg.chunk_size, cfg.growth_factor, cfg.slab_chunk_max), start=1
+    ):
+        lines.append(
+            "slab class %3d: chunk size %9u perslab %7u\n"
+            % (clsid, size, cfg.slab_page_size // size)
+        )
+    return "".join(lines)
+
+
+class SlabClass:
+    """One chunk size: its pages, its free list and its LRU ends (the LRU is store's)."""
+
+    __slots__ = (
+        "clsid",
+        "end_handle",
+        "end_left",
+        "free_count",
+        "free_head",
+        "lru_count",
+        "lru_head",
+        "lru_tail",
+        "pages",
+        "perslab",
+        "requested",
+        "size",
+        "used",
+    )
+
+    def __init__(self, clsid: int, size: int, page_size: int) -> None:
+        self.clsid = clsid
+        self.size = size
+        self.perslab = page_size // size if size else 0
+        self.pages: list[int] = []
+        self.free_head = NONE
+        self.free_count = 0
+        # Chunks of the newest page not yet handed out (carved lazily, no per-chunk work).
+        self.end_handle = NONE
+        self.end_left = 0
+        self.used = 0
+        self.lru_head = NONE
+        self.lru_tail = NONE
+        self.lru_count = 0
+        self.requested = 0  # sum of ntotal of items in this class (mem_requested)
+
+
+class Slabs:
+    """All pages and classes of one node."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.page_size = cfg.slab_page_size
+        self.mem_limit = cfg.memory_limit
+        self.item_size_max = cfg.item_size_max
+        self.chunk_max = cfg.slab_chunk_max
+        sizes = class_sizes(cfg.chunk_size, cfg.growth_factor, cfg.slab_chunk_max)
+        self.classes: list[SlabClass] = [SlabClass(0, 0, 1)] + [
+            SlabClass(i, s, cfg.slab_page_size) for i, s in enumerate(sizes, start=1)
+        ]
+        self.largest = len(sizes)
+        self.sizes = [0, *sizes]
+        self.pages: list[bytearray] = []
+        self.page_class: list[int] = []
+        self.free_pages: list[int] = []  # pages taken from a class and not yet given to another
+        self.mem_malloced = 0
+        self.limit_reached = False
+        # Size → class lookup for the common small sizes (one list index instead of a scan).
+        self._clsid_cache = [self._clsid_scan(n) for n in range(min(self.chunk_max, 65536) + 1)]
+
+    # -- sizes -----------------------------------------------------------------------------
+    def _clsid_scan(self, size: int) -> int:
+        if size == 0 or size > self.item_size_max:
+            return 0
+        for clsid in range(1, self.largest + 1):
+            if size <= self.sizes[clsid]:
+                return clsid
+        return self.largest
+
+    def clsid(self, size: int) -> int:
+        """Smallest class whose chunks hold ``size`` bytes; 0 when larger than ``-I``."""
+        cache = self._clsid_cache
+        if size < len(cache):
+            return cache[size]
+        return self._clsid_scan(size)
+
+    # -- pages -----------------------------------------------------------------------------
+    def _new_page(self, cls: SlabClass) -> bool:
+        if self.free_pages:
+            index = self.free_pages.pop()
+        else:
+            # As memcached: a class that has no page yet always gets its first one.
+            if self.mem_malloced + self.page_size > self.mem_limit and cls.pages:
+                self.limit_reached = True
+                return False
+            index = len(self.pages)
+            self.pages.append(bytearray(self.page_size))
+            self.page_class.append(0)
+            self.mem_malloced += self.page_size
+        self._give_page(index, cls)
+        return True
+
+    def _give_page(self, index: int, cls: SlabClass) -> None:
+        self.page_class[index] = cls.clsid
+        cls.pages.append(index)
+        # Whatever was left of the previous carve page goes onto the free list first.
+        while cls.end_left:
+            self._carve_one(cls)
+        cls.end_handle = index << PAGE_SHIFT
+        cls.end_left = cls.perslab
+
+    def _carve_one(self, cls: SlabClass) -> None:
+        handle = cls.end_handle
+        cls.end_handle += cls.size
+        cls.end_left -= 1
+        self._push_free(cls, handle)
+
+    # -- chunks ----------------------------------------------------------------------------
+    def alloc(self, clsid: int, new_page: bool = True) -> int:
+        """A free chunk of class ``clsid``, or ``NONE`` when the class must evict first."""
+        cls = self.classes[clsid]
+        if cls.free_head == NONE and not cls.end_left and (not new_page or not self._new_page(cls)):
+            return NONE
+        if cls.free_head != NONE:
+            handle = cls.free_head
+            page = self.pages[handle >> PAGE_SHIFT]
+            nxt = LINKS.unpack_from(page, handle & OFFSET_MASK)[0]
+            cls.free_head = nxt
+            if nxt != NONE:
+                struct.pack_into("<q", self.pages[nxt >> PAGE_SHIFT], (nxt & OFFSET_MASK) + 8, NONE)
+            cls.free_count -= 1
+        else:
+            handle = cls.end_handle
+            cls.end_handle += cls.size
+            cls.end_left -= 1
+        cls.used += 1
+        return handle
+
+    def free(self, handle: int) -> None:
+        cls = self.classes[self.page_class[handle >> PAGE_SHIFT]]
+        cls.used -= 1
+        self._push_free(cls, handle)
+
+    def _push_free(self, cls: SlabClass, handle: int) -> None:
+        page = self.pages[handle >> PAGE_SHIFT]
+        off = handle & OFFSET_MASK
+        head = cls.free_head
+        LINKS.pack_into(page, off, head, NONE)
+        page[off + OFF_IFLAGS] = F_FREE
+        if head != NONE:
+            struct.pack_into("<q", self.pages[head >> PAGE_SHIFT], (head & OFFSET_MASK) + 8, handle)
+        cls.free_head = handle
+        cls.free_count += 1
+
+    def _unlink_free(self, cls: SlabClass, handle: int) -> None:
+        page = self.pages[handle >> PAGE_SHIFT]
+        nxt, prv = LINKS.unpack_from(page, handle & OFFSET_MASK)
+        if prv != NONE:
+            struct.pack_into("<q", self.pages[prv >> PAGE_SHIFT], prv & OFFSET_MASK, nxt)
+        else:
+            cls.free_head = nxt
+        if nxt != NONE:
+            struct.pack_into("<q", self.pages[nxt >> PAGE_SHIFT], (nxt & OFFSET_MASK) + 8, prv)
+        cls.free_count -= 1
+
+    def chunks_of_page(self, index: int) -> Iterator[int]:
+        """Handles of the handed-out or free chunks of one page (not its uncarved tail)."""
+        cls = self.classes[self.page_class[index]]
+        base = index << PAGE_SHIFT
+        count = cls.perslab
+        if cls.end_left and cls.end_handle >> PAGE_SHIFT == index:
+            count -= cls.end_left
+        for i in range(count):
+            yield base + i * cls.size
+
+    def release_page(self, index: int) -> None:
+        """Take a page whose chunks are all free away from its class, for another class."""
+        cls = self.classes[self.page_class[index]]
+        for handle in self.chunks_of_page(index):
+            self._unlink_free(cls, handle)
+        if cls.end_left and cls.end_handle >> PAGE_SHIFT == index:
+            cls.end_left = 0
+        cls.pages.remove(index)
+        self.page_class[index] = 0
+        self.free_pages.append(index)
+
+    def total_chunks(self, cls: SlabClass) -> int:
+        return len(cls.pages) * cls.perslab

@@ -1,0 +1,354 @@
+"""Counters of one node and the text of every ``stats`` reply.
+
+This module owns the counters (global, per slab class) and renders ``stats``, ``stats items``,
+``stats slabs``, ``stats settings``, ``stats sizes`` and ``stats conns`` with memcached
+1.6.18's names and order. It reads the store and slabs but never changes them.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from typing import TYPE_CHECKING
+
+from .config import VERSION
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .store import Store
+
+CLASS_COUNTERS = (
+    # slab_stats (per class, summed into the global stats)
+    "get_hits",
+    "cmd_set",
+    "delete_hits",
+    "incr_hits",
+    "decr_hits",
+    "cas_hits",
+    "cas_badval",
+    "touch_hits",
+    # itemstats (per class)
+    "evicted",
+    "evicted_nonzero",
+    "evicted_time",
+    "outofmemory",
+    "tailrepairs",
+    "reclaimed",
+    "expired_unfetched",
+    "evicted_unfetched",
+    "evicted_active",
+    "crawler_reclaimed",
+    "crawler_items_checked",
+    "lrutail_reflocked",
+    "moves_to_cold",
+    "moves_to_warm",
+    "moves_within_lru",
+    "direct_reclaims",
+)
+
+GLOBAL_COUNTERS = (
+    "cmd_get",
+    "cmd_flush",
+    "cmd_touch",
+    "cmd_meta",
+    "get_misses",
+    "get_expired",
+    "get_flushed",
+    "delete_misses",
+    "incr_misses",
+    "decr_misses",
+    "cas_misses",
+    "touch_misses",
+    "store_too_large",
+    "store_no_memory",
+    "auth_cmds",
+    "auth_errors",
+    "bytes_read",
+    "bytes_written",
+    "total_items",
+    "total_connections",
+    "rejected_connections",
+    "conn_yields",
+    "slabs_moved",
+    "slab_reassign_evictions",
+    "lru_crawler_starts",
+    "listen_disabled_num",
+)
+
+
+class ClassCounters:
+    __slots__ = CLASS_COUNTERS
+
+    def __init__(self) -> None:
+        for name in CLASS_COUNTERS:
+            setattr(self, name, 0)
+
+
+class Stats:
+    """Every counter of one node; the store and server add to them directly."""
+
+    __slots__ = (*GLOBAL_COUNTERS, "cls", "curr_connections", "started")
+
+    def __init__(self, nclasses: int) -> None:
+        self.cls = [ClassCounters() for _ in range(nclasses + 1)]
+        self.curr_connections = 0
+        self.started = time.time()
+        self.reset()
+
+    def reset(self) -> None:
+        """``stats reset``: the counters memcached resets (not items, bytes or connections)."""
+        for name in GLOBAL_COUNTERS:
+            if name not in ("total_connections",):
+                setattr(self, name, 0)
+        if not hasattr(self, "total_connections"):
+            self.total_connections = 0
+        for counters in self.cls:
+            for name in CLASS_COUNTERS:
+                setattr(counters, name, 0)
+
+    def class_sum(self, name: str) -> int:
+        return sum(getattr(c, name) for c in self.cls)
+
+
+def _lines(pairs: list[tuple[str, object]]) -> bytes:
+    out = [b"STAT %s %s\r\n" % (k.encode(), str(v).encode()) for k, v in pairs]
+    out.append(b"END\r\n")
+    return b"".join(out)
+
+
+def general(store: Store, cfg: Config, conns: int, accepting: bool = True) -> bytes:
+    st = store.stats
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    s = st.class_sum
+    pairs: list[tuple[str, object]] = [
+        ("pid", os.getpid()),
+        ("uptime", store.clock.now - store.clock.started_rel),
+        ("time", store.clock.process_started + store.clock.now),
+        ("version", VERSION),
+        ("libevent", "trio"),
+        ("pointer_size", 64),
+        ("rusage_user", "%d.%06d" % divmod(int(usage.ru_utime * 1e6), 1_000_000)),
+        ("rusage_system", "%d.%06d" % divmod(int(usage.ru_stime * 1e6), 1_000_000)),
+        ("max_connections", cfg.max_connections),
+        ("curr_connections", conns),
+        ("total_connections", st.total_connections),
+        ("rejected_connections", st.rejected_connections),
+        ("connection_structures", conns + 1),
+        ("response_obj_oom", 0),
+        ("response_obj_count", 1),
+        ("response_obj_bytes", 16384),
+        ("read_buf_count", conns + 1),
+        ("read_buf_bytes", 16384 * (conns + 1)),
+        ("read_buf_bytes_free", 0),
+        ("read_buf_oom", 0),
+        ("reserved_fds", 20),
+        ("cmd_get", st.cmd_get),
+        ("cmd_set", s("cmd_set")),
+        ("cmd_flush", st.cmd_flush),
+        ("cmd_touch", st.cmd_touch),
+        ("cmd_meta", st.cmd_meta),
+        ("get_hits", s("get_hits")),
+        ("get_misses", st.get_misses),
+        ("get_expired", st.get_expired),
+        ("get_flushed", st.get_flushed),
+        ("delete_misses", st.delete_misses),
+        ("delete_hits", s("delete_hits")),
+        ("incr_misses", st.incr_misses),
+        ("incr_hits", s("incr_hits")),
+        ("decr_misses", st.decr_misses),
+        ("decr_hits", s("decr_hits")),
+        ("cas_misses", st.cas_misses),
+        ("cas_hits", s("cas_hits")),
+        ("cas_badval", s("cas_badval")),
+        ("touch_hits", s("touch_hits")),
+        ("touch_misses", st.touch_misses),
+        ("store_too_large", st.store_too_large),
+        ("store_no_memory", st.store_no_memory),
+        ("auth_cmds", st.auth_cmds),
+        ("auth_errors", st.auth_errors),
+        ("bytes_read", st.bytes_read),
+        ("bytes_written", st.bytes_written),
+        ("limit_maxbytes", cfg.memory_limit),
+        ("accepting_conns", 1 if accepting else 0),
+        ("listen_disabled_num", st.listen_disabled_num),
+        ("time_in_listen_disabled_us", 0),
+        ("threads", 1),
+        ("conn_yields", st.conn_yields),
+        ("hash_power_level", store.hash_power),
+        ("hash_bytes", 8 << store.hash_power),
+        ("hash_is_expanding", 0),
+        ("slab_reassign_rescues", 0),
+        ("slab_reassign_chunk_rescues", 0),
+        ("slab_reassign_evictions_nomem", st.slab_reassign_evictions),
+        ("slab_reassign_inline_reclaim", 0),
+        ("slab_reassign_busy_items", 0),
+        ("slab_reassign_busy_deletes", 0),
+        ("slab_reassign_running", 0),
+        ("slabs_moved", st.slabs_moved),
+        ("lru_crawler_running", 0),
+        ("lru_crawler_starts", st.lru_crawler_starts),
+        ("lru_maintainer_juggles", 0),
+        ("malloc_fails", 0),
+        ("log_worker_dropped", 0),
+        ("log_worker_written", 0),
+        ("log_watcher_skipped", 0),
+        ("log_watcher_sent", 0),
+        ("log_watchers", 0),
+        ("unexpected_napi_ids", 0),
+        ("round_robin_fallback", 0),
+        ("bytes", store.bytes),
+        ("curr_items", store.curr_items),
+        ("total_items", st.total_items),
+        ("slab_global_page_pool", len(store.slabs.free_pages)),
+        ("expired_unfetched", s("expired_unfetched")),
+        ("evicted_unfetched", s("evicted_unfetched")),
+        ("evicted_active", s("evicted_active")),
+        ("evictions", s("evicted")),
+        ("reclaimed", s("reclaimed")),
+        ("crawler_reclaimed", s("crawler_reclaimed")),
+        ("crawler_items_checked", s("crawler_items_checked")),
+        ("lrutail_reflocked", s("lrutail_reflocked")),
+        ("moves_to_cold", s("moves_to_cold")),
+        ("moves_to_warm", s("moves_to_warm")),
+        ("moves_within_lru", s("moves_within_lru")),
+        ("direct_reclaims", s("direct_reclaims")),
+        ("lru_bumps_dropped", 0),
+    ]
+    return _lines(pairs)
+
+
+def items(store: Store) -> bytes:
+    pairs: list[tuple[str, object]] = []
+    now = store.clock.now
+    for cls in store.slabs.classes[1:]:
+        if cls.lru_count == 0:
+            continue
+        c = store.stats.cls[cls.clsid]
+        age = now - store.item_time(cls.lru_tail) if cls.lru_tail >= 0 else 0
+        p = f"items:{cls.clsid}:"
+        pairs += [
+            (p + "number", cls.lru_count),
+            (p + "number_hot", 0),
+            (p + "number_warm", 0),
+            (p + "number_cold", cls.lru_count),
+            (p + "age_hot", 0),
+            (p + "age_warm", 0),
+            (p + "age", age),
+            (p + "mem_requested", cls.requested),
+            (p + "evicted", c.evicted),
+            (p + "evicted_nonzero", c.evicted_nonzero),
+            (p + "evicted_time", c.evicted_time),
+            (p + "outofmemory", c.outofmemory),
+            (p + "tailrepairs", c.tailrepairs),
+            (p + "reclaimed", c.reclaimed),
+            (p + "expired_unfetched", c.expired_unfetched),
+            (p + "evicted_unfetched", c.evicted_unfetched),
+            (p + "evicted_active", c.evicted_active),
+            (p + "crawler_reclaimed", c.crawler_reclaimed),
+            (p + "crawler_items_checked", c.crawler_items_checked),
+            (p + "lrutail_reflocked", c.lrutail_reflocked),
+            (p + "moves_to_cold", c.moves_to_cold),
+            (p + "moves_to_warm", c.moves_to_warm),
+            (p + "moves_within_lru", c.moves_within_lru),
+            (p + "direct_reclaims", c.direct_reclaims),
+            (p + "hits_to_hot", 0),
+            (p + "hits_to_warm", 0),
+            (p + "hits_to_cold", c.get_hits),
+            (p + "hits_to_temp", 0),
+        ]
+    return _lines(pairs)
+
+
+def slabs(store: Store) -> bytes:
+    pairs: list[tuple[str, object]] = []
+    active = 0
+    for cls in store.slabs.classes[1:]:
+        if not cls.pages:
+            continue
+        active += 1
+        c = store.stats.cls[cls.clsid]
+        total = store.slabs.total_chunks(cls)
+        p = f"{cls.clsid}:"
+        pairs += [
+            (p + "chunk_size", cls.size),
+            (p + "chunks_per_page", cls.perslab),
+            (p + "total_pages", len(cls.pages)),
+            (p + "total_chunks", total),
+            (p + "used_chunks", cls.used),
+            (p + "free_chunks", cls.free_count + cls.end_left),
+            (p + "free_chunks_end", 0),
+            (p + "get_hits", c.get_hits),
+            (p + "cmd_set", c.cmd_set),
+            (p + "delete_hits", c.delete_hits),
+            (p + "incr_hits", c.incr_hits),
+            (p + "decr_hits", c.decr_hits),
+            (p + "cas_hits", c.cas_hits),
+            (p + "cas_badval", c.cas_badval),
+            (p + "touch_hits", c.touch_hits),
+        ]
+    pairs += [("active_slabs", active), ("total_malloced", store.slabs.mem_malloced)]
+    return _lines(pairs)
+
+
+def settings(store: Store, cfg: Config, verbosity: int) -> bytes:
+    pairs: list[tuple[str, object]] = [
+        ("maxbytes", cfg.memory_limit),
+        ("maxconns", cfg.max_connections),
+        ("tcpport", cfg.port),
+        ("udpport", 0),
+        ("inter", cfg.listen),
+        ("verbosity", verbosity),
+        ("oldest", store.oldest_live),
+        ("evictions", "on" if cfg.evictions else "off"),
+        ("domain_socket", "NULL"),
+        ("umask", 700),
+        ("shutdown_command", "yes" if cfg.shutdown_command else "no"),
+        ("growth_factor", "%.2f" % cfg.growth_factor),
+        ("chunk_size", cfg.chunk_size),
+        ("num_threads", 1),
+        ("num_threads_per_udp", 1),
+        ("stat_key_prefix", ":"),
+        ("detail_enabled", "no"),
+        ("reqs_per_event", cfg.reqs_per_event),
+        ("cas_enabled", "yes"),
+        ("tcp_backlog", 1024),
+        ("binding_protocol", "ascii"),
+        ("auth_enabled_sasl", "no"),
+        ("auth_enabled_ascii", "no"),
+        ("item_size_max", cfg.item_size_max),
+        ("maxconns_fast", "yes"),
+        ("hashpower_init", 0),
+        ("slab_reassign", "yes"),
+        ("slab_automove", store.automove),
+        ("slab_automove_ratio", "0.80"),
+        ("slab_automove_window", 30),
+        ("slab_chunk_max", cfg.slab_chunk_max),
+        ("lru_crawler", "yes" if cfg.lru_crawler else "no"),
+        ("lru_crawler_sleep", 100),
+        ("lru_crawler_tocrawl", 0),
+        ("tail_repair_time", 0),
+        ("flush_enabled", "yes"),
+        ("dump_enabled", "yes"),
+        ("hash_algorithm", "siphash"),
+        ("lru_maintainer_thread", "no"),
+        ("lru_segmented", "no"),
+        ("hot_lru_pct", 20),
+        ("warm_lru_pct", 40),
+        ("hot_max_factor", "0.20"),
+        ("warm_max_factor", "2.00"),
+        ("temp_lru", "no"),
+        ("temporary_ttl", 61),
+        ("idle_timeout", cfg.idle_timeout),
+        ("watcher_logbuf_size", 262144),
+        ("worker_logbuf_size", 65536),
+        ("read_buf_mem_limit", 0),
+        ("track_sizes", "no"),
+        ("inline_ascii_response", "no"),
+        ("ssl_enabled", "no"),
+    ]
+    return _lines(pairs)
+
+
+def sizes() -> bytes:
+    return b"STAT sizes_status disabled\r\nEND\r\n"
