@@ -68,6 +68,14 @@ GET_SLICE = 100
 STREAM_CHUNK = 256 * 1024
 
 
+class DropPending(Exception):
+    """Discard the replies of this batch that were not sent yet, then send ``reply``."""
+
+    def __init__(self, reply: bytes) -> None:
+        super().__init__()
+        self.reply = reply
+
+
 class NodeState:
     """What the sessions of one node share besides the store: settings and connections."""
 
@@ -142,6 +150,7 @@ class Session:
         out: list[bytes] = []
         size = 0
         parser = self.parser
+        starved = False  # the parser needs more bytes before it can go on
         for _ in range(max_requests):
             if self.stream is not None:
                 for chunk in self.stream:
@@ -164,6 +173,7 @@ class Session:
                     out.append(self._reply(exc.reply()))
                 continue
             if req is None:
+                starved = True
                 break
             self.last_cmd = self.store.clock.now
             try:
@@ -173,6 +183,10 @@ class Session:
                     reply = self._storage(req)
             except ProtocolError as exc:
                 reply = exc.reply()
+            except DropPending as exc:
+                out.clear()
+                size = 0
+                reply = exc.reply
             except Close:
                 self.closing = True
                 break
@@ -182,7 +196,9 @@ class Session:
                 break
         data = b"".join(out)
         self.stats.bytes_written += len(data)
-        more = not self.closing and (self.stream is not None or parser.buffered() > 0)
+        more = not self.closing and (
+            self.stream is not None or (not starved and parser.buffered() > 0)
+        )
         return data, more
 
     def _reply(self, reply: bytes) -> bytes:
@@ -205,6 +221,7 @@ class Session:
             store.oversized(req.mode, req.key)
             return b"" if req.noreply else R_TOO_LARGE
         if req.data[-2:] != b"\r\n":
+            store.count_set(len(req.key), req.flags, req.nbytes)
             return b"" if req.noreply else R_BAD_DATA_CHUNK
         result, _ = store.store(req.mode, req.key, req.flags, exptime, req.data, req.cas)
         if req.noreply:
@@ -277,8 +294,8 @@ class Session:
         parts = []
         for key in keys:
             if len(key) > KEY_MAX_LENGTH:
-                # memcached drops what it gathered and answers with an error instead of END.
-                return R_BAD_FORMAT
+                # memcached drops every reply not yet sent and answers with this error alone.
+                raise DropPending(R_BAD_FORMAT)
             hit = store.get(key, touch)
             if touch is None:
                 st.cmd_get += 1
@@ -466,8 +483,10 @@ class Session:
         if ntokens >= 4 and tokens[1] == b"automove":
             noreply = self._noreply(tokens, ntokens)
             if tokens[2] == b"ratio":
-                if ntokens < 5 or _c_strtod(tokens[3]) is None:
+                ratio = _c_strtod(tokens[3]) if ntokens >= 5 else None
+                if ratio is None:
                     return b"" if noreply else R_ERROR
+                self.store.automove_ratio = ratio
                 return b"" if noreply else R_OK
             level = c_strtonum(tokens[2], 32, False)
             if level is None:

@@ -321,7 +321,7 @@ def settings(store: Store, cfg: Config, verbosity: int) -> bytes:
         ("hashpower_init", 0),
         ("slab_reassign", "yes"),
         ("slab_automove", store.automove),
-        ("slab_automove_ratio", "0.80"),
+        ("slab_automove_ratio", "%.2f" % store.automove_ratio),
         ("slab_automove_window", 30),
         ("slab_chunk_max", cfg.slab_chunk_max),
         ("lru_crawler", "yes" if cfg.lru_crawler else "no"),

@@ -106,6 +106,7 @@ class Store:
         self.stats = stats or Stats(self.slabs.largest)
         self.evictions = cfg.evictions
         self.automove = cfg.slab_automove
+        self.automove_ratio = 0.8
         self.cas_id = 0
         self.oldest_live = 0
         self.oldest_cas = 0
@@ -231,7 +232,7 @@ class Store:
         return True
 
     def _lookup(self, key: bytes) -> int:
-        slot, hd = self._find(key)
+        _, hd = self._find(key)
         if hd == NONE:
             return NONE
         page, off = self._loc(hd)
@@ -588,7 +589,8 @@ class Store:
         ``data`` includes the trailing ``\\r\\n``; ``exptime`` is already relative.
         """
         counters = self.stats.cls
-        slot, old = self._find(key)
+        self.count_set(len(key), flags, len(data))
+        _, old = self._find(key)
         if old != NONE:
             opage, ooff = self._loc(old)
             if not self._live(old, opage, ooff):
@@ -602,7 +604,6 @@ class Store:
             hd = self._new_item(key, flags, exptime, data)
             if hd == NONE:
                 return self._alloc_failure(key, flags, data, mode), 0
-            counters[self.slabs.page_class[hd >> PAGE_SHIFT]].cmd_set += 1
             return STORED, self._link(hd)
         opage, ooff = self._loc(old)
         old_cas = _CAS.unpack_from(opage, ooff + 16)[0]
@@ -611,12 +612,10 @@ class Store:
             _TIME.pack_into(opage, ooff + 28, self.clock.now)
             self._lru_unlink(old, opage, ooff)
             self._lru_link(old, opage, ooff)
-            counters[old_cls].cmd_set += 1
             return NOT_STORED, 0
         if mode == CAS:
             if cas_in == 0 or cas_in != old_cas:
                 counters[old_cls].cas_badval += 1
-                counters[old_cls].cmd_set += 1
                 return EXISTS, 0
             counters[old_cls].cas_hits += 1
         if mode in (APPEND, PREPEND):
@@ -625,13 +624,17 @@ class Store:
             parts = [old_data[:-2], data] if mode == APPEND else [data[:-2], old_data]
             hd = self._new_item(key, oflags, oexp, parts)
             if hd == NONE:
-                return self._alloc_failure(key, oflags, data, mode), 0
+                return NOT_STORED, 0  # as memcached: a failed copy is simply not stored
         else:
             hd = self._new_item(key, flags, exptime, data)
             if hd == NONE:
                 return self._alloc_failure(key, flags, data, mode), 0
-        counters[self.slabs.page_class[hd >> PAGE_SHIFT]].cmd_set += 1
         return STORED, self._replace(old, hd)
+
+    def count_set(self, nkey: int, flags: int, nbytes: int) -> None:
+        """memcached counts ``cmd_set`` for every value it reads, whatever happens next."""
+        ntotal = ITEM_HEADER + nkey + 1 + (4 if flags else 0) + nbytes + 8
+        self.stats.cls[self.slabs.clsid(ntotal)].cmd_set += 1
 
     def _alloc_failure(self, key: bytes, flags: int, data, mode: int) -> int:
         nbytes = len(data)

@@ -1,0 +1,189 @@
+"""Shared test helpers: real node and memcached processes on 127.0.0.1, and a raw text client.
+
+Every process a test starts listens on 127.0.0.1 only and is stopped by the fixture that
+started it, by pid.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+MEMCACHED = shutil.which("memcached")
+needs_memcached = pytest.mark.skipif(
+    MEMCACHED is None,
+    reason="Debian's memcached binary is not installed (apt-get install memcached); "
+    "CI always installs it",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise TimeoutError(f"nothing answered on port {port}")
+
+
+class ServerProcess:
+    """A cache server process (ours or memcached) on 127.0.0.1."""
+
+    def __init__(self, argv: list[str], port: int, proc: subprocess.Popen, stderr_path: Path):
+        self.argv = argv
+        self.port = port
+        self.proc = proc
+        self.pid = proc.pid
+        self.stderr_path = stderr_path
+        self.address = ("127.0.0.1", port)
+
+    @property
+    def location(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+
+    def rss_kb(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+
+def start_node(*args: str, env: dict | None = None) -> ServerProcess:
+    """A ringcache node process on a free port (``-p 0``, port read from the port file)."""
+    tmp = Path(tempfile.mkdtemp(prefix="ringcache-node-"))
+    port_file = tmp / "ports"
+    stderr_path = tmp / "stderr"
+    argv = [sys.executable, "-m", "ringcache.node", "-l", "127.0.0.1", "-p", "0", *args]
+    full_env = {**os.environ, "MEMCACHED_PORT_FILENAME": str(port_file), **(env or {})}
+    with open(stderr_path, "wb") as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=full_env)
+    deadline = time.monotonic() + 15
+    while not port_file.exists():
+        if proc.poll() is not None:
+            raise RuntimeError(f"node exited {proc.returncode}: {stderr_path.read_text()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise TimeoutError("node did not report its port")
+        time.sleep(0.02)
+    port = int(port_file.read_text().split()[-1])
+    server = ServerProcess(argv, port, proc, stderr_path)
+    wait_port(port, proc)
+    return server
+
+
+def start_memcached(*args: str) -> ServerProcess:
+    """Debian's memcached on a free port of 127.0.0.1 (retried if the port was taken)."""
+    assert MEMCACHED is not None
+    tmp = Path(tempfile.mkdtemp(prefix="memcached-"))
+    stderr_path = tmp / "stderr"
+    extra = ["-u", "root"] if os.geteuid() == 0 else []
+    for _ in range(5):
+        port = free_port()
+        argv = [MEMCACHED, "-l", "127.0.0.1", "-p", str(port), "-U", "0", *extra, *args]
+        with open(stderr_path, "wb") as err:
+            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            wait_port(port, proc)
+            return ServerProcess(argv, port, proc, stderr_path)
+        except RuntimeError:
+            continue
+    raise RuntimeError("memcached did not start")
+
+
+class RawClient:
+    """Bytes in, bytes out over one TCP connection."""
+
+    def __init__(self, port: int, timeout: float = 5.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read_until(self, terminator: bytes, timeout: float = 5.0) -> bytes:
+        self.sock.settimeout(timeout)
+        buf = b""
+        while not buf.endswith(terminator):
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+        return buf
+
+    def read_for(self, quiet: float = 0.3, limit: float = 10.0) -> bytes:
+        """Everything that arrives until the connection is quiet for ``quiet`` seconds."""
+        buf = b""
+        deadline = time.monotonic() + limit
+        self.sock.settimeout(quiet)
+        while time.monotonic() < deadline:
+            try:
+                chunk = self.sock.recv(65536)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            buf += chunk
+        return buf
+
+    def call(self, data: bytes, terminator: bytes = b"\r\n") -> bytes:
+        self.send(data)
+        return self.read_until(terminator)
+
+    def closed(self, timeout: float = 2.0) -> bool:
+        self.sock.settimeout(timeout)
+        try:
+            return self.sock.recv(1) == b""
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except TimeoutError:
+            return False
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def node():
+    server = start_node()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def memcached():
+    if MEMCACHED is None:
+        pytest.skip("Debian's memcached binary is not installed; CI always installs it")
+    server = start_memcached()
+    yield server
+    server.stop()

@@ -1,0 +1,145 @@
+"""Differential suite: every script of scripts.py is replayed byte for byte against Debian's
+memcached 1.6.18 and against a ringcache node, and the replies are compared.
+
+Normalisation is limited to what must differ: CAS values are compared by order of first
+appearance (the two servers have numbered different histories), and ``stats`` values that
+depend on time, process or implementation (pid, uptime, rusage, thread count, LRU segment
+figures) are left out — their names and order are still compared.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from tests.conftest import MEMCACHED, RawClient, start_memcached, start_node
+from tests.node.scripts import all_scripts
+
+SCRIPTS = all_scripts()
+# Sent after each script's bytes; its reply is what no script produces, so reading up to it
+# reads exactly the script's replies.
+SENTINEL = b"set __sentinel__ 0 0 14\r\nSENTINEL-7f3a9\r\nget __sentinel__\r\n"
+SENTINEL_REPLY = b"STORED\r\nVALUE __sentinel__ 0 14\r\nSENTINEL-7f3a9\r\nEND\r\n"
+
+VOLATILE_STATS = re.compile(
+    rb"^(pid|uptime|time|libevent|rusage_\w+|threads|total_connections|curr_connections|"
+    rb"connection_structures|response_obj_\w+|read_buf_\w+|bytes_read|bytes_written|"
+    rb"lru_maintainer_juggles|lru_crawler_starts|hash_\w+|reserved_fds|time_in_listen_\w+|"
+    rb"log_\w+|malloc_fails|moves_\w+|num_threads\w*|hash_algorithm|lru_maintainer_thread|"
+    rb"lru_segmented|binding_protocol|\d+:(addr|listen_addr|state|secs_since_last_cmd)|"
+    rb"items:\d+:(number_hot|number_warm|number_cold|age_hot|age_warm|age|moves_\w+|"
+    rb"hits_to_\w+)|tcpport|inter|crawler_items_checked|evicted_active|"
+    rb"slab_global_page_pool|oldest|conn_yields|get_expired|crawler_reclaimed|reclaimed|expired_unfetched|items:\d+:(reclaimed|"
+    rb"expired_unfetched|crawler_reclaimed|crawler_items_checked|evicted_time|"
+    rb"lrutail_reflocked)|lrutail_reflocked|stat_key_prefix|ext_\w+|ssl_\w+|slab_automove_freeratio|"
+    rb"num_napi_ids|memory_file|lru_bumps_dropped|direct_reclaims)$"
+)
+# Settings that exist in memcached for features a node does not have (extstore, TLS, NAPI).
+ABSENT_SETTINGS = re.compile(
+    rb"^(ext_\w+|ssl_\w+|slab_automove_freeratio|num_napi_ids|memory_file)$"
+)
+CAS_IN_VALUE = re.compile(rb"^(VALUE \S+ \d+ \d+) (\d+)$")
+CAS_IN_METADUMP = re.compile(rb" cas=(\d+) ")
+TIME_IN_METADUMP = re.compile(rb" (exp|la)=(-?\d+) ")
+
+
+def normalise(reply: bytes) -> list[bytes]:
+    lines = reply.split(b"\r\n")
+    cas_ids: dict[bytes, int] = {}
+    out = []
+    in_value = 0
+    for line in lines:
+        if in_value:
+            # Value bytes are compared verbatim (they may contain anything).
+            out.append(line)
+            in_value -= 1
+            continue
+        m = CAS_IN_VALUE.match(line)
+        if m:
+            ident = cas_ids.setdefault(m.group(2), len(cas_ids))
+            out.append(m.group(1) + b" cas#%d" % ident)
+            continue
+        if line.startswith(b"STAT "):
+            parts = line.split(b" ", 2)
+            name = parts[1]
+            if ABSENT_SETTINGS.match(name):
+                continue
+            if VOLATILE_STATS.match(name):
+                out.append(b"STAT " + name + b" <volatile>")
+                continue
+        if line.startswith(b"key="):
+            line = CAS_IN_METADUMP.sub(b" cas=# ", line)
+            line = TIME_IN_METADUMP.sub(rb" \1=# ", line)
+        out.append(line)
+    return out
+
+
+def last_cas(reply: bytes) -> bytes | None:
+    found = None
+    for line in reply.split(b"\r\n"):
+        m = CAS_IN_VALUE.match(line)
+        if m:
+            found = m.group(2)
+    return found
+
+
+def run_script(port: int, steps: list) -> bytes:
+    """Send each step; before a pause and at the end, read up to the sentinel's reply."""
+    client = RawClient(port)
+    replies = b""
+    try:
+        for i, step in enumerate(steps):
+            if isinstance(step, float):
+                time.sleep(step)
+                continue
+            try:
+                client.send(step.replace(b"{CAS}", last_cas(replies) or b"0"))
+                if i == len(steps) - 1 or not isinstance(steps[i + 1], float):
+                    client.send(SENTINEL)
+            except (BrokenPipeError, ConnectionResetError):
+                replies += b"<closed>"
+                break
+            if i == len(steps) - 1 or not isinstance(steps[i + 1], float):
+                replies += read_until_sentinel(client)
+        return replies
+    finally:
+        client.close()
+
+
+def read_until_sentinel(client: RawClient, timeout: float = 10.0) -> bytes:
+    client.sock.settimeout(timeout)
+    buf = b""
+    while not buf.endswith(SENTINEL_REPLY):
+        try:
+            chunk = client.sock.recv(1 << 20)
+        except (ConnectionResetError, TimeoutError):
+            break
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
+@pytest.fixture(scope="module")
+def servers():
+    if MEMCACHED is None:
+        pytest.skip("Debian's memcached binary is not installed; CI always installs it")
+    reference = start_memcached()
+    node = start_node()
+    yield reference, node
+    reference.stop()
+    node.stop()
+
+
+def test_there_are_enough_scripts():
+    assert len(SCRIPTS) >= 150
+
+
+@pytest.mark.parametrize("name,steps", SCRIPTS, ids=[s[0] for s in SCRIPTS])
+def test_same_replies(servers, name, steps):
+    reference, node = servers
+    expected = run_script(reference.port, steps)
+    actual = run_script(node.port, steps)
+    assert normalise(actual) == normalise(expected)
