@@ -26,7 +26,7 @@ from .store import Store
 RECV_SIZE = 64 * 1024
 CRAWL_BUDGET = 2000  # items the crawler visits between two checkpoints
 CRAWL_PER_SECOND = 50_000
-AUTOMOVE_INTERVAL = 10.0
+AUTOMOVE_INTERVAL = 1.0
 
 
 class ListenError(OSError):

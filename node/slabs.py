@@ -144,7 +144,8 @@ class Slabs:
         return self._clsid_scan(size)
 
     # -- pages -----------------------------------------------------------------------------
-    def _new_page(self, cls: SlabClass) -> bool:
+    def new_page(self, cls: SlabClass) -> bool:
+        """Give ``cls`` a page from the pool or new memory; False at the memory limit."""
         if self.free_pages:
             index = self.free_pages.pop()
         else:
@@ -178,7 +179,7 @@ class Slabs:
     def alloc(self, clsid: int, new_page: bool = True) -> int:
         """A free chunk of class ``clsid``, or ``NONE`` when the class must evict first."""
         cls = self.classes[clsid]
-        if cls.free_head == NONE and not cls.end_left and (not new_page or not self._new_page(cls)):
+        if cls.free_head == NONE and not cls.end_left and (not new_page or not self.new_page(cls)):
             return NONE
         if cls.free_head != NONE:
             handle = cls.free_head

@@ -269,12 +269,9 @@ class Store:
         cls.lru_count -= 1
 
     def _bump(self, hd: int, page: bytearray, off: int) -> None:
-        """Mark a fetched item active; the eviction scan gives active items a second chance."""
-        iflags = page[off + 41]
-        if iflags & F_FETCHED:
-            page[off + 41] = iflags | F_ACTIVE
-        else:
-            page[off + 41] = iflags | F_FETCHED
+        """Mark a fetched item: the eviction scan gives active items a second chance (CLOCK),
+        which keeps recently read items cached without relinking the LRU on every hit."""
+        page[off + 41] |= F_FETCHED | F_ACTIVE
         _TIME.pack_into(page, off + 28, self.clock.now)
 
     # -- allocation ------------------------------------------------------------------------
@@ -399,43 +396,47 @@ class Store:
             src = candidates[0].clsid
         if len(self.slabs.classes[src].pages) < 2 or not self.move_page(src):
             return "NOSPARE"
-        self.slabs._new_page(self.slabs.classes[dst])
+        self.slabs.new_page(self.slabs.classes[dst])
         return "OK"
 
-    def automove_step(self, last_evictions: list[int]) -> None:
-        """One round of the background page balancer (memcached's slab_automove=1 idea).
+    def automove_step(self, last_evictions: list[int]) -> bool:
+        """One round of the background page balancer (memcached's ``slab_automove=1`` idea).
 
-        A class that evicted since the last round while another class holds its oldest item
-        for twice as long (or holds a completely free page) receives one page from it.
+        The class that evicted most since the last round receives one page from a class that
+        has a page's worth of free chunks, or else from the class whose least recently used
+        item is oldest, if that item is more than twice as old as the evicting class's.
+        Returns whether a page moved.
         """
-        if not self.automove:
-            return
-        classes = self.slabs.classes
+        classes = self.slabs.classes[1:]
         counters = self.stats.cls
-        now = self.clock.now
         hungry = None
-        for cls in classes[1:]:
-            ev = counters[cls.clsid].evicted
-            if ev > last_evictions[cls.clsid] and (
-                hungry is None or ev - last_evictions[cls.clsid] > 0
-            ):
-                hungry = cls
-            last_evictions[cls.clsid] = ev
-        if hungry is None:
-            return
-        hungry_age = now - self.item_time(hungry.lru_tail) if hungry.lru_tail != NONE else 0
-        best = None
-        for cls in classes[1:]:
+        most = 0
+        for cls in classes:
+            evicted = counters[cls.clsid].evicted
+            if evicted - last_evictions[cls.clsid] > most:
+                hungry, most = cls, evicted - last_evictions[cls.clsid]
+            last_evictions[cls.clsid] = evicted
+        if hungry is None or not self.automove:
+            return False
+        hungry_age = self._tail_age(hungry)
+        donor = None
+        donor_age = 2 * max(hungry_age, 1)
+        for cls in classes:
             if cls is hungry or len(cls.pages) < 2:
                 continue
             if cls.free_count + cls.end_left >= cls.perslab:
-                best = cls
+                donor = cls
                 break
-            age = now - self.item_time(cls.lru_tail) if cls.lru_tail != NONE else 0
-            if age > 2 * max(hungry_age, 1) and (best is None or age > best.requested):
-                best = cls
-        if best is not None and self.move_page(best.clsid):
-            self.slabs._new_page(hungry)
+            age = self._tail_age(cls)
+            if age > donor_age:
+                donor, donor_age = cls, age
+        if donor is None or not self.move_page(donor.clsid):
+            return False
+        self.slabs.new_page(hungry)
+        return True
+
+    def _tail_age(self, cls) -> int:
+        return self.clock.now - self.item_time(cls.lru_tail) if cls.lru_tail != NONE else 0
 
     # -- linking ---------------------------------------------------------------------------
     def unlink(self, hd: int) -> None:
