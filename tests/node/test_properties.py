@@ -1,0 +1,208 @@
+"""Property tests: the store against a plain-dict model, and random bytes against the parser."""
+
+from __future__ import annotations
+
+import time
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from ringcache.node.commands import NodeState, Session
+from ringcache.node.config import parse_args
+from ringcache.node.store import (
+    ADD,
+    APPEND,
+    CAS,
+    NOT_FOUND,
+    PREPEND,
+    REPLACE,
+    SET,
+    STORED,
+    Clock,
+    Store,
+)
+
+KEYS = st.sampled_from([b"a", b"b", b"c", b"key:" + b"x" * 200, b"\x01ctl"])
+# Sizes that exercise small classes, large classes and chained items.
+VALUES = st.one_of(
+    st.binary(max_size=40),
+    st.binary(min_size=1000, max_size=3000),
+    st.integers(min_value=0, max_value=2**64 - 1).map(lambda n: str(n).encode()),
+    st.sampled_from([b"x" * 600_000, b"y" * 1_000_000]),
+)
+U64 = 2**64 - 1
+
+
+class Wall:
+    def __init__(self) -> None:
+        self.t = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class StoreModel(RuleBasedStateMachine):
+    """Every operation is applied to the store and to a dict of (value, flags, expires_at)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wall = Wall()
+        self.clock = Clock(self.wall)
+        self.store = Store(parse_args(["-m", "64"]), self.clock)
+        self.model: dict[bytes, tuple[bytes, int, int | None]] = {}
+        self.cas: dict[bytes, int] = {}
+
+    def _live(self, key: bytes):
+        entry = self.model.get(key)
+        if entry is None:
+            return None
+        if entry[2] is not None and entry[2] <= self.clock.now:
+            del self.model[key]
+            return None
+        return entry
+
+    def _expiry(self, ttl: int) -> tuple[int, int | None]:
+        rel = self.clock.realtime(ttl)
+        return rel, (rel if rel else None)
+
+    @rule(key=KEYS, value=VALUES, flags=st.integers(0, 2**32 - 1), ttl=st.integers(0, 5))
+    def set(self, key, value, flags, ttl):
+        rel, exp = self._expiry(ttl)
+        result, cas = self.store.store(SET, key, flags, rel, value + b"\r\n")
+        assert result == STORED
+        self.model[key] = (value, flags, exp)
+        self.cas[key] = cas
+
+    @rule(key=KEYS, value=VALUES, mode=st.sampled_from([ADD, REPLACE, APPEND, PREPEND]))
+    def conditional(self, key, value, mode):
+        old = self._live(key)
+        result, _ = self.store.store(mode, key, 0, 0, value + b"\r\n")
+        if mode == ADD:
+            expected = old is None
+        else:
+            expected = old is not None
+        if mode in (APPEND, PREPEND) and old is not None:
+            combined = old[0] + value if mode == APPEND else value + old[0]
+            if len(combined) + len(key) + 59 + (4 if old[1] else 0) > 1024 * 1024:
+                expected = False  # cannot fit: not stored
+        assert (result == STORED) == expected
+        if result == STORED:
+            self.cas.pop(key, None)  # changed: a client would have to ask again
+            if mode in (ADD, REPLACE):
+                self.model[key] = (value, 0, None)
+            else:
+                combined = old[0] + value if mode == APPEND else value + old[0]
+                self.model[key] = (combined, old[1], old[2])
+
+    @rule(key=KEYS, value=VALUES, stale=st.booleans())
+    def cas_store(self, key, value, stale):
+        old = self._live(key)
+        token = self.cas.get(key, 0) + (1000 if stale else 0)
+        result, _ = self.store.store(CAS, key, 0, 0, value + b"\r\n", token)
+        if old is None:
+            assert result == NOT_FOUND
+        elif stale or key not in self.cas:
+            assert result != STORED
+        else:
+            assert result == STORED
+            self.model[key] = (value, 0, None)
+        self.cas.pop(key, None)
+
+    @rule(key=KEYS)
+    def get(self, key):
+        hit = self.store.get(key)
+        entry = self._live(key)
+        if entry is None:
+            assert hit is None
+        else:
+            assert hit is not None
+            flags, data, cas, _ = hit
+            assert bytes(data) == entry[0] + b"\r\n"
+            assert flags == entry[1]
+            self.cas[key] = cas
+
+    @rule(key=KEYS)
+    def delete(self, key):
+        assert self.store.delete(key) == (self._live(key) is not None)
+        self.model.pop(key, None)
+        self.cas.pop(key, None)
+
+    @rule(key=KEYS, amount=st.integers(0, U64), incr=st.booleans())
+    def delta(self, key, amount, incr):
+        entry = self._live(key)
+        result = self.store.delta(key, incr, amount)
+        if entry is None:
+            assert result == NOT_FOUND
+            return
+        text = entry[0]
+        if text.isdigit() and len(text) <= 20 and int(text) <= U64:
+            current = int(text)
+            new = (current + amount) & U64 if incr else max(current - amount, 0)
+            assert result == b"%d" % new
+            digits = b"%d" % new
+            stored = (
+                digits + b" " * (len(text) - len(digits)) if len(digits) <= len(text) else digits
+            )
+            self.model[key] = (stored, entry[1], entry[2])
+            self.cas.pop(key, None)
+
+    @rule(seconds=st.integers(0, 3))
+    def tick(self, seconds):
+        self.wall.t += seconds
+        self.clock.tick()
+
+    @precondition(lambda self: self.model)
+    @rule()
+    def flush(self):
+        self.store.flush_all()
+        self.model.clear()
+        self.cas.clear()
+
+    @rule()
+    def crawl(self):
+        self.store.crawl(budget=50)
+
+    @invariant()
+    def accounting(self):
+        live = sum(c.lru_count for c in self.store.slabs.classes)
+        assert live == self.store.curr_items == self.store.count
+
+
+TestStoreModel = StoreModel.TestCase
+TestStoreModel.settings = settings(
+    max_examples=80, stateful_step_count=40, deadline=None, suppress_health_check=list(HealthCheck)
+)
+
+
+COMMAND_WORDS = [
+    b"get ", b"gets ", b"set ", b"add ", b"cas ", b"incr ", b"decr ", b"delete ", b"touch ",
+    b"gat ", b"stats", b"flush_all", b"lru_crawler metadump all", b"slabs reassign 1 2",
+    b"noreply", b" 0 0 5", b" 4294967296", b" -1", b"\r\n", b"\n", b"\r", b" ", b"\x00",
+    b"HTTP/1.1", b"x" * 300,
+]  # fmt: skip
+FRAGMENTS = st.lists(
+    st.one_of(st.binary(max_size=64), st.sampled_from(COMMAND_WORDS)), max_size=60
+).map(b"".join)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@given(chunks=st.lists(FRAGMENTS, max_size=8))
+def test_random_bytes_never_crash_or_hang(chunks):
+    cfg = parse_args(["-m", "8"])
+    s = Session(NodeState(cfg, Store(cfg), log=lambda line: None))
+    started = time.monotonic()
+    for chunk in chunks:
+        s.feed(chunk)
+        for _ in range(10_000):
+            out, more = s.step()
+            assert isinstance(out, bytes)
+            if not more or s.closing:
+                break
+        else:
+            raise AssertionError("the session kept claiming more work")
+        if s.closing:
+            break
+        # Nothing is buffered beyond what the protocol allows for an unfinished request.
+        assert s.parser.buffered() <= sum(map(len, chunks))
+    assert time.monotonic() - started < 5

@@ -1,0 +1,231 @@
+"""The sans-IO protocol and request handling: bytes in, bytes out, no sockets."""
+
+from __future__ import annotations
+
+import pytest
+
+from ringcache.node.commands import NodeState, Session
+from ringcache.node.config import parse_args
+from ringcache.node.protocol import MULTIGET_LIMIT, Parser, StorageRequest
+from ringcache.node.store import Store
+
+
+def session(*args: str) -> Session:
+    cfg = parse_args(list(args))
+    return Session(NodeState(cfg, Store(cfg), log=lambda line: None))
+
+
+def run(s: Session, data: bytes) -> bytes:
+    s.feed(data)
+    out = b""
+    while True:
+        chunk, more = s.step()
+        out += chunk
+        if not more:
+            return out
+
+
+@pytest.mark.parametrize(
+    "request_bytes,reply",
+    [
+        (b"set a 0 0 1\r\nx\r\n", b"STORED\r\n"),
+        (b"set a 0 0 1 noreply\r\nx\r\n", b""),
+        (b"get a\r\n", b"END\r\n"),
+        (b"bogus\r\n", b"ERROR\r\n"),
+        (b"\r\n", b"ERROR\r\n"),
+        (b"GET a\r\n", b"ERROR\r\n"),
+        (b"set a 0 0\r\n", b"ERROR\r\n"),
+        (b"set a x 0 1\r\nx\r\n", b"CLIENT_ERROR bad command line format\r\nERROR\r\n"),
+        (b"set a 0 x 1\r\nx\r\n", b"CLIENT_ERROR bad command line format\r\nERROR\r\n"),
+        (b"set a 0 0 -1\r\n", b"CLIENT_ERROR bad command line format\r\n"),
+        (b"set a 0 0 1\r\nxyz\r\n", b"CLIENT_ERROR bad data chunk\r\nERROR\r\n"),
+        (
+            b"set %s 0 0 1\r\nx\r\n" % (b"k" * 251),
+            b"CLIENT_ERROR bad command line format\r\nERROR\r\n",
+        ),
+        (b"get %s\r\n" % (b"k" * 251), b"CLIENT_ERROR bad command line format\r\n"),
+        (
+            b"delete a 5\r\n",
+            b"CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]\r\n",
+        ),
+        (b"delete a\r\n", b"NOT_FOUND\r\n"),
+        (b"delete a 0\r\n", b"NOT_FOUND\r\n"),
+        (b"delete a noreply\r\n", b""),
+        (b"incr a x\r\n", b"CLIENT_ERROR invalid numeric delta argument\r\n"),
+        (b"incr a 1\r\n", b"NOT_FOUND\r\n"),
+        (b"touch a x\r\n", b"CLIENT_ERROR invalid exptime argument\r\n"),
+        (b"touch a 1\r\n", b"NOT_FOUND\r\n"),
+        (b"gat x a\r\n", b"CLIENT_ERROR invalid exptime argument\r\n"),
+        (b"flush_all x\r\n", b"CLIENT_ERROR invalid exptime argument\r\n"),
+        (b"flush_all\r\n", b"OK\r\n"),
+        (b"flush_all noreply\r\n", b""),
+        (b"verbosity x\r\n", b"CLIENT_ERROR bad command line format\r\n"),
+        (b"verbosity 1\r\n", b"OK\r\n"),
+        (b"version\r\n", b"VERSION 1.6.18\r\n"),
+        (b"shutdown\r\n", b"ERROR: shutdown not enabled\r\n"),
+        (b"stats reset\r\n", b"RESET\r\n"),
+        (b"stats sizes\r\n", b"STAT sizes_status disabled\r\nEND\r\n"),
+        (b"stats bogus\r\n", b"ERROR\r\n"),
+        (b"stats cachedump 99 0\r\n", b"CLIENT_ERROR Illegal slab id\r\n"),
+        (b"stats detail\r\n", b"CLIENT_ERROR usage: stats detail on|off|dump\r\n"),
+        (b"slabs reassign 1 1\r\n", b"SAME src and dst class are identical\r\n"),
+        (b"slabs reassign 99 1\r\n", b"BADCLASS invalid src or dst class id\r\n"),
+        (b"slabs reassign 1 2\r\n", b"NOSPARE source class has no spare pages\r\n"),
+        (b"slabs automove 1\r\n", b"OK\r\n"),
+        (b"slabs automove 9\r\n", b"ERROR\r\n"),
+        (b"lru_crawler metadump all\r\n", b"END\r\n"),
+        (b"lru_crawler metadump 99\r\n", b"BADCLASS invalid class id\r\n"),
+        (b"lru_crawler crawl all\r\n", b"OK\r\n"),
+        (b"cas a 0 0 1 1\r\nx\r\n", b"NOT_FOUND\r\n"),
+        (b"set a 0 0 1\nx\r\nget a\n", b"STORED\r\nVALUE a 0 1\r\nx\r\nEND\r\n"),
+    ],
+)
+def test_replies(request_bytes, reply):
+    assert run(session(), request_bytes) == reply
+
+
+def test_pipelined_commands_are_answered_in_one_batch():
+    s = session()
+    s.feed(b"".join(b"set k%d 0 0 1\r\n%d\r\n" % (i, i % 10) for i in range(10)) + b"get k3 k7\r\n")
+    out, more = s.step()
+    assert out == b"STORED\r\n" * 10 + b"VALUE k3 0 1\r\n3\r\nVALUE k7 0 1\r\n7\r\nEND\r\n"
+    assert not more
+
+
+def test_a_batch_is_bounded_and_resumes():
+    s = session()
+    s.feed(b"version\r\n" * 50)
+    out, more = s.step(max_requests=20)
+    assert out == b"VERSION 1.6.18\r\n" * 20 and more
+    assert run(s, b"") == b"VERSION 1.6.18\r\n" * 30
+
+
+def test_partial_line_and_partial_data_wait_for_more():
+    s = session()
+    assert run(s, b"se") == b""
+    assert run(s, b"t a 0 0 5\r\nab") == b""
+    assert run(s, b"cde\r") == b""
+    assert run(s, b"\nget a\r\n") == b"STORED\r\nVALUE a 0 5\r\nabcde\r\nEND\r\n"
+
+
+def test_too_large_value_is_swallowed_without_buffering():
+    s = session()
+    assert run(s, b"set big 0 0 2000000\r\n") == b"SERVER_ERROR object too large for cache\r\n"
+    for _ in range(20):
+        assert run(s, b"x" * 100000) == b""
+        assert s.parser.buffered() == 0
+    assert run(s, b"\r\nget big\r\n") == b"END\r\n"
+
+
+def test_huge_declared_length_is_swallowed():
+    s = session()
+    assert run(s, b"set big 0 0 2147483645\r\nshort\r\n") == (
+        b"SERVER_ERROR object too large for cache\r\n"
+    )
+    assert s.parser.swallow == 2147483647 - len(b"short\r\n")
+    assert s.parser.buffered() == 0
+
+
+def test_2048_rule_closes_non_get_lines():
+    s = session()
+    run(s, b"x" * 2049)
+    assert s.closing
+
+
+def test_long_multiget_lines_are_allowed_up_to_a_bound():
+    s = session()
+    run(s, b"get " + b"k " * 5000)
+    assert not s.closing
+    assert run(s, b"\r\n") == b"END\r\n"
+    s = session()
+    run(s, b"get " + b"k" * MULTIGET_LIMIT)
+    assert s.closing
+
+
+def test_http_and_quit_close():
+    s = session()
+    run(s, b"GET / HTTP/1.1\r\n")
+    assert s.closing
+    s = session()
+    assert run(s, b"version\r\nquit\r\nversion\r\n") == b"VERSION 1.6.18\r\n"
+    assert s.closing
+
+
+def test_long_key_in_multiget_drops_the_pending_batch():
+    s = session()
+    out = run(s, b"set a 0 0 1\r\na\r\nget a %s\r\nget a\r\n" % (b"k" * 251))
+    assert out == b"CLIENT_ERROR bad command line format\r\nVALUE a 0 1\r\na\r\nEND\r\n"
+
+
+def test_big_multiget_is_streamed_in_slices():
+    s = session()
+    run(s, b"".join(b"set k%d 0 0 1000\r\n%s\r\n" % (i, b"v" * 1000) for i in range(300)))
+    s.feed(b"get " + b" ".join(b"k%d" % i for i in range(300)) + b"\r\n")
+    sizes = []
+    while True:
+        out, more = s.step(max_bytes=64 * 1024)
+        sizes.append(len(out))
+        if not more:
+            break
+    assert len(sizes) > 2 and max(sizes) < 200 * 1024
+    assert sum(sizes) == sum(len(b"VALUE k%d 0 1000\r\n" % i) + 1002 for i in range(300)) + 5
+
+
+def test_metadump_lists_items():
+    s = session()
+    run(s, b"set a%20b 3 0 2\r\nhi\r\nset c 0 100 1\r\nx\r\nget c\r\n")
+    out = run(s, b"lru_crawler metadump all\r\n")
+    lines = out.split(b"\r\n")
+    assert lines[-2:] == [b"END", b""]
+    assert any(
+        line.startswith(b"key=a%2520b exp=-1 ") and b"fetch=no cls=1 size=70" in line
+        for line in lines
+    )
+    assert any(line.startswith(b"key=c exp=") and b"fetch=yes" in line for line in lines)
+
+
+def test_cachedump():
+    s = session()
+    run(s, b"set k1 0 0 3\r\nabc\r\n")
+    assert run(s, b"stats cachedump 1 0\r\n") == b"ITEM k1 [3 b; 0 s]\r\nEND\r\n"
+
+
+def test_noreply_on_every_storage_and_error():
+    s = session()
+    data = (
+        b"set a 0 0 1 noreply\r\n1\r\n"
+        b"add a 0 0 1 noreply\r\n2\r\n"
+        b"replace a 0 0 1 noreply\r\n3\r\n"
+        b"append a 0 0 1 noreply\r\n4\r\n"
+        b"prepend a 0 0 1 noreply\r\n5\r\n"
+        b"incr b 1 noreply\r\n"
+        b"touch a 10 noreply\r\n"
+        b"delete c noreply\r\n"
+        b"set a x 0 1 noreply\r\n"
+        b"get a\r\n"
+    )
+    assert run(s, data) == b"VALUE a 0 3\r\n534\r\nEND\r\n"
+
+
+def test_parser_never_copies_consumed_bytes_forever():
+    p = Parser(lambda nkey, flags, nbytes: True)
+    for _ in range(1000):
+        p.feed(b"version\r\n")
+        assert p.next() == [b"version"]
+    assert len(p.buf) < 100
+
+
+def test_storage_request_fields():
+    p = Parser(lambda nkey, flags, nbytes: True)
+    p.feed(b"cas k 5 100 3 77 noreply\r\nabc\r\n")
+    req = p.next()
+    assert isinstance(req, StorageRequest)
+    assert (req.key, req.flags, req.exptime, req.nbytes, req.cas, req.noreply, req.data) == (
+        b"k",
+        5,
+        100,
+        5,
+        77,
+        True,
+        b"abc\r\n",
+    )
