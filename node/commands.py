@@ -64,7 +64,7 @@ R_NO_MEMORY = b"SERVER_ERROR out of memory storing object\r\n"
 
 # A multiget with more keys than this is answered in slices between sends, so that one
 # request cannot make the node build an unbounded reply in memory.
-GET_SLICE = 100
+GET_SLICE = 8
 STREAM_CHUNK = 256 * 1024
 
 
@@ -153,13 +153,18 @@ class Session:
         starved = False  # the parser needs more bytes before it can go on
         for _ in range(max_requests):
             if self.stream is not None:
-                for chunk in self.stream:
-                    out.append(chunk)
-                    size += len(chunk)
-                    if size >= max_bytes:
-                        break
-                else:
+                try:
+                    for chunk in self.stream:
+                        out.append(chunk)
+                        size += len(chunk)
+                        if size >= max_bytes:
+                            break
+                    else:
+                        self.stream = None
+                except DropPending as exc:
                     self.stream = None
+                    out.clear()
+                    out.append(exc.reply)
                 if self.stream is not None:
                     break
             try:
@@ -192,7 +197,8 @@ class Session:
                 break
             if reply:
                 out.append(self._reply(reply) if self.node.verbosity > 1 else reply)
-            if self.closing:
+                size += len(reply)
+            if self.closing or size >= max_bytes:
                 break
         data = b"".join(out)
         self.stats.bytes_written += len(data)
@@ -282,10 +288,19 @@ class Session:
         return self._retrieve_keys(keys, with_cas, touch, True)
 
     def _retrieve_stream(self, keys, with_cas, touch) -> Iterator[bytes]:
+        """A long multiget answered a few keys at a time, in chunks of about STREAM_CHUNK."""
+        chunk: list[bytes] = []
+        size = 0
         for i in range(0, len(keys), GET_SLICE):
-            yield self._retrieve_keys(
-                keys[i : i + GET_SLICE], with_cas, touch, i + GET_SLICE >= len(keys)
-            )
+            part = self._retrieve_keys(keys[i : i + GET_SLICE], with_cas, touch, False)
+            chunk.append(part)
+            size += len(part)
+            if size >= STREAM_CHUNK:
+                yield b"".join(chunk)
+                chunk = []
+                size = 0
+        chunk.append(R_END)
+        yield b"".join(chunk)
 
     def _retrieve_keys(self, keys, with_cas, touch, last) -> bytes:
         store = self.store

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ringcache.node.commands import NodeState, Session
+from ringcache.node.commands import GET_SLICE, STREAM_CHUNK, NodeState, Session
 from ringcache.node.config import parse_args
 from ringcache.node.protocol import MULTIGET_LIMIT, Parser, StorageRequest
 from ringcache.node.store import Store
@@ -159,16 +159,16 @@ def test_long_key_in_multiget_drops_the_pending_batch():
 
 def test_big_multiget_is_streamed_in_slices():
     s = session()
-    run(s, b"".join(b"set k%d 0 0 1000\r\n%s\r\n" % (i, b"v" * 1000) for i in range(300)))
-    s.feed(b"get " + b" ".join(b"k%d" % i for i in range(300)) + b"\r\n")
+    run(s, b"".join(b"set k%d 0 0 1000\r\n%s\r\n" % (i, b"v" * 1000) for i in range(1000)))
+    s.feed(b"get " + b" ".join(b"k%d" % i for i in range(1000)) + b"\r\n")
     sizes = []
     while True:
         out, more = s.step(max_bytes=64 * 1024)
         sizes.append(len(out))
         if not more:
             break
-    assert len(sizes) > 2 and max(sizes) < 200 * 1024
-    assert sum(sizes) == sum(len(b"VALUE k%d 0 1000\r\n" % i) + 1002 for i in range(300)) + 5
+    assert len(sizes) >= 4 and max(sizes) < STREAM_CHUNK + GET_SLICE * 1100
+    assert sum(sizes) == sum(len(b"VALUE k%d 0 1000\r\n" % i) + 1002 for i in range(1000)) + 5
 
 
 def test_metadump_lists_items():
