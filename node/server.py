@@ -171,12 +171,12 @@ class Node:
         recv_into = sock.recv_into
         wait_readable = trio.lowlevel.wait_readable
         checkpoint = trio.lowlevel.checkpoint
-        waited = True
+        # After a reply the client is most likely waiting for it, so the next read waits for
+        # readiness first instead of spending a recv() that would fail with EAGAIN.
+        ready = True
         try:
             while True:
-                try:
-                    n = recv_into(buf)
-                except BlockingIOError:
+                if not ready:
                     if idle == math.inf:
                         await wait_readable(sock)
                     else:
@@ -184,16 +184,15 @@ class Node:
                             await wait_readable(sock)
                         if scope.cancelled_caught:
                             break
-                    waited = True
+                try:
+                    n = recv_into(buf)
+                except BlockingIOError:
+                    ready = False
                     continue
                 except OSError:
                     break
                 if n == 0:
                     break
-                if not waited:
-                    # Data was already waiting: let the other connections run first.
-                    await checkpoint()
-                waited = False
                 session.feed(view[:n])
                 while True:
                     out, more = session.step(batch)
@@ -204,6 +203,10 @@ class Node:
                     if not more:
                         break
                     stats.conn_yields += 1
+                    await checkpoint()
+                # A full buffer means more is probably waiting; otherwise wait (and so yield).
+                ready = n == RECV_SIZE
+                if ready:
                     await checkpoint()
                 if state.shutdown_requested:
                     self.stop()

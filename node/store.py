@@ -192,11 +192,6 @@ class Store:
         page, off = self._loc(hd)
         return _TIME.unpack_from(page, off + 28)[0]
 
-    def _ntotal(self, hd: int) -> int:
-        page, off = self._loc(hd)
-        _, _, nbytes, flags, nkey, _ = _VIEW.unpack_from(page, off + 24)
-        return ITEM_HEADER + nkey + 1 + (4 if flags else 0) + nbytes + 8
-
     def _data(self, page: bytearray, off: int, nkey: int, nbytes: int, iflags: int) -> bytes:
         """The value with its trailing ``\\r\\n`` (a copy)."""
         start = off + ITEM_HEADER + nkey
@@ -442,15 +437,18 @@ class Store:
     def unlink(self, hd: int) -> None:
         """Remove a linked item from the index and LRU and free its chunks."""
         page, off = self._loc(hd)
-        _, _, nbytes, flags, nkey, iflags = _VIEW.unpack_from(page, off + 24)
-        key = bytes(page[off + ITEM_HEADER : off + ITEM_HEADER + nkey])
-        slot, found = self._find(key)
+        nkey = page[off + 40]
+        slot, found = self._find(bytes(page[off + ITEM_HEADER : off + ITEM_HEADER + nkey]))
         if found == hd:
             self._table_remove(slot)
+        self._forget(hd, page, off)
+
+    def _forget(self, hd: int, page: bytearray, off: int) -> None:
+        """Everything of ``unlink`` but the hash index: LRU, accounting, chunks."""
+        _, _, nbytes, flags, nkey, iflags = _VIEW.unpack_from(page, off + 24)
         self._lru_unlink(hd, page, off)
-        cls = self._lru_cls(page, off)
         ntotal = ITEM_HEADER + nkey + 1 + (4 if flags else 0) + nbytes + 8
-        cls.requested -= ntotal
+        self._lru_cls(page, off).requested -= ntotal
         self.curr_items -= 1
         self.bytes -= ntotal
         page[off + 41] = iflags & ~F_LINKED
@@ -466,29 +464,32 @@ class Store:
                 ch = nxt
         slabs.free(hd)
 
-    def _link(self, hd: int, slot: int | None = None) -> int:
+    def _install(self, key: bytes, hd: int) -> int:
+        """Link a new item under ``key``, replacing what is linked under it now; its CAS.
+
+        The key is looked up again here because allocating ``hd`` may have evicted items
+        (possibly the old value itself) and moved entries of the hash index.
+        """
+        slot, old = self._find(key)
         page, off = self._loc(hd)
         self.cas_id += 1
         cas = self.cas_id
         _CAS.pack_into(page, off + 16, cas)
         _TIME.pack_into(page, off + 28, self.clock.now)
         page[off + 41] |= F_LINKED
-        if slot is None:
-            slot, _ = self._find(
-                bytes(page[off + ITEM_HEADER : off + ITEM_HEADER + page[off + 40]])
-            )
-        self._table_insert(slot, hd)
+        if old != NONE:
+            self.table[slot] = hd  # same key, same slot
+            self._forget(old, *self._loc(old))
+        else:
+            self._table_insert(slot, hd)
         self._lru_link(hd, page, off)
-        ntotal = self._ntotal(hd)
+        _, _, nbytes, flags, nkey, _ = _VIEW.unpack_from(page, off + 24)
+        ntotal = ITEM_HEADER + nkey + 1 + (4 if flags else 0) + nbytes + 8
         self._lru_cls(page, off).requested += ntotal
         self.curr_items += 1
         self.bytes += ntotal
         self.stats.total_items += 1
         return cas
-
-    def _replace(self, old: int, new: int) -> int:
-        self.unlink(old)
-        return self._link(new)
 
     # -- item construction -----------------------------------------------------------------
     def item_size_ok(self, nkey: int, flags: int, nbytes: int) -> bool:
@@ -605,7 +606,7 @@ class Store:
             hd = self._new_item(key, flags, exptime, data)
             if hd == NONE:
                 return self._alloc_failure(key, flags, data, mode), 0
-            return STORED, self._link(hd)
+            return STORED, self._install(key, hd)
         opage, ooff = self._loc(old)
         old_cas = _CAS.unpack_from(opage, ooff + 16)[0]
         old_cls = opage[ooff + 42]
@@ -630,7 +631,7 @@ class Store:
             hd = self._new_item(key, flags, exptime, data)
             if hd == NONE:
                 return self._alloc_failure(key, flags, data, mode), 0
-        return STORED, self._replace(old, hd)
+        return STORED, self._install(key, hd)
 
     def count_set(self, nkey: int, flags: int, nbytes: int) -> None:
         """memcached counts ``cmd_set`` for every value it reads, whatever happens next."""
@@ -718,7 +719,7 @@ class Store:
         new = self._new_item(key, flags, exptime, digits + b"\r\n")
         if new == NONE:
             return NO_MEMORY
-        self._replace(hd, new)
+        self._install(key, new)
         return digits
 
     def flush_all(self, delay: int = 0) -> None:
@@ -845,6 +846,8 @@ _SPACE = b" \t\n\v\f\r"
 def c_strtonum(text: bytes, bits: int, signed: bool) -> int | None:
     """C's strtol/strtoul (base 10) plus memcached's ``safe_strto*`` checks, then the C cast to
     ``bits`` bits.  Returns None where memcached's parser says false."""
+    if len(text) < 10 and text.isdigit():
+        return int(text)  # the common case: plain digits that fit every width
     n = len(text)
     i = 0
     while i < n and text[i] in _SPACE:
