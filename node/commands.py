@@ -10,7 +10,7 @@ and bytes out, and ``server`` drives it over sockets.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from . import stats as stats_text
@@ -289,18 +289,10 @@ class Session:
 
     def _retrieve_stream(self, keys, with_cas, touch) -> Iterator[bytes]:
         """A long multiget answered a few keys at a time, in chunks of about STREAM_CHUNK."""
-        chunk: list[bytes] = []
-        size = 0
-        for i in range(0, len(keys), GET_SLICE):
-            part = self._retrieve_keys(keys[i : i + GET_SLICE], with_cas, touch, False)
-            chunk.append(part)
-            size += len(part)
-            if size >= STREAM_CHUNK:
-                yield b"".join(chunk)
-                chunk = []
-                size = 0
-        chunk.append(R_END)
-        yield b"".join(chunk)
+        return _chunked(
+            self._retrieve_keys(keys[i : i + GET_SLICE], with_cas, touch, False)
+            for i in range(0, len(keys), GET_SLICE)
+        )
 
     def _retrieve_keys(self, keys, with_cas, touch, last) -> bytes:
         store = self.store
@@ -526,7 +518,7 @@ class Session:
                     if clsid is None or not 1 <= clsid <= self.store.slabs.largest:
                         return b"BADCLASS invalid class id\r\n"
                     classes.add(clsid)
-            self.stream = self._metadump(classes)
+            self.stream = _chunked(self.store.metadump(classes))
             return b""
         if ntokens == 4 and tokens[1] == b"crawl":
             self.store.stats.lru_crawler_starts += 1
@@ -543,18 +535,20 @@ class Session:
             return R_OK
         return R_ERROR
 
-    def _metadump(self, classes) -> Iterator[bytes]:
-        chunk: list[bytes] = []
-        size = 0
-        for line in self.store.metadump(classes):
-            chunk.append(line)
-            size += len(line)
-            if size >= STREAM_CHUNK:
-                yield b"".join(chunk)
-                chunk = []
-                size = 0
-        chunk.append(R_END)
-        yield b"".join(chunk)
+
+def _chunked(parts: Iterable[bytes]) -> Iterator[bytes]:
+    """Reply parts joined into chunks of about STREAM_CHUNK bytes, ending with END."""
+    chunk: list[bytes] = []
+    size = 0
+    for part in parts:
+        chunk.append(part)
+        size += len(part)
+        if size >= STREAM_CHUNK:
+            yield b"".join(chunk)
+            chunk = []
+            size = 0
+    chunk.append(R_END)
+    yield b"".join(chunk)
 
 
 def _c_strtod(text: bytes) -> float | None:
