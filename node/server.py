@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import math
+import select
 import socket
 from collections.abc import Callable
 
@@ -27,6 +28,62 @@ RECV_SIZE = 64 * 1024
 CRAWL_BUDGET = 2000  # items the crawler visits between two checkpoints
 CRAWL_PER_SECOND = 50_000
 AUTOMOVE_INTERVAL = 1.0
+
+
+class Poller:
+    """Read readiness for all connections from one epoll set, registered once per socket.
+
+    trio's ``wait_readable`` adds and removes the descriptor from its epoll set on every
+    wait (two ``epoll_ctl`` calls per request for a client with one request in flight). Here
+    each connection is registered once, edge-triggered; one task waits on the epoll set and
+    wakes the connection tasks whose sockets became readable. An edge that arrives while its
+    task is busy is remembered, so the task's next wait returns at once.
+    """
+
+    def __init__(self) -> None:
+        self.epoll = select.epoll()
+        self.waiters: dict[int, trio.lowlevel.Task] = {}
+        self.pending: set[int] = set()
+
+    def register(self, fd: int) -> None:
+        self.epoll.register(fd, select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET)
+
+    def unregister(self, fd: int) -> None:
+        self.pending.discard(fd)
+        self.waiters.pop(fd, None)
+        try:
+            self.epoll.unregister(fd)
+        except OSError:
+            pass
+
+    async def wait_readable(self, fd: int) -> None:
+        if fd in self.pending:
+            self.pending.discard(fd)
+            await trio.lowlevel.checkpoint()
+            return
+        self.waiters[fd] = trio.lowlevel.current_task()
+
+        def abort(_raise_cancel) -> trio.lowlevel.Abort:
+            self.waiters.pop(fd, None)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    async def run(self) -> None:
+        epfd = self.epoll.fileno()
+        poll = self.epoll.poll
+        waiters = self.waiters
+        while True:
+            await trio.lowlevel.wait_readable(epfd)
+            for fd, _ in poll(0, 256):
+                task = waiters.pop(fd, None)
+                if task is None:
+                    self.pending.add(fd)
+                else:
+                    trio.lowlevel.reschedule(task)
+
+    def close(self) -> None:
+        self.epoll.close()
 
 
 class ListenError(OSError):
@@ -76,6 +133,7 @@ class Node:
         self.listeners: list[socket.socket] = []
         self.port = cfg.port
         self._cancel: trio.CancelScope | None = None
+        self.poller = Poller()
 
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Listen and serve until cancelled (or ``shutdown`` with ``-A``)."""
@@ -86,6 +144,7 @@ class Node:
         try:
             async with trio.open_nursery() as nursery:
                 self._cancel = nursery.cancel_scope
+                nursery.start_soon(self.poller.run)
                 nursery.start_soon(self._tick)
                 if self.cfg.lru_crawler:
                     nursery.start_soon(self._crawler)
@@ -96,6 +155,7 @@ class Node:
         finally:
             for listener in self.listeners:
                 listener.close()
+            self.poller.close()
 
     def stop(self) -> None:
         if self._cancel is not None:
@@ -169,7 +229,9 @@ class Node:
         idle = self.cfg.idle_timeout or math.inf
         batch = self.cfg.reqs_per_event
         recv_into = sock.recv_into
-        wait_readable = trio.lowlevel.wait_readable
+        wait_readable = self.poller.wait_readable
+        fd = sock.fileno()
+        self.poller.register(fd)
         checkpoint = trio.lowlevel.checkpoint
         # After a reply the client is most likely waiting for it, so the next read waits for
         # readiness first instead of spending a recv() that would fail with EAGAIN.
@@ -178,10 +240,10 @@ class Node:
             while True:
                 if not ready:
                     if idle == math.inf:
-                        await wait_readable(sock)
+                        await wait_readable(fd)
                     else:
                         with trio.move_on_after(idle) as scope:
-                            await wait_readable(sock)
+                            await wait_readable(fd)
                         if scope.cancelled_caught:
                             break
                 try:
@@ -214,6 +276,7 @@ class Node:
             pass
         finally:
             state.connections.pop(session.id, None)
+            self.poller.unregister(fd)
             sock.close()
             if verbose:
                 state.log(f"<{session.id} connection closed.")
