@@ -1,1 +1,1 @@
-"""Cluster client (issue 3)."""
+"""ringcache's cluster client: ketama placement, failures as fast misses, parallel multi-key."""

@@ -1,1 +1,0 @@
-"""Cluster tooling (issue 4)."""
