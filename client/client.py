@@ -1,0 +1,534 @@
+"""The synchronous cluster client: pymemcache's surface over a ketama ring of nodes.
+
+This module owns routing (each key to the first usable server of its ring order), the
+translation of node failures into misses (or pymemcache exceptions with
+``raise_on_error=True``), the failover TTL cap for writes that land on a stand-in, multi-key
+fan-out (requests go to every node before any reply is read), the per-node connection pools
+and the background prober that re-admits ejected nodes after a real round trip. The protocol
+itself is pymemcache's: every connection is a ``pymemcache.client.base.Client``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from pymemcache.client.base import Client as ProtocolClient
+from pymemcache.client.base import _readline, _readvalue
+from pymemcache.exceptions import (
+    MemcacheError,
+    MemcacheIllegalInputError,
+    MemcacheServerError,
+    MemcacheUnexpectedCloseError,
+    MemcacheUnknownError,
+)
+from pymemcache.serde import pickle_serde
+
+from .health import NodeHealth, State
+from .ring import Ring, Server, parse_location
+
+log = logging.getLogger("ringcache.client")
+
+REALTIME_MAXDELTA = 60 * 60 * 24 * 30
+# What counts as the node failing (as opposed to the request being wrong): every way a
+# connection can break, be refused, time out (socket timeouts are OSErrors), or close under us.
+CONNECTION_ERRORS = (OSError, MemcacheUnexpectedCloseError, MemcacheUnknownError)
+
+
+class NoServerAvailable(MemcacheServerError):
+    """Every server of the LOCATION is ejected (raised only with ``raise_on_error``)."""
+
+
+def validate_key(key: str | bytes, key_prefix: bytes = b"") -> bytes:
+    """The key as bytes, or ``MemcacheIllegalInputError``: memcached's rules (at most 250 bytes,
+    no spaces or control characters)."""
+    if isinstance(key, str):
+        key = key.encode("utf-8")
+    elif not isinstance(key, bytes):
+        raise MemcacheIllegalInputError(f"key must be str or bytes, not {type(key).__name__}")
+    key = key_prefix + key
+    if not key:
+        raise MemcacheIllegalInputError("empty key")
+    if len(key) > 250:
+        raise MemcacheIllegalInputError(f"key is longer than 250 bytes: {key[:40]!r}...")
+    if any(b <= 32 or b == 127 for b in key):
+        raise MemcacheIllegalInputError(f"key contains a space or control character: {key!r}")
+    return key
+
+
+class _Node:
+    """One server: its health, its idle connections and its counters."""
+
+    def __init__(self, server: Server, client: Client) -> None:
+        self.server = server
+        self.health = NodeHealth(
+            client.failure_limit, client.probe_interval, client.probe_max_interval, client.clock
+        )
+        self._idle: list[ProtocolClient] = []
+        self._lock = threading.Lock()
+        self._owner = client
+        self.errors = 0
+
+    def connection(self) -> ProtocolClient:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        o = self._owner
+        return ProtocolClient(
+            self.server.address,
+            connect_timeout=o.connect_timeout,
+            timeout=o.timeout,
+            no_delay=True,
+            serde=o.serde,
+            allow_unicode_keys=True,
+            default_noreply=False,
+        )
+
+    def release(self, conn: ProtocolClient) -> None:
+        with self._lock:
+            if len(self._idle) < self._owner.pool_size:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+
+class Client:
+    """A memcached client for a cluster of servers placed with ketama.
+
+    ``Client(["10.0.0.1:11211", "10.0.0.2:11211"])``; every LOCATION form Django accepts works.
+    """
+
+    def __init__(
+        self,
+        location: str | Iterable | Mapping,
+        *,
+        connect_timeout: float = 0.5,
+        timeout: float = 0.5,
+        failure_limit: int = 2,
+        probe_interval: float = 0.25,
+        probe_max_interval: float = 4.0,
+        failover_ttl: int = 30,
+        raise_on_error: bool = False,
+        pool_size: int = 8,
+        serde: Any = None,
+        key_prefix: str | bytes = b"",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.servers = parse_location(location)
+        self.ring = Ring(self.servers)
+        self.connect_timeout = connect_timeout
+        self.timeout = timeout
+        self.failure_limit = failure_limit
+        self.probe_interval = probe_interval
+        self.probe_max_interval = probe_max_interval
+        self.failover_ttl = failover_ttl
+        self.raise_on_error = raise_on_error
+        self.pool_size = pool_size
+        self.serde = serde or pickle_serde
+        self.key_prefix = key_prefix.encode() if isinstance(key_prefix, str) else key_prefix
+        self.clock = clock
+        self.nodes = {s.name: _Node(s, self) for s in self.servers}
+        self._prober: threading.Thread | None = None
+        self._prober_lock = threading.Lock()
+        self._closed = threading.Event()
+
+    # -- routing ---------------------------------------------------------------------------
+    def server_for(self, key: str | bytes) -> Server:
+        """The server that owns ``key`` on the ring (whatever its health)."""
+        return self.ring.get(validate_key(key, self.key_prefix))
+
+    def _route(self, key: bytes) -> tuple[_Node | None, bool]:
+        """The node a request for ``key`` goes to, and whether it stands in for the owner."""
+        nodes = self.nodes
+        standin = False
+        for server in self.ring.candidates(key):
+            node = nodes[server.name]
+            if node.health.usable:
+                return node, standin
+            standin = True
+        return None, True
+
+    def _failover_expire(self, expire: int) -> int:
+        """Cap the TTL of a write that lands on a stand-in for an ejected owner."""
+        cap = self.failover_ttl
+        if expire < 0 or not cap:
+            return expire
+        if expire == 0:
+            return cap
+        if expire > REALTIME_MAXDELTA:
+            remaining = int(expire - time.time())
+            return min(max(remaining, -1), cap) if remaining < cap else cap
+        return min(expire, cap)
+
+    # -- failure handling ------------------------------------------------------------------
+    def _failed(self, node: _Node, exc: BaseException, what: str) -> None:
+        node.errors += 1
+        ejected = node.health.failed()
+        if ejected:
+            log.warning(
+                "ejected %s after %d failures (%s: %r)",
+                node.server,
+                node.health.failure_limit,
+                what,
+                exc,
+            )
+            self._start_prober()
+        else:
+            log.info("%s failed on %s: %r", what, node.server, exc)
+
+    def _call(
+        self, key: bytes, what: str, fn: Callable[[ProtocolClient, bool], Any], default: Any
+    ) -> Any:
+        node, standin = self._route(key)
+        if node is None:
+            if self.raise_on_error:
+                raise NoServerAvailable("every server is ejected")
+            return default
+        conn = node.connection()
+        try:
+            result = fn(conn, standin)
+        except CONNECTION_ERRORS as exc:
+            conn.close()
+            self._failed(node, exc, what)
+            if self.raise_on_error:
+                raise
+            return default
+        except MemcacheError:
+            # The node answered (an error reply): it is healthy and the connection in sync.
+            node.health.succeeded()
+            node.release(conn)
+            if self.raise_on_error:
+                raise
+            return default
+        except BaseException:
+            conn.close()
+            raise
+        node.health.succeeded()
+        node.release(conn)
+        return result
+
+    # -- prober ----------------------------------------------------------------------------
+    def _start_prober(self) -> None:
+        with self._prober_lock:
+            if self._prober is not None and self._prober.is_alive():
+                return
+            self._prober = threading.Thread(
+                target=self._probe_loop, name="ringcache-prober", daemon=True
+            )
+            self._prober.start()
+
+    def _probe_loop(self) -> None:
+        while not self._closed.is_set():
+            waiting = False
+            for node in self.nodes.values():
+                state = node.health.state
+                if state in (State.EJECTED, State.PROBING):
+                    waiting = True
+                if node.health.probe_due():
+                    ok = self._probe(node)
+                    node.health.probe_result(ok)
+                    if ok:
+                        log.warning("re-admitted %s after a successful probe", node.server)
+            if not waiting:
+                return
+            self._closed.wait(0.05)
+
+    def _probe(self, node: _Node) -> bool:
+        """A real round trip: connect and ask for the version."""
+        probe = ProtocolClient(
+            node.server.address, connect_timeout=self.connect_timeout, timeout=self.timeout
+        )
+        try:
+            probe.version()
+            return True
+        except (*CONNECTION_ERRORS, MemcacheError):
+            return False
+        finally:
+            probe.close()
+
+    # -- single-key operations -------------------------------------------------------------
+    def get(self, key: str | bytes, default: Any = None) -> Any:
+        k = validate_key(key, self.key_prefix)
+        return self._call(k, "get", lambda c, _: c.get(k, default), default)
+
+    def gets(
+        self, key: str | bytes, default: Any = None, cas_default: Any = None
+    ) -> tuple[Any, Any]:
+        k = validate_key(key, self.key_prefix)
+        return self._call(
+            k, "gets", lambda c, _: c.gets(k, default, cas_default), (default, cas_default)
+        )
+
+    def _store(self, name: str, key, value, expire: int, *extra) -> bool:
+        k = validate_key(key, self.key_prefix)
+
+        def op(conn: ProtocolClient, standin: bool) -> Any:
+            ttl = self._failover_expire(expire) if standin else expire
+            return getattr(conn, name)(k, value, *extra, expire=ttl, noreply=False)
+
+        return self._call(k, name, op, False)
+
+    def set(self, key, value, expire: int = 0, noreply: bool | None = None, flags=None) -> bool:
+        return self._store("set", key, value, expire)
+
+    def add(self, key, value, expire: int = 0, noreply: bool | None = None, flags=None) -> bool:
+        return self._store("add", key, value, expire)
+
+    def replace(self, key, value, expire: int = 0, noreply: bool | None = None, flags=None) -> bool:
+        return self._store("replace", key, value, expire)
+
+    def append(self, key, value, expire: int = 0, noreply: bool | None = None, flags=None) -> bool:
+        return self._store("append", key, value, expire)
+
+    def prepend(self, key, value, expire: int = 0, noreply: bool | None = None, flags=None) -> bool:
+        return self._store("prepend", key, value, expire)
+
+    def cas(
+        self, key, value, cas, expire: int = 0, noreply: bool = False, flags=None
+    ) -> bool | None:
+        """True when stored, False when the CAS token is stale (or on failure), None if absent."""
+        return self._store("cas", key, value, expire, cas)
+
+    def delete(self, key, noreply: bool | None = None) -> bool:
+        k = validate_key(key, self.key_prefix)
+        return self._call(k, "delete", lambda c, _: c.delete(k, noreply=False), False)
+
+    def incr(self, key, value: int, noreply: bool = False) -> int | None:
+        k = validate_key(key, self.key_prefix)
+        return self._call(k, "incr", lambda c, _: c.incr(k, value, noreply=False), None)
+
+    def decr(self, key, value: int, noreply: bool = False) -> int | None:
+        k = validate_key(key, self.key_prefix)
+        return self._call(k, "decr", lambda c, _: c.decr(k, value, noreply=False), None)
+
+    def touch(self, key, expire: int = 0, noreply: bool | None = None) -> bool:
+        k = validate_key(key, self.key_prefix)
+        return self._call(k, "touch", lambda c, _: c.touch(k, expire, noreply=False), False)
+
+    # -- multi-key operations --------------------------------------------------------------
+    def _group(
+        self, keys: Iterable
+    ) -> tuple[dict[_Node, list[bytes]], dict[bytes, Any], list[bytes]]:
+        """Keys grouped by the node they go to; the original key of each; keys with no node."""
+        groups: dict[_Node, list[bytes]] = {}
+        originals: dict[bytes, Any] = {}
+        unrouted: list[bytes] = []
+        for key in keys:
+            k = validate_key(key, self.key_prefix)
+            originals[k] = key
+            node, _ = self._route(k)
+            if node is None:
+                unrouted.append(k)
+            else:
+                groups.setdefault(node, []).append(k)
+        if unrouted and self.raise_on_error:
+            raise NoServerAvailable("every server is ejected")
+        return groups, originals, unrouted
+
+    def _fan_out(
+        self,
+        groups: dict[_Node, list[bytes]],
+        request: Callable[[_Node, list[bytes]], bytes],
+        read: Callable[[ProtocolClient, list[bytes]], Any],
+        what: str,
+    ) -> dict[_Node, Any]:
+        """Send every node its request, then read every reply; a failed node is left out."""
+        sent: list[tuple[_Node, ProtocolClient, list[bytes]]] = []
+        results: dict[_Node, Any] = {}
+        first_error: BaseException | None = None
+        for node, keys in groups.items():
+            conn = node.connection()
+            try:
+                if conn.sock is None:
+                    conn._connect()
+                conn.sock.sendall(request(node, keys))
+                sent.append((node, conn, keys))
+            except CONNECTION_ERRORS as exc:
+                conn.close()
+                self._failed(node, exc, what)
+                first_error = first_error or exc
+        for node, conn, keys in sent:
+            try:
+                results[node] = read(conn, keys)
+            except CONNECTION_ERRORS as exc:
+                conn.close()
+                self._failed(node, exc, what)
+                first_error = first_error or exc
+                continue
+            except MemcacheError as exc:
+                conn.close()  # an error mid-reply: the stream position is unknown
+                first_error = first_error or exc
+                continue
+            node.health.succeeded()
+            node.release(conn)
+        if first_error is not None and self.raise_on_error:
+            raise first_error
+        return results
+
+    def _read_values(self, conn: ProtocolClient, cas: bool) -> dict:
+        sock = conn.sock
+        buf = b""
+        found: dict[bytes, Any] = {}
+        while True:
+            buf, line = _readline(sock, buf)
+            if line == b"END":
+                return found
+            if not line.startswith(b"VALUE "):
+                conn._raise_errors(line, b"get")
+                raise MemcacheUnknownError(line[:32])
+            parts = line.split()
+            key, flags, size = parts[1], int(parts[2]), int(parts[3])
+            buf, data = _readvalue(sock, buf, size)
+            value = self.serde.deserialize(key, data, flags)
+            found[key] = (value, parts[4]) if cas else value
+
+    def _get_many(self, keys: Iterable, cas: bool) -> dict:
+        groups, originals, _ = self._group(keys)
+        name = b"gets " if cas else b"get "
+        results = self._fan_out(
+            groups,
+            lambda node, ks: name + b" ".join(ks) + b"\r\n",
+            lambda conn, ks: self._read_values(conn, cas),
+            "get_many",
+        )
+        out = {}
+        for found in results.values():
+            for k, v in found.items():
+                out[originals[k]] = v
+        return out
+
+    def get_many(self, keys: Iterable) -> dict:
+        return self._get_many(keys, cas=False)
+
+    get_multi = get_many
+
+    def gets_many(self, keys: Iterable) -> dict:
+        return self._get_many(keys, cas=True)
+
+    def set_many(self, values: Mapping, expire: int = 0, noreply: bool | None = None) -> list:
+        """Store every value; returns the keys that were not stored (pymemcache's contract)."""
+        items = {validate_key(k, self.key_prefix): v for k, v in values.items()}
+        originals = {validate_key(k, self.key_prefix): k for k in values}
+        groups, _, unrouted = self._group(originals.values())
+
+        def request(node: _Node, ks: list[bytes]) -> bytes:
+            parts = []
+            for k in ks:
+                data, flags = self.serde.serialize(k, items[k])
+                if isinstance(data, str):
+                    data = data.encode()
+                standin = self.ring.get(k).name != node.server.name
+                ttl = self._failover_expire(expire) if standin else expire
+                parts.append(b"set %s %d %d %d\r\n%s\r\n" % (k, flags, ttl, len(data), data))
+            return b"".join(parts)
+
+        def read(conn: ProtocolClient, ks: list[bytes]) -> list[bytes]:
+            buf = b""
+            failed = []
+            for k in ks:
+                buf, line = _readline(conn.sock, buf)
+                if line != b"STORED":
+                    failed.append(k)
+            return failed
+
+        results = self._fan_out(groups, request, read, "set_many")
+        failed = [originals[k] for k in unrouted]
+        for node, ks in groups.items():
+            failed += [originals[k] for k in results.get(node, ks)]
+        return failed
+
+    set_multi = set_many
+
+    def delete_many(self, keys: Iterable, noreply: bool | None = None) -> bool:
+        groups, _, unrouted = self._group(keys)
+
+        def read(conn: ProtocolClient, ks: list[bytes]) -> bool:
+            buf = b""
+            for _ in ks:
+                buf, line = _readline(conn.sock, buf)
+                if line not in (b"DELETED", b"NOT_FOUND"):
+                    conn._raise_errors(line, b"delete")
+            return True
+
+        results = self._fan_out(
+            groups,
+            lambda node, ks: b"".join(b"delete %s\r\n" % k for k in ks),
+            read,
+            "delete_many",
+        )
+        return not unrouted and len(results) == len(groups)
+
+    delete_multi = delete_many
+
+    # -- every node ------------------------------------------------------------------------
+    def _each_node(self, what: str, fn: Callable[[ProtocolClient], Any]) -> dict[str, Any]:
+        out = {}
+        for node in self.nodes.values():
+            if not node.health.usable:
+                continue
+            result = self._call_node(node, what, fn)
+            if result is not _FAILED:
+                out[str(node.server)] = result
+        return out
+
+    def _call_node(self, node: _Node, what: str, fn: Callable[[ProtocolClient], Any]) -> Any:
+        conn = node.connection()
+        try:
+            result = fn(conn)
+        except CONNECTION_ERRORS as exc:
+            conn.close()
+            self._failed(node, exc, what)
+            if self.raise_on_error:
+                raise
+            return _FAILED
+        node.health.succeeded()
+        node.release(conn)
+        return result
+
+    def stats(self, *args) -> dict[str, dict]:
+        """``stats`` of every usable node, by ``host:port``."""
+        return self._each_node("stats", lambda c: c.stats(*args))
+
+    def version(self) -> dict[str, bytes]:
+        return self._each_node("version", lambda c: c.version())
+
+    def flush_all(self, delay: int = 0, noreply: bool | None = None) -> bool:
+        """Flush every node; True when every node (usable or not) confirmed."""
+        done = self._each_node("flush_all", lambda c: c.flush_all(delay, noreply=False))
+        return len(done) == len(self.nodes) and all(done.values())
+
+    def node_stats(self) -> dict[str, dict[str, Any]]:
+        """What this client saw of each node: state, failures, ejections."""
+        return {
+            str(n.server): {
+                "state": n.health.state.value,
+                "failures": n.health.failures,
+                "ejections": n.health.ejections,
+            }
+            for n in self.nodes.values()
+        }
+
+    def close(self) -> None:
+        self._closed.set()
+        for node in self.nodes.values():
+            node.close()
+        if self._prober is not None:
+            self._prober.join(timeout=2)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+_FAILED = object()

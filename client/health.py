@@ -1,0 +1,93 @@
+"""Per-node health: live → failing → ejected → probing → live.
+
+This module owns when a node stops receiving traffic and when it gets it back. Every
+connection failure counts (refused, reset, timeout, unexpected close); ``failure_limit``
+consecutive failures eject the node, and only a successful probe (a real round trip made by
+the client's prober) re-admits it, with exponential backoff between probes while it keeps
+failing. It does no I/O and reads time from an injected clock, so it is tested without sockets.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from enum import Enum
+
+
+class State(Enum):
+    LIVE = "live"
+    FAILING = "failing"
+    EJECTED = "ejected"
+    PROBING = "probing"
+
+
+class NodeHealth:
+    """The health of one node, safe to update from several threads."""
+
+    def __init__(
+        self,
+        failure_limit: int = 2,
+        probe_interval: float = 0.25,
+        probe_max_interval: float = 4.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.failure_limit = max(1, failure_limit)
+        self.probe_interval = probe_interval
+        self.probe_max_interval = probe_max_interval
+        self.clock = clock
+        self.state = State.LIVE
+        self.consecutive_failures = 0
+        self.failures = 0  # every failure ever counted
+        self.ejections = 0
+        self.next_probe = 0.0
+        self._backoff = probe_interval
+        self._lock = threading.Lock()
+
+    @property
+    def usable(self) -> bool:
+        """Whether requests go to this node (failing nodes still get traffic)."""
+        return self.state in (State.LIVE, State.FAILING)
+
+    def succeeded(self) -> None:
+        if self.state is State.FAILING or self.consecutive_failures:
+            with self._lock:
+                if self.state is State.FAILING:
+                    self.state = State.LIVE
+                self.consecutive_failures = 0
+
+    def failed(self) -> bool:
+        """Count one failure; True when it ejected the node."""
+        with self._lock:
+            self.failures += 1
+            if not self.usable:
+                return False
+            self.consecutive_failures += 1
+            if self.consecutive_failures < self.failure_limit:
+                self.state = State.FAILING
+                return False
+            self.state = State.EJECTED
+            self.ejections += 1
+            self._backoff = self.probe_interval
+            self.next_probe = self.clock() + self._backoff
+            return True
+
+    def probe_due(self) -> bool:
+        """True (and the node marked PROBING) when an ejected node should be probed now."""
+        with self._lock:
+            if self.state is not State.EJECTED or self.clock() < self.next_probe:
+                return False
+            self.state = State.PROBING
+            return True
+
+    def probe_result(self, ok: bool) -> None:
+        with self._lock:
+            if self.state is not State.PROBING:
+                return
+            if ok:
+                self.state = State.LIVE
+                self.consecutive_failures = 0
+            else:
+                self.state = State.EJECTED
+                self._backoff = min(self._backoff * 2, self.probe_max_interval)
+                self.next_probe = self.clock() + self._backoff
