@@ -7,6 +7,7 @@ import signal
 import socket
 import threading
 import time
+from urllib.parse import quote
 
 import pytest
 from pymemcache.client.base import Client as PymemcacheClient
@@ -224,7 +225,8 @@ def test_killed_node_costs_no_exceptions_and_recovers_within_a_second(client, no
     # The write went to a stand-in and carries the capped TTL (30 s), not "never".
     standin = next(n for n in nodes if n is not victim and direct(n).get(keys[1]) == b"again")
     dump = RawClient(standin.port).call(b"lru_crawler metadump all\r\n", b"END\r\n")
-    line = next(x for x in dump.split(b"\r\n") if x.startswith(b"key=%s " % keys[1].encode()))
+    encoded = quote(keys[1], safe="-._~").encode()
+    line = next(x for x in dump.split(b"\r\n") if x.startswith(b"key=%s " % encoded))
     expires = int(line.split(b" exp=")[1].split()[0])
     assert 0 < expires - time.time() <= 31
 
