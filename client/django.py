@@ -1,0 +1,39 @@
+"""A Django cache backend on the ringcache client: ``ringcache.client.django.RingCache``.
+
+This module owns the mapping from Django's cache API to ``Client``: Django's timeout rules
+(None = never, 0 = expire now, over 30 days = absolute time), key making and validation, and
+``OPTIONS`` passed to the client. It reuses Django's own memcached base class so that every
+behaviour Django's memcached backends have, it has too.
+
+    CACHES = {"default": {
+        "BACKEND": "ringcache.client.django.RingCache",
+        "LOCATION": ["10.0.0.1:11211", "10.0.0.2:11211"],
+        "OPTIONS": {"failover_ttl": 30},
+    }}
+"""
+
+from __future__ import annotations
+
+from django.core.cache.backends.memcached import BaseMemcachedCache
+from django.utils.functional import cached_property
+
+from . import client as client_module
+from .client import Client
+
+
+class RingCache(BaseMemcachedCache):
+    """Django cache backend for a ringcache (or any memcached) cluster."""
+
+    def __init__(self, server, params):
+        super().__init__(server, params, library=client_module, value_not_found_exception=KeyError)
+        self._class = Client
+
+    @cached_property
+    def _cache(self) -> Client:
+        return Client(self._servers, **self._options)
+
+    def close(self, **kwargs) -> None:
+        # Django calls close() after every request. The client's pools are thread-safe and
+        # its health knowledge (which node is ejected) must survive requests, so connections
+        # are kept, as Django's PyLibMCCache keeps libmemcached's.
+        pass
