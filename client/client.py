@@ -27,7 +27,7 @@ from pymemcache.exceptions import (
 )
 from pymemcache.serde import pickle_serde
 
-from .health import NodeHealth, State
+from .health import NodeHealth
 from .ring import Ring, Server, parse_location
 
 log = logging.getLogger("ringcache.client")
@@ -60,52 +60,39 @@ def validate_key(key: str | bytes, key_prefix: bytes = b"") -> bytes:
 
 
 class _Node:
-    """One server: its health, its idle connections and its counters."""
+    """One server: its health, its idle connections (of either client kind) and counters."""
 
-    def __init__(self, server: Server, client: Client) -> None:
+    def __init__(self, server: Server, owner: ClusterBase) -> None:
         self.server = server
         self.health = NodeHealth(
-            client.failure_limit, client.probe_interval, client.probe_max_interval, client.clock
+            owner.failure_limit, owner.probe_interval, owner.probe_max_interval, owner.clock
         )
-        self._idle: list[ProtocolClient] = []
+        self.pool_size = owner.pool_size
+        self._idle: list = []
         self._lock = threading.Lock()
-        self._owner = client
         self.errors = 0
 
-    def connection(self) -> ProtocolClient:
+    def take(self) -> Any:
+        """An idle connection, or None."""
         with self._lock:
-            if self._idle:
-                return self._idle.pop()
-        o = self._owner
-        return ProtocolClient(
-            self.server.address,
-            connect_timeout=o.connect_timeout,
-            timeout=o.timeout,
-            no_delay=True,
-            serde=o.serde,
-            allow_unicode_keys=True,
-            default_noreply=False,
-        )
+            return self._idle.pop() if self._idle else None
 
-    def release(self, conn: ProtocolClient) -> None:
+    def give(self, conn: Any) -> bool:
+        """Keep ``conn`` for reuse; False when the pool is full (the caller closes it)."""
         with self._lock:
-            if len(self._idle) < self._owner.pool_size:
+            if len(self._idle) < self.pool_size:
                 self._idle.append(conn)
-                return
-        conn.close()
+                return True
+        return False
 
-    def close(self) -> None:
+    def drain(self) -> list:
         with self._lock:
             idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
+        return idle
 
 
-class Client:
-    """A memcached client for a cluster of servers placed with ketama.
-
-    ``Client(["10.0.0.1:11211", "10.0.0.2:11211"])``; every LOCATION form Django accepts works.
-    """
+class ClusterBase:
+    """What the sync and the trio client share: options, ring, routing, health, failover."""
 
     def __init__(
         self,
@@ -137,14 +124,14 @@ class Client:
         self.key_prefix = key_prefix.encode() if isinstance(key_prefix, str) else key_prefix
         self.clock = clock
         self.nodes = {s.name: _Node(s, self) for s in self.servers}
-        self._prober: threading.Thread | None = None
-        self._prober_lock = threading.Lock()
-        self._closed = threading.Event()
 
-    # -- routing ---------------------------------------------------------------------------
+    def key(self, key: str | bytes) -> bytes:
+        """The validated key as sent, prefix included."""
+        return validate_key(key, self.key_prefix)
+
     def server_for(self, key: str | bytes) -> Server:
         """The server that owns ``key`` on the ring (whatever its health)."""
-        return self.ring.get(validate_key(key, self.key_prefix))
+        return self.ring.get(self.key(key))
 
     def _route(self, key: bytes) -> tuple[_Node | None, bool]:
         """The node a request for ``key`` goes to, and whether it stands in for the owner."""
@@ -156,6 +143,31 @@ class Client:
                 return node, standin
             standin = True
         return None, True
+
+    def _group(
+        self, keys: Iterable
+    ) -> tuple[dict[_Node, list[bytes]], dict[bytes, Any], list[bytes]]:
+        """Keys grouped by the node they go to; the original key of each; keys with no node."""
+        groups: dict[_Node, list[bytes]] = {}
+        originals: dict[bytes, Any] = {}
+        unrouted: list[bytes] = []
+        for key in keys:
+            k = self.key(key)
+            originals[k] = key
+            node, _ = self._route(k)
+            if node is None:
+                unrouted.append(k)
+            else:
+                groups.setdefault(node, []).append(k)
+        if unrouted and self.raise_on_error:
+            raise NoServerAvailable("every server is ejected")
+        return groups, originals, unrouted
+
+    def _ttl_for(self, key: bytes, node: _Node, expire: int) -> int:
+        """``expire``, capped when ``node`` stands in for the key's ejected owner."""
+        if self.ring.get(key).name == node.server.name:
+            return expire
+        return self._failover_expire(expire)
 
     def _failover_expire(self, expire: int) -> int:
         """Cap the TTL of a write that lands on a stand-in for an ejected owner."""
@@ -169,11 +181,9 @@ class Client:
             return min(max(remaining, -1), cap) if remaining < cap else cap
         return min(expire, cap)
 
-    # -- failure handling ------------------------------------------------------------------
     def _failed(self, node: _Node, exc: BaseException, what: str) -> None:
         node.errors += 1
-        ejected = node.health.failed()
-        if ejected:
+        if node.health.failed():
             log.warning(
                 "ejected %s after %d failures (%s: %r)",
                 node.server,
@@ -185,6 +195,64 @@ class Client:
         else:
             log.info("%s failed on %s: %r", what, node.server, exc)
 
+    def _start_prober(self) -> None:
+        raise NotImplementedError
+
+    def _probe_due(self) -> tuple[list[_Node], bool]:
+        """Nodes to probe now, and whether any node is still out of the ring."""
+        due = [n for n in self.nodes.values() if n.health.probe_due()]
+        out = any(not n.health.usable for n in self.nodes.values())
+        return due, out
+
+    def _probed(self, node: _Node, ok: bool) -> None:
+        node.health.probe_result(ok)
+        if ok:
+            log.warning("re-admitted %s after a successful probe", node.server)
+
+    def node_stats(self) -> dict[str, dict[str, Any]]:
+        """What this client saw of each node: state, failures, ejections."""
+        return {
+            str(n.server): {
+                "state": n.health.state.value,
+                "failures": n.health.failures,
+                "ejections": n.health.ejections,
+            }
+            for n in self.nodes.values()
+        }
+
+
+class Client(ClusterBase):
+    """A memcached client for a cluster of servers placed with ketama.
+
+    ``Client(["10.0.0.1:11211", "10.0.0.2:11211"])``; every LOCATION form Django accepts works.
+    Safe to share between threads.
+    """
+
+    def __init__(self, location: str | Iterable | Mapping, **options: Any) -> None:
+        super().__init__(location, **options)
+        self._prober: threading.Thread | None = None
+        self._prober_lock = threading.Lock()
+        self._closed = threading.Event()
+
+    # -- connections -----------------------------------------------------------------------
+    def _connection(self, node: _Node) -> ProtocolClient:
+        conn = node.take()
+        if conn is not None:
+            return conn
+        return ProtocolClient(
+            node.server.address,
+            connect_timeout=self.connect_timeout,
+            timeout=self.timeout,
+            no_delay=True,
+            serde=self.serde,
+            allow_unicode_keys=True,
+            default_noreply=False,
+        )
+
+    def _release(self, node: _Node, conn: ProtocolClient) -> None:
+        if not node.give(conn):
+            conn.close()
+
     def _call(
         self, key: bytes, what: str, fn: Callable[[ProtocolClient, bool], Any], default: Any
     ) -> Any:
@@ -193,7 +261,7 @@ class Client:
             if self.raise_on_error:
                 raise NoServerAvailable("every server is ejected")
             return default
-        conn = node.connection()
+        conn = self._connection(node)
         try:
             result = fn(conn, standin)
         except CONNECTION_ERRORS as exc:
@@ -205,7 +273,7 @@ class Client:
         except MemcacheError:
             # The node answered (an error reply): it is healthy and the connection in sync.
             node.health.succeeded()
-            node.release(conn)
+            self._release(node, conn)
             if self.raise_on_error:
                 raise
             return default
@@ -213,7 +281,7 @@ class Client:
             conn.close()
             raise
         node.health.succeeded()
-        node.release(conn)
+        self._release(node, conn)
         return result
 
     # -- prober ----------------------------------------------------------------------------
@@ -228,17 +296,10 @@ class Client:
 
     def _probe_loop(self) -> None:
         while not self._closed.is_set():
-            waiting = False
-            for node in self.nodes.values():
-                state = node.health.state
-                if state in (State.EJECTED, State.PROBING):
-                    waiting = True
-                if node.health.probe_due():
-                    ok = self._probe(node)
-                    node.health.probe_result(ok)
-                    if ok:
-                        log.warning("re-admitted %s after a successful probe", node.server)
-            if not waiting:
+            due, out = self._probe_due()
+            for node in due:
+                self._probed(node, self._probe(node))
+            if not out:
                 return
             self._closed.wait(0.05)
 
@@ -257,19 +318,19 @@ class Client:
 
     # -- single-key operations -------------------------------------------------------------
     def get(self, key: str | bytes, default: Any = None) -> Any:
-        k = validate_key(key, self.key_prefix)
+        k = self.key(key)
         return self._call(k, "get", lambda c, _: c.get(k, default), default)
 
     def gets(
         self, key: str | bytes, default: Any = None, cas_default: Any = None
     ) -> tuple[Any, Any]:
-        k = validate_key(key, self.key_prefix)
+        k = self.key(key)
         return self._call(
             k, "gets", lambda c, _: c.gets(k, default, cas_default), (default, cas_default)
         )
 
     def _store(self, name: str, key, value, expire: int, *extra) -> bool:
-        k = validate_key(key, self.key_prefix)
+        k = self.key(key)
 
         def op(conn: ProtocolClient, standin: bool) -> Any:
             ttl = self._failover_expire(expire) if standin else expire
@@ -299,41 +360,22 @@ class Client:
         return self._store("cas", key, value, expire, cas)
 
     def delete(self, key, noreply: bool | None = None) -> bool:
-        k = validate_key(key, self.key_prefix)
+        k = self.key(key)
         return self._call(k, "delete", lambda c, _: c.delete(k, noreply=False), False)
 
     def incr(self, key, value: int, noreply: bool = False) -> int | None:
-        k = validate_key(key, self.key_prefix)
+        k = self.key(key)
         return self._call(k, "incr", lambda c, _: c.incr(k, value, noreply=False), None)
 
     def decr(self, key, value: int, noreply: bool = False) -> int | None:
-        k = validate_key(key, self.key_prefix)
+        k = self.key(key)
         return self._call(k, "decr", lambda c, _: c.decr(k, value, noreply=False), None)
 
     def touch(self, key, expire: int = 0, noreply: bool | None = None) -> bool:
-        k = validate_key(key, self.key_prefix)
+        k = self.key(key)
         return self._call(k, "touch", lambda c, _: c.touch(k, expire, noreply=False), False)
 
     # -- multi-key operations --------------------------------------------------------------
-    def _group(
-        self, keys: Iterable
-    ) -> tuple[dict[_Node, list[bytes]], dict[bytes, Any], list[bytes]]:
-        """Keys grouped by the node they go to; the original key of each; keys with no node."""
-        groups: dict[_Node, list[bytes]] = {}
-        originals: dict[bytes, Any] = {}
-        unrouted: list[bytes] = []
-        for key in keys:
-            k = validate_key(key, self.key_prefix)
-            originals[k] = key
-            node, _ = self._route(k)
-            if node is None:
-                unrouted.append(k)
-            else:
-                groups.setdefault(node, []).append(k)
-        if unrouted and self.raise_on_error:
-            raise NoServerAvailable("every server is ejected")
-        return groups, originals, unrouted
-
     def _fan_out(
         self,
         groups: dict[_Node, list[bytes]],
@@ -346,7 +388,7 @@ class Client:
         results: dict[_Node, Any] = {}
         first_error: BaseException | None = None
         for node, keys in groups.items():
-            conn = node.connection()
+            conn = self._connection(node)
             try:
                 if conn.sock is None:
                     conn._connect()
@@ -369,7 +411,7 @@ class Client:
                 first_error = first_error or exc
                 continue
             node.health.succeeded()
-            node.release(conn)
+            self._release(node, conn)
         if first_error is not None and self.raise_on_error:
             raise first_error
         return results
@@ -416,8 +458,8 @@ class Client:
 
     def set_many(self, values: Mapping, expire: int = 0, noreply: bool | None = None) -> list:
         """Store every value; returns the keys that were not stored (pymemcache's contract)."""
-        items = {validate_key(k, self.key_prefix): v for k, v in values.items()}
-        originals = {validate_key(k, self.key_prefix): k for k in values}
+        items = {self.key(k): v for k, v in values.items()}
+        originals = {self.key(k): k for k in values}
         groups, _, unrouted = self._group(originals.values())
 
         def request(node: _Node, ks: list[bytes]) -> bytes:
@@ -426,8 +468,7 @@ class Client:
                 data, flags = self.serde.serialize(k, items[k])
                 if isinstance(data, str):
                     data = data.encode()
-                standin = self.ring.get(k).name != node.server.name
-                ttl = self._failover_expire(expire) if standin else expire
+                ttl = self._ttl_for(k, node, expire)
                 parts.append(b"set %s %d %d %d\r\n%s\r\n" % (k, flags, ttl, len(data), data))
             return b"".join(parts)
 
@@ -481,7 +522,7 @@ class Client:
         return out
 
     def _call_node(self, node: _Node, what: str, fn: Callable[[ProtocolClient], Any]) -> Any:
-        conn = node.connection()
+        conn = self._connection(node)
         try:
             result = fn(conn)
         except CONNECTION_ERRORS as exc:
@@ -491,7 +532,7 @@ class Client:
                 raise
             return _FAILED
         node.health.succeeded()
-        node.release(conn)
+        self._release(node, conn)
         return result
 
     def stats(self, *args) -> dict[str, dict]:
@@ -506,21 +547,11 @@ class Client:
         done = self._each_node("flush_all", lambda c: c.flush_all(delay, noreply=False))
         return len(done) == len(self.nodes) and all(done.values())
 
-    def node_stats(self) -> dict[str, dict[str, Any]]:
-        """What this client saw of each node: state, failures, ejections."""
-        return {
-            str(n.server): {
-                "state": n.health.state.value,
-                "failures": n.health.failures,
-                "ejections": n.health.ejections,
-            }
-            for n in self.nodes.values()
-        }
-
     def close(self) -> None:
         self._closed.set()
         for node in self.nodes.values():
-            node.close()
+            for conn in node.drain():
+                conn.close()
         if self._prober is not None:
             self._prober.join(timeout=2)
 
