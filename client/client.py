@@ -11,13 +11,16 @@ itself is pymemcache's: every connection is a ``pymemcache.client.base.Client``.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
+from hashlib import md5
 from typing import Any
 
 from pymemcache.client.base import Client as ProtocolClient
-from pymemcache.client.base import _readline, _readvalue
+from pymemcache.client.base import _readline
 from pymemcache.exceptions import (
     MemcacheError,
     MemcacheIllegalInputError,
@@ -42,6 +45,9 @@ class NoServerAvailable(MemcacheServerError):
     """Every server of the LOCATION is ejected (raised only with ``raise_on_error``)."""
 
 
+_BAD_KEY_BYTE = re.compile(rb"[\x00-\x20\x7f]")
+
+
 def validate_key(key: str | bytes, key_prefix: bytes = b"") -> bytes:
     """The key as bytes, or ``MemcacheIllegalInputError``: memcached's rules (at most 250 bytes,
     no spaces or control characters)."""
@@ -49,12 +55,13 @@ def validate_key(key: str | bytes, key_prefix: bytes = b"") -> bytes:
         key = key.encode("utf-8")
     elif not isinstance(key, bytes):
         raise MemcacheIllegalInputError(f"key must be str or bytes, not {type(key).__name__}")
-    key = key_prefix + key
+    if key_prefix:
+        key = key_prefix + key
     if not key:
         raise MemcacheIllegalInputError("empty key")
     if len(key) > 250:
         raise MemcacheIllegalInputError(f"key is longer than 250 bytes: {key[:40]!r}...")
-    if any(b <= 32 or b == 127 for b in key):
+    if _BAD_KEY_BYTE.search(key):
         raise MemcacheIllegalInputError(f"key contains a space or control character: {key!r}")
     return key
 
@@ -124,6 +131,7 @@ class ClusterBase:
         self.key_prefix = key_prefix.encode() if isinstance(key_prefix, str) else key_prefix
         self.clock = clock
         self.nodes = {s.name: _Node(s, self) for s in self.servers}
+        self._node_list = [self.nodes[s.name] for s in self.servers]  # ring index -> node
 
     def key(self, key: str | bytes) -> bytes:
         """The validated key as sent, prefix included."""
@@ -135,30 +143,56 @@ class ClusterBase:
 
     def _route(self, key: bytes) -> tuple[_Node | None, bool]:
         """The node a request for ``key`` goes to, and whether it stands in for the owner."""
-        nodes = self.nodes
-        standin = False
-        for server in self.ring.candidates(key):
-            node = nodes[server.name]
+        node = self._node_list[self.ring.index_of(key)]
+        if node.health.usable:
+            return node, False
+        for i in self.ring.candidate_indices(key):
+            node = self._node_list[i]
             if node.health.usable:
-                return node, standin
-            standin = True
+                return node, True
         return None, True
 
     def _group(
         self, keys: Iterable
     ) -> tuple[dict[_Node, list[bytes]], dict[bytes, Any], list[bytes]]:
-        """Keys grouped by the node they go to; the original key of each; keys with no node."""
+        """Keys grouped by the node they go to; the original key of each; keys with no node.
+
+        This is the hot loop of every multi-key call, so validation, hashing and the ring
+        lookup of ``key``/``_route`` are inlined here for the common case.
+        """
         groups: dict[_Node, list[bytes]] = {}
         originals: dict[bytes, Any] = {}
         unrouted: list[bytes] = []
+        prefix = self.key_prefix
+        bad = _BAD_KEY_BYTE.search
+        points = self.ring._points
+        owners = self.ring._owner_index
+        npoints = len(points)
+        node_list = self._node_list
         for key in keys:
-            k = self.key(key)
-            originals[k] = key
-            node, _ = self._route(k)
-            if node is None:
-                unrouted.append(k)
+            if type(key) is str:
+                k = key.encode()
+            elif type(key) is bytes:
+                k = key
             else:
-                groups.setdefault(node, []).append(k)
+                k = validate_key(key, prefix)
+            if prefix:
+                k = prefix + k
+            if not k or len(k) > 250 or bad(k):
+                validate_key(key, prefix)  # raises with the precise reason
+            originals[k] = key
+            i = bisect_left(points, int.from_bytes(md5(k).digest()[:4], "little"))
+            node = node_list[owners[i if i < npoints else 0]]
+            if not node.health.usable:
+                node, _ = self._route(k)
+                if node is None:
+                    unrouted.append(k)
+                    continue
+            group = groups.get(node)
+            if group is None:
+                groups[node] = [k]
+            else:
+                group.append(k)
         if unrouted and self.raise_on_error:
             raise NoServerAvailable("every server is ejected")
         return groups, originals, unrouted
@@ -417,21 +451,45 @@ class Client(ClusterBase):
         return results
 
     def _read_values(self, conn: ProtocolClient, cas: bool) -> dict:
+        """A get/gets reply (VALUE blocks, then END), read straight from the socket."""
         sock = conn.sock
-        buf = b""
-        found: dict[bytes, Any] = {}
+        data = b""
         while True:
-            buf, line = _readline(sock, buf)
-            if line == b"END":
+            chunk = sock.recv(262144)
+            if not chunk:
+                raise MemcacheUnexpectedCloseError()
+            data += chunk
+            # Only a reply that ends like one can be complete: parse it then, not per recv.
+            if data.endswith(b"END\r\n") or (data.endswith(b"\r\n") and data[:6] != b"VALUE "):
+                found = self._parse_values(conn, data, cas)
+                if found is not None:
+                    return found
+
+    def _parse_values(self, conn: ProtocolClient, data: bytes, cas: bool) -> dict | None:
+        """The values of a complete reply, or None when ``data`` is not complete yet."""
+        found: dict[bytes, Any] = {}
+        deserialize = self.serde.deserialize
+        pos = 0
+        size = len(data)
+        while True:
+            eol = data.find(b"\r\n", pos)
+            if eol < 0:
+                return None
+            if eol == pos + 3 and data[pos:eol] == b"END":
                 return found
-            if not line.startswith(b"VALUE "):
-                conn._raise_errors(line, b"get")
-                raise MemcacheUnknownError(line[:32])
-            parts = line.split()
-            key, flags, size = parts[1], int(parts[2]), int(parts[3])
-            buf, data = _readvalue(sock, buf, size)
-            value = self.serde.deserialize(key, data, flags)
-            found[key] = (value, parts[4]) if cas else value
+            if data[pos : pos + 6] != b"VALUE ":
+                conn._raise_errors(data[pos:eol], b"get")
+                raise MemcacheUnknownError(data[pos : pos + 32])
+            parts = data[pos + 6 : eol].split()
+            start = eol + 2
+            end = start + int(parts[2])
+            if size < end + 2:
+                return None
+            key = parts[0]
+            flags = int(parts[1])
+            value = data[start:end] if flags == 0 else deserialize(key, data[start:end], flags)
+            found[key] = (value, parts[3]) if cas else value
+            pos = end + 2
 
     def _get_many(self, keys: Iterable, cas: bool) -> dict:
         groups, originals, _ = self._group(keys)

@@ -45,9 +45,15 @@ class NodeHealth:
         self._lock = threading.Lock()
 
     @property
-    def usable(self) -> bool:
-        """Whether requests go to this node (failing nodes still get traffic)."""
-        return self.state in (State.LIVE, State.FAILING)
+    def state(self) -> State:
+        return self._state
+
+    @state.setter
+    def state(self, state: State) -> None:
+        self._state = state
+        # Whether requests go to this node (failing nodes still get traffic); a plain
+        # attribute because every request reads it.
+        self.usable = state in (State.LIVE, State.FAILING)
 
     def succeeded(self) -> None:
         if self.state is State.FAILING or self.consecutive_failures:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from hashlib import md5
 
 from uhashring import HashRing
@@ -30,7 +31,7 @@ class Server:
     weight: int = 1
     unix: str | None = None
 
-    @property
+    @cached_property
     def name(self) -> str:
         """The ketama name: ``host:port``, ``host`` alone on 11211, the path for a socket."""
         if self.unix is not None:
@@ -113,44 +114,55 @@ class Ring:
 
     def __init__(self, servers: Iterable[Server]) -> None:
         self.servers = list(servers)
-        by_name = {s.name: s for s in self.servers}
+        index = {s.name: i for i, s in enumerate(self.servers)}
         ring = HashRing(
             nodes={s.name: {"weight": s.weight, "instance": s} for s in self.servers},
             hash_fn="ketama",
         )
         self._points: list[int] = list(ring.runtime._keys)
-        self._owners: list[Server] = [by_name[ring.runtime._ring[p]] for p in self._points]
+        # The owner of each point, as an index into ``servers`` (cheap to map to anything).
+        self._owner_index: list[int] = [index[ring.runtime._ring[p]] for p in self._points]
 
     @property
     def points(self) -> int:
         return len(self._points)
 
-    def get(self, key: bytes) -> Server:
-        return self.owner_of_hash(key_hash(key))
-
-    def owner_of_hash(self, h: int) -> Server:
+    def _position(self, h: int) -> int:
         """The first point >= ``h`` (wrapping around), as libmemcached and twemproxy look up."""
         i = bisect.bisect_left(self._points, h)
-        return self._owners[i if i < len(self._points) else 0]
+        return i if i < len(self._points) else 0
 
-    def candidates(self, key: bytes) -> Iterator[Server]:
-        """The owner, then every other server in the order the continuum reaches them."""
+    def index_of(self, key: bytes) -> int:
+        """The index in ``servers`` of the owner of ``key``."""
+        return self._owner_index[self._position(key_hash(key))]
+
+    def get(self, key: bytes) -> Server:
+        return self.servers[self.index_of(key)]
+
+    def owner_of_hash(self, h: int) -> Server:
+        return self.servers[self._owner_index[self._position(h)]]
+
+    def candidate_indices(self, key: bytes) -> Iterator[int]:
+        """The owner's index, then every other server's in the order the continuum reaches them."""
         n = len(self._points)
-        start = bisect.bisect_left(self._points, key_hash(key))
-        seen: set[str] = set()
+        start = self._position(key_hash(key))
+        seen: set[int] = set()
         for j in range(n):
-            server = self._owners[(start + j) % n]
-            if server.name not in seen:
-                seen.add(server.name)
-                yield server
+            i = self._owner_index[(start + j) % n]
+            if i not in seen:
+                seen.add(i)
+                yield i
                 if len(seen) == len(self.servers):
                     return
 
+    def candidates(self, key: bytes) -> Iterator[Server]:
+        return (self.servers[i] for i in self.candidate_indices(key))
+
     def shares(self) -> dict[Server, float]:
         """The share of the key space (hash range) each server owns."""
-        share = dict.fromkeys(self.servers, 0)
+        share = [0] * len(self.servers)
         prev = self._points[-1] - (1 << 32)
-        for point, owner in zip(self._points, self._owners, strict=True):
+        for point, owner in zip(self._points, self._owner_index, strict=True):
             share[owner] += point - prev
             prev = point
-        return {s: v / (1 << 32) for s, v in share.items()}
+        return {s: share[i] / (1 << 32) for i, s in enumerate(self.servers)}

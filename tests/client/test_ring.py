@@ -70,7 +70,8 @@ def test_candidates_are_owner_then_distinct_servers():
 
 def test_a_hash_exactly_on_a_point_goes_to_that_point():
     ring = Ring(parse_location(["a:1", "b:1", "c:1"]))
-    points, owners = ring._points, ring._owners
+    points = ring._points
+    owners = [ring.servers[i] for i in ring._owner_index]
     for i in range(0, len(points) - 1, 7):
         assert ring.owner_of_hash(points[i]) == owners[i]
         assert ring.owner_of_hash(points[i] + 1) == owners[i + 1]

@@ -1,0 +1,122 @@
+"""Client benchmark against three Debian memcached servers, peers measured in the same run.
+
+- ``get_many`` of 100 keys: keys per second of ringcache's ``Client`` against pymemcache's
+  ``HashClient`` and pylibmc (ketama); goals: >= 5x HashClient, >= 0.5x pylibmc.
+- single ``get``/``set`` against one server: time per operation against pymemcache's plain
+  ``Client``; goal: at most 1.15x.
+
+    python -m bench.client_ops [--seconds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pylibmc
+from pymemcache.client.base import Client as PlainClient
+from pymemcache.client.hash import HashClient
+
+from bench.node_memcaslap import free_port, wait_port
+from ringcache.client import Client
+
+
+def start_memcached() -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    user = ["-u", "root"] if os.geteuid() == 0 else []
+    proc = subprocess.Popen(
+        ["memcached", "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-t", "1", *user],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_port(port)
+    return proc, port
+
+
+def rate(fn, seconds: float) -> tuple[float, int]:
+    """Calls per second of ``fn`` over about ``seconds``."""
+    fn()
+    calls = 0
+    started = time.perf_counter()
+    deadline = started + seconds
+    while time.perf_counter() < deadline:
+        for _ in range(20):
+            fn()
+        calls += 20
+    return calls / (time.perf_counter() - started), calls
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0)
+    args = parser.parse_args()
+    if shutil.which("memcached") is None:
+        print("memcached is missing: apt-get install memcached")
+        return 2
+    servers = [start_memcached() for _ in range(3)]
+    try:
+        locations = [f"127.0.0.1:{port}" for _, port in servers]
+        keys = [f"bench:key:{i}" for i in range(100)]
+        value = b"v" * 100
+        ours = Client(locations)
+        ours.set_many(dict.fromkeys(keys, value))
+        hash_client = HashClient([("127.0.0.1", p) for _, p in servers], default_noreply=False)
+        libmc = pylibmc.Client(locations, behaviors={"ketama_weighted": True, "tcp_nodelay": True})
+        for k in keys:
+            hash_client.set(k, value)
+            libmc.set(k, value)
+        assert len(ours.get_many(keys)) == len(hash_client.get_many(keys)) == 100
+        assert len(libmc.get_multi(keys)) == 100
+
+        print(f"get_many of 100 keys over 3 servers ({args.seconds:.0f}s each)")
+        results = {}
+        for name, fn in (
+            ("ringcache Client", lambda: ours.get_many(keys)),
+            ("pymemcache HashClient", lambda: hash_client.get_many(keys)),
+            ("pylibmc (ketama)", lambda: libmc.get_multi(keys)),
+        ):
+            per_second, _ = rate(fn, args.seconds)
+            results[name] = per_second * 100
+            print(f"  {name:22s} {results[name]:12.0f} keys/s")
+        ours_keys = results["ringcache Client"]
+        vs_hash = ours_keys / results["pymemcache HashClient"]
+        vs_libmc = ours_keys / results["pylibmc (ketama)"]
+        print(f"  ratio vs HashClient: {vs_hash:.2f}x (goal >= 5x)")
+        print(f"  ratio vs pylibmc:    {vs_libmc:.2f}x (goal >= 0.5x)")
+
+        print("\nsingle get/set against one server")
+        one = Client([locations[0]])
+        plain = PlainClient(("127.0.0.1", servers[0][1]), default_noreply=False, no_delay=True)
+        for op in ("get", "set"):
+            if op == "get":
+                ours_fn, plain_fn = (lambda: one.get("k")), (lambda: plain.get("k"))
+            else:
+                ours_fn = lambda: one.set("k", value)  # noqa: E731
+                plain_fn = lambda: plain.set("k", value)  # noqa: E731
+            # Alternate to share any drift in machine load between the two.
+            ours_rates, plain_rates = [], []
+            for _ in range(3):
+                ours_rates.append(rate(ours_fn, args.seconds / 3)[0])
+                plain_rates.append(rate(plain_fn, args.seconds / 3)[0])
+            ours_us = 1e6 / (sum(ours_rates) / 3)
+            plain_us = 1e6 / (sum(plain_rates) / 3)
+            print(
+                f"  {op}: ringcache {ours_us:6.1f} µs, pymemcache Client {plain_us:6.1f} µs, "
+                f"ratio {ours_us / plain_us:.2f}x (goal <= 1.15x)"
+            )
+        ours.close()
+        one.close()
+    finally:
+        for proc, _ in servers:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=10)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
