@@ -46,6 +46,7 @@ class NoServerAvailable(MemcacheServerError):
 
 
 _BAD_KEY_BYTE = re.compile(rb"[\x00-\x20\x7f]")
+_VALUE_LINE = re.compile(rb"VALUE (\S+) (\d+) (\d+)(?: (\d+))?\r\n")
 
 
 def validate_key(key: str | bytes, key_prefix: bytes = b"") -> bytes:
@@ -132,6 +133,10 @@ class ClusterBase:
         self.clock = clock
         self.nodes = {s.name: _Node(s, self) for s in self.servers}
         self._node_list = [self.nodes[s.name] for s in self.servers]  # ring index -> node
+        # The node of every continuum point, plus the first again so that a hash past the
+        # last point needs no wrap-around test.
+        owners = self.ring._owner_index
+        self._node_of_point = [self._node_list[i] for i in [*owners, owners[0]]]
 
     def key(self, key: str | bytes) -> bytes:
         """The validated key as sent, prefix included."""
@@ -166,9 +171,7 @@ class ClusterBase:
         prefix = self.key_prefix
         bad = _BAD_KEY_BYTE.search
         points = self.ring._points
-        owners = self.ring._owner_index
-        npoints = len(points)
-        node_list = self._node_list
+        node_of_point = self._node_of_point
         for key in keys:
             if type(key) is str:
                 k = key.encode()
@@ -181,8 +184,7 @@ class ClusterBase:
             if not k or len(k) > 250 or bad(k):
                 validate_key(key, prefix)  # raises with the precise reason
             originals[k] = key
-            i = bisect_left(points, int.from_bytes(md5(k).digest()[:4], "little"))
-            node = node_list[owners[i if i < npoints else 0]]
+            node = node_of_point[bisect_left(points, int.from_bytes(md5(k).digest()[:4], "little"))]
             if not node.health.usable:
                 node, _ = self._route(k)
                 if node is None:
@@ -455,7 +457,7 @@ class Client(ClusterBase):
         sock = conn.sock
         data = b""
         while True:
-            chunk = sock.recv(262144)
+            chunk = sock.recv(65536)
             if not chunk:
                 raise MemcacheUnexpectedCloseError()
             data += chunk
@@ -469,26 +471,28 @@ class Client(ClusterBase):
         """The values of a complete reply, or None when ``data`` is not complete yet."""
         found: dict[bytes, Any] = {}
         deserialize = self.serde.deserialize
+        match = _VALUE_LINE.match
         pos = 0
         size = len(data)
         while True:
-            eol = data.find(b"\r\n", pos)
-            if eol < 0:
-                return None
-            if eol == pos + 3 and data[pos:eol] == b"END":
-                return found
-            if data[pos : pos + 6] != b"VALUE ":
+            m = match(data, pos)
+            if m is None:
+                eol = data.find(b"\r\n", pos)
+                if eol < 0:
+                    return None
+                if data[pos:eol] == b"END":
+                    return found
                 conn._raise_errors(data[pos:eol], b"get")
                 raise MemcacheUnknownError(data[pos : pos + 32])
-            parts = data[pos + 6 : eol].split()
-            start = eol + 2
-            end = start + int(parts[2])
+            key, flags, length, token = m.groups()
+            start = m.end()
+            end = start + int(length)
             if size < end + 2:
                 return None
-            key = parts[0]
-            flags = int(parts[1])
-            value = data[start:end] if flags == 0 else deserialize(key, data[start:end], flags)
-            found[key] = (value, parts[3]) if cas else value
+            value = data[start:end]
+            if flags != b"0":
+                value = deserialize(key, value, int(flags))
+            found[key] = (value, token) if cas else value
             pos = end + 2
 
     def _get_many(self, keys: Iterable, cas: bool) -> dict:
