@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
+import subprocess
 import threading
 import time
 from urllib.parse import quote
@@ -338,3 +340,40 @@ def test_a_memcached_peer_as_stand_in(memcached, nodes):
         c.get(k)
     assert c.set(keys[0], b"v") and direct(memcached).get(keys[0]) == b"v"
     c.close()
+
+
+@pytest.mark.skipif(shutil.which("memcached") is None, reason="Debian's memcached is not installed")
+def test_unix_socket_location(tmp_path):
+    path = tmp_path / "mc.sock"
+    extra = ["-u", "root"] if os.geteuid() == 0 else []
+    proc = subprocess.Popen(["memcached", "-s", str(path), "-U", "0", *extra])
+    try:
+        deadline = time.monotonic() + 10
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        c = Client(f"unix:{path}", **FAST)
+        assert c.set("k", b"v") and c.get("k") == b"v"
+        assert c.get_many(["k", "x"]) == {"k": b"v"}
+        c.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_values_interoperate_with_python_memcached_and_pymemcache(nodes):
+    import memcache
+    from pymemcache.client.hash import HashClient
+    from pymemcache.serde import pickle_serde
+
+    values = {"int": 42, "str": "text", "bytes": b"\x00raw", "dict": {"a": [1, 2]}, "big": 2**70}
+    ours = Client([nodes[0].location], **FAST)
+    python_memcached = memcache.Client([nodes[0].location])
+    pymemcache = HashClient([nodes[0].address], serde=pickle_serde)
+    for key, value in values.items():
+        assert ours.set(key, value)
+        assert python_memcached.get(key) == value
+        assert pymemcache.get(key) == value
+        assert python_memcached.set(key + "-theirs", value)
+        assert ours.get(key + "-theirs") == value
+    ours.close()
+    python_memcached.disconnect_all()
