@@ -77,25 +77,26 @@ class _Node:
         )
         self.pool_size = owner.pool_size
         self._idle: list = []
-        self._lock = threading.Lock()
         self.errors = 0
 
     def take(self) -> Any:
-        """An idle connection, or None."""
-        with self._lock:
-            return self._idle.pop() if self._idle else None
+        """An idle connection, or None (list.pop is atomic: no lock on the hot path)."""
+        try:
+            return self._idle.pop()
+        except IndexError:
+            return None
 
     def give(self, conn: Any) -> bool:
         """Keep ``conn`` for reuse; False when the pool is full (the caller closes it)."""
-        with self._lock:
-            if len(self._idle) < self.pool_size:
-                self._idle.append(conn)
-                return True
+        if len(self._idle) < self.pool_size:
+            self._idle.append(conn)
+            return True
         return False
 
     def drain(self) -> list:
-        with self._lock:
-            idle, self._idle = self._idle, []
+        idle = []
+        while (conn := self.take()) is not None:
+            idle.append(conn)
         return idle
 
 

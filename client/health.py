@@ -56,7 +56,7 @@ class NodeHealth:
         self.usable = state in (State.LIVE, State.FAILING)
 
     def succeeded(self) -> None:
-        if self.state is State.FAILING or self.consecutive_failures:
+        if self.consecutive_failures:  # FAILING always has some; LIVE with none needs nothing
             with self._lock:
                 if self.state is State.FAILING:
                     self.state = State.LIVE
