@@ -32,6 +32,24 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.node_memcaslap $(BENCH_ARGS)
+	$(BIN)/python -m bench.client_ops
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .run
+
+# -- the local cluster (ringcache CLI) ------------------------------------------------------
+NODES ?= 3
+
+.PHONY: cluster status stats down
+
+cluster: $(STAMP)  ## start NODES nodes on 127.0.0.1:PORT.. in the background, print LOCATION
+	$(BIN)/ringcache up --nodes $(NODES) --port $(PORT) --memory $(MEMORY)
+
+status: $(STAMP)
+	$(BIN)/ringcache status
+
+stats: $(STAMP)
+	$(BIN)/ringcache stats
+
+down: $(STAMP)
+	$(BIN)/ringcache down

@@ -1,0 +1,6 @@
+"""ringcache's cluster tooling: ``LocalCluster`` (node processes on 127.0.0.1) and the
+``ringcache`` command (up, down, status, stats, metrics, locate, ring)."""
+
+from .local import ClusterError, LocalCluster, Member, NodeStatus
+
+__all__ = ["ClusterError", "LocalCluster", "Member", "NodeStatus"]

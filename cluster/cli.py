@@ -1,0 +1,360 @@
+"""The ``ringcache`` command: run a local cluster and look at any memcached-compatible one.
+
+This module owns the command line (click), what each command prints (rich tables, live
+refresh) and the figures it derives from ``stats`` (hit ratio, memory use, ops/s). Process
+management is ``LocalCluster``'s; placement is the client's ``Ring``. Every command that reads
+a cluster takes ``--location`` (default: the local cluster's members), so it works against
+real memcached fleets too.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+import click
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from ringcache.client.ring import Ring, Server, parse_location
+
+from .local import ClusterError, LocalCluster
+
+# Tables need about 110 columns; when output is not a terminal, do not wrap them at 80.
+console = Console(width=None if sys.stdout.isatty() else 132)
+
+
+# -- reading stats ----------------------------------------------------------------------------
+def fetch_stats(server: Server, timeout: float = 1.0) -> dict[str, str] | None:
+    """``stats`` of one server as strings, or None when it does not answer."""
+    try:
+        if server.unix is not None:
+            sock = socket.socket(socket.AF_UNIX)
+            sock.settimeout(timeout)
+            sock.connect(server.unix)
+        else:
+            sock = socket.create_connection((server.host, server.port), timeout=timeout)
+        with sock:
+            sock.sendall(b"stats\r\n")
+            data = b""
+            while not data.endswith(b"END\r\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return None
+                data += chunk
+    except OSError:
+        return None
+    stats = {}
+    for line in data.decode(errors="replace").splitlines():
+        parts = line.split(" ", 2)
+        if len(parts) == 3 and parts[0] == "STAT":
+            stats[parts[1]] = parts[2]
+    return stats
+
+
+@dataclass
+class NodeFigures:
+    """What ``ringcache stats`` shows for one node (or the totals)."""
+
+    node: str
+    up: bool
+    items: int = 0
+    bytes: int = 0
+    limit: int = 0
+    get_hits: int = 0
+    get_misses: int = 0
+    evictions: int = 0
+    connections: int = 0
+    ops: int = 0  # cmd_get + cmd_set + cmd_touch, for ops/s between two samples
+    ops_per_sec: float | None = None
+
+    @property
+    def hit_ratio(self) -> float | None:
+        gets = self.get_hits + self.get_misses
+        return self.get_hits / gets if gets else None
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "hit_ratio": self.hit_ratio}
+
+
+def figures(server: Server) -> NodeFigures:
+    s = fetch_stats(server)
+    if s is None:
+        return NodeFigures(str(server), up=False)
+
+    def n(name: str) -> int:
+        try:
+            return int(s.get(name, "0"))
+        except ValueError:
+            return 0
+
+    return NodeFigures(
+        node=str(server),
+        up=True,
+        items=n("curr_items"),
+        bytes=n("bytes"),
+        limit=n("limit_maxbytes"),
+        get_hits=n("get_hits"),
+        get_misses=n("get_misses"),
+        evictions=n("evictions"),
+        connections=n("curr_connections"),
+        ops=n("cmd_get") + n("cmd_set") + n("cmd_touch"),
+    )
+
+
+def totals(rows: Iterable[NodeFigures]) -> NodeFigures:
+    rows = list(rows)
+    up = [r for r in rows if r.up]
+    total = NodeFigures("total", up=bool(up))
+    for field in (
+        "items",
+        "bytes",
+        "limit",
+        "get_hits",
+        "get_misses",
+        "evictions",
+        "connections",
+        "ops",
+    ):
+        setattr(total, field, sum(getattr(r, field) for r in up))
+    rates = [r.ops_per_sec for r in up if r.ops_per_sec is not None]
+    total.ops_per_sec = sum(rates) if rates else None
+    return total
+
+
+def sample(
+    servers: list[Server], previous: dict[str, tuple[float, int]] | None
+) -> tuple[list[NodeFigures], dict]:
+    """Figures of every server; ops/s from the difference with ``previous`` samples."""
+    now = time.monotonic()
+    rows = [figures(s) for s in servers]
+    seen = {}
+    for row in rows:
+        if row.up:
+            seen[row.node] = (now, row.ops)
+            if previous and row.node in previous:
+                t0, ops0 = previous[row.node]
+                if now > t0 and row.ops >= ops0:
+                    row.ops_per_sec = (row.ops - ops0) / (now - t0)
+    return rows, seen
+
+
+def stats_table(rows: list[NodeFigures]) -> Table:
+    table = Table(title="ringcache stats", title_justify="left")
+    for name, justify in (
+        ("node", "left"), ("state", "left"), ("items", "right"), ("memory (used/limit)", "right"),
+        ("get hits", "right"), ("get misses", "right"), ("hit ratio", "right"),
+        ("evictions", "right"), ("conns", "right"), ("ops/s", "right"),
+    ):  # fmt: skip
+        table.add_column(name, justify=justify)
+    for row in [*rows, totals(rows)]:
+        ratio = "-" if row.hit_ratio is None else f"{row.hit_ratio:.1%}"
+        used = (
+            f"{row.bytes / 1048576:.1f}/{row.limit / 1048576:.0f} MB ({row.bytes / row.limit:.0%})"
+            if row.limit
+            else "-"
+        )
+        ops = "-" if row.ops_per_sec is None else f"{row.ops_per_sec:,.0f}"
+        state = "[green]up[/]" if row.up else "[red]down[/]"
+        if row.node == "total":
+            table.add_section()
+        table.add_row(
+            row.node, state, f"{row.items:,}", used, f"{row.get_hits:,}", f"{row.get_misses:,}",
+            ratio, f"{row.evictions:,}", f"{row.connections:,}", ops,
+        )  # fmt: skip
+    return table
+
+
+# -- the command --------------------------------------------------------------------------------
+class Context:
+    def __init__(self, location: str | None, run_dir: str) -> None:
+        self.local = LocalCluster(run_dir)
+        self._location = location
+
+    def servers(self) -> list[Server]:
+        if self._location:
+            return parse_location(self._location)
+        members = self.local.locations()
+        if not members:
+            raise click.UsageError(
+                "no local cluster is running (start one with `ringcache up` or `make cluster`), "
+                "and no --location was given"
+            )
+        return parse_location(members)
+
+
+@click.group()
+@click.option(
+    "--location",
+    envvar="RINGCACHE_LOCATION",
+    help="Servers, as in Django's LOCATION (default: the local cluster).",
+)
+@click.option(
+    "--run-dir",
+    default=".run",
+    show_default=True,
+    help="Where the local cluster keeps pid files and logs.",
+)
+@click.pass_context
+def main(ctx: click.Context, location: str | None, run_dir: str) -> None:
+    """Run a local ringcache cluster and inspect any memcached-compatible cluster."""
+    ctx.obj = Context(location, run_dir)
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[red]error:[/] {exc}")
+    sys.exit(1)
+
+
+def caches_snippet(locations: list[str]) -> str:
+    inner = ", ".join(f'"{loc}"' for loc in locations)
+    return (
+        "CACHES = {\n"
+        '    "default": {\n'
+        '        "BACKEND": "ringcache.client.django.RingCache",\n'
+        f'        "LOCATION": [{inner}],\n'
+        "    }\n"
+        "}"
+    )
+
+
+@main.command()
+@click.option("--nodes", default=3, show_default=True, type=click.IntRange(1, 64))
+@click.option("--port", default=11211, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--memory", default=64, show_default=True, type=click.IntRange(2), help="-m of each node, MB."
+)
+@click.pass_obj
+def up(obj: Context, nodes: int, port: int, memory: int) -> None:
+    """Start a local cluster (nodes already running are left as they are)."""
+    try:
+        members = obj.local.up(nodes, port, memory)
+    except ClusterError as exc:
+        _fail(exc)
+    locations = [m.location for m in members]
+    console.print(f"[green]{len(members)} nodes up[/] (logs and pid files in {obj.local.run_dir}/)")
+    console.print(f"LOCATION: {';'.join(locations)}")
+    console.print("\nDjango settings:\n", highlight=False)
+    console.print(caches_snippet(locations), highlight=False, markup=False)
+
+
+@main.command()
+@click.pass_obj
+def down(obj: Context) -> None:
+    """Stop the local cluster."""
+    members = obj.local.members()
+    obj.local.down()
+    console.print(f"stopped {len(members)} nodes")
+
+
+@main.command()
+@click.pass_obj
+def status(obj: Context) -> None:
+    """Each local node: up or down, pid, address, uptime."""
+    rows = obj.local.status()
+    if not rows:
+        console.print("no local cluster (start one with `ringcache up`)")
+        return
+    table = Table(title="ringcache status", title_justify="left")
+    for name in ("node", "state", "pid", "answers", "uptime"):
+        table.add_column(name)
+    for r in rows:
+        uptime = "-" if r.uptime is None else time.strftime("%H:%M:%S", time.gmtime(r.uptime))
+        table.add_row(
+            r.location,
+            "[green]up[/]" if r.up else "[red]down[/]",
+            str(r.pid or "-"),
+            "yes" if r.answering else "no",
+            uptime,
+        )
+    console.print(table)
+
+
+@main.command()
+@click.option("--watch", is_flag=True, help="Refresh every --interval seconds until Ctrl-C.")
+@click.option("--interval", default=1.0, show_default=True, type=click.FloatRange(0.1))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_obj
+def stats(obj: Context, watch: bool, interval: float, as_json: bool) -> None:
+    """Per-node figures and totals: items, memory, hits, misses, hit ratio, evictions, ops/s."""
+    servers = obj.servers()
+    rows, seen = sample(servers, None)
+    if not watch:
+        time.sleep(min(interval, 0.5))
+        rows, _ = sample(servers, seen)
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {"nodes": [r.as_dict() for r in rows], "total": totals(rows).as_dict()},
+                    indent=2,
+                )
+            )
+        else:
+            console.print(stats_table(rows))
+        return
+    with Live(stats_table(rows), console=console, auto_refresh=False) as live:
+        try:
+            while True:
+                time.sleep(interval)
+                rows, seen = sample(servers, seen)
+                live.update(stats_table(rows), refresh=True)
+        except KeyboardInterrupt:
+            pass
+
+
+@main.command()
+@click.argument("key")
+@click.pass_obj
+def locate(obj: Context, key: str) -> None:
+    """The node that owns KEY, then the fallback order on the ring."""
+    ring = Ring(obj.servers())
+    order = list(ring.candidates(key.encode()))
+    console.print(f"{key!r} → [bold]{order[0]}[/] (ketama name {order[0].name!r})")
+    if len(order) > 1:
+        console.print("fallback order: " + " → ".join(str(s) for s in order[1:]))
+
+
+@main.command()
+@click.pass_obj
+def ring(obj: Context) -> None:
+    """Each node's share of the key space."""
+    r = Ring(obj.servers())
+    table = Table(title=f"ketama ring: {r.points} points", title_justify="left")
+    table.add_column("node")
+    table.add_column("weight", justify="right")
+    table.add_column("share", justify="right")
+    for server, share in r.shares().items():
+        table.add_row(str(server), str(server.weight), f"{share:.1%}")
+    console.print(table)
+
+
+@main.command()
+@click.option(
+    "--listen",
+    default="127.0.0.1:9150",
+    show_default=True,
+    help="ADDRESS:PORT to serve /metrics on.",
+)
+@click.pass_obj
+def metrics(obj: Context, listen: str) -> None:
+    """Serve the stats figures in Prometheus' text format over HTTP until Ctrl-C."""
+    from .metrics import serve
+
+    host, _, port = listen.rpartition(":")
+    servers = obj.servers()
+    server, _thread = serve(servers, host or "127.0.0.1", int(port))
+    console.print(f"serving /metrics on http://{host or '127.0.0.1'}:{server.server_port}/metrics")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.shutdown()
+
+
+if __name__ == "__main__":
+    main()
