@@ -22,7 +22,7 @@ from pymemcache.exceptions import (
     MemcacheUnknownError,
 )
 
-from .client import ClusterBase, NoServerAvailable, _Node
+from .client import ClusterBase, _Node
 
 _STORE_REPLIES = {b"STORED": True, b"NOT_STORED": False, b"EXISTS": False, b"NOT_FOUND": None}
 
@@ -158,10 +158,8 @@ class AsyncClient(ClusterBase):
     async def _call(
         self, key: bytes, what: str, fn: Callable[[_Conn, bool], Awaitable[Any]], default: Any
     ) -> Any:
-        node, standin = self._route(key)
+        node, standin = self._target(key)
         if node is None:
-            if self.raise_on_error:
-                raise NoServerAvailable("every server is ejected")
             return default
         return await self._on_node(node, what, lambda conn: fn(conn, standin), default)
 

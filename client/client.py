@@ -158,6 +158,13 @@ class ClusterBase:
                 return node, True
         return None, True
 
+    def _target(self, key: bytes) -> tuple[_Node | None, bool]:
+        """``_route``, raising ``NoServerAvailable`` for no node when ``raise_on_error``."""
+        node, standin = self._route(key)
+        if node is None and self.raise_on_error:
+            raise NoServerAvailable("every server is ejected")
+        return node, standin
+
     def _group(
         self, keys: Iterable
     ) -> tuple[dict[_Node, list[bytes]], dict[bytes, Any], list[bytes]]:
@@ -293,10 +300,8 @@ class Client(ClusterBase):
     def _call(
         self, key: bytes, what: str, fn: Callable[[ProtocolClient, bool], Any], default: Any
     ) -> Any:
-        node, standin = self._route(key)
+        node, standin = self._target(key)
         if node is None:
-            if self.raise_on_error:
-                raise NoServerAvailable("every server is ejected")
             return default
         conn = self._connection(node)
         try:

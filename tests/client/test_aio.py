@@ -11,15 +11,6 @@ from pymemcache.client.base import Client as PymemcacheClient
 
 from ringcache.client import AsyncClient, Client
 from tests.client.test_client import FAST, DelayProxy, keys_owned_by, start_node_on_port
-from tests.conftest import start_node
-
-
-@pytest.fixture
-def nodes():
-    started = [start_node() for _ in range(3)]
-    yield started
-    for n in started:
-        n.stop()
 
 
 async def test_operations(nodes):

@@ -16,17 +16,9 @@ from pymemcache.client.base import Client as PymemcacheClient
 from pymemcache.exceptions import MemcacheIllegalInputError
 
 from ringcache.client import Client, NoServerAvailable
-from tests.conftest import RawClient, ServerProcess, start_node
+from tests.conftest import RawClient, ServerProcess
 
 FAST = {"connect_timeout": 0.3, "timeout": 0.3, "probe_interval": 0.1, "probe_max_interval": 0.5}
-
-
-@pytest.fixture
-def nodes():
-    started = [start_node() for _ in range(3)]
-    yield started
-    for n in started:
-        n.stop()
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pytest
 from pymemcache.client.base import Client as PymemcacheClient
 
 from ringcache.client.ring import Ring, Server, parse_location, parse_server
-from tests.conftest import free_port, start_node, wait_port
+from tests.conftest import free_port, wait_port
 
 KEYS = [f"key:{i}" for i in range(400)] + ["ü-ñ", "a" * 250, "user:42", "x"]
 
@@ -96,26 +96,18 @@ def expected_placement(locations: list[str], keys) -> dict[str, str]:
     return {k: str(ring.get(k.encode())) for k in keys}
 
 
-@pytest.fixture
-def three_nodes():
-    nodes = [start_node() for _ in range(3)]
-    yield nodes
-    for n in nodes:
-        n.stop()
-
-
-def test_same_servers_as_pylibmc_ketama_weighted(three_nodes):
-    locations = [n.location for n in three_nodes]
+def test_same_servers_as_pylibmc_ketama_weighted(nodes):
+    locations = [n.location for n in nodes]
     mc = pylibmc.Client(locations, behaviors={"ketama_weighted": True})
     for k in KEYS:
         mc.set(k, "x")
     mc.disconnect_all()
-    assert placement_on(three_nodes, KEYS) == expected_placement(locations, KEYS)
+    assert placement_on(nodes, KEYS) == expected_placement(locations, KEYS)
 
 
-def test_same_servers_as_pylibmc_with_weights(three_nodes):
+def test_same_servers_as_pylibmc_with_weights(nodes):
     weights = [1, 2, 5]
-    locations = [n.location for n in three_nodes]
+    locations = [n.location for n in nodes]
     mc = pylibmc.Client(
         [f"{loc}:{w}" for loc, w in zip(locations, weights, strict=True)],
         behaviors={"ketama_weighted": True},
@@ -124,7 +116,7 @@ def test_same_servers_as_pylibmc_with_weights(three_nodes):
         mc.set(k, "x")
     mc.disconnect_all()
     ring = Ring(parse_location({loc: w for loc, w in zip(locations, weights, strict=True)}))
-    assert placement_on(three_nodes, KEYS) == {k: str(ring.get(k.encode())) for k in KEYS}
+    assert placement_on(nodes, KEYS) == {k: str(ring.get(k.encode())) for k in KEYS}
 
 
 def start_on(host: str, port: int):
@@ -201,8 +193,8 @@ def run_nutcracker(servers: list[str]):
 
 
 @pytest.mark.parametrize("on_11211", [False, True], ids=["custom ports", "port 11211"])
-def test_same_servers_as_nutcracker(on_11211, three_nodes):
-    nodes = [start_on(f"127.0.0.{i}", 11211) for i in (5, 6, 7)] if on_11211 else three_nodes
+def test_same_servers_as_nutcracker(on_11211, nodes):
+    nodes = [start_on(f"127.0.0.{i}", 11211) for i in (5, 6, 7)] if on_11211 else nodes
     locations = [n.location for n in nodes]
     proc, port = run_nutcracker(locations)
     try:
