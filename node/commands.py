@@ -88,6 +88,13 @@ class NodeState:
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self.listen_addr = f"{cfg.listen}:{cfg.port}"
         self.shutdown_requested = False
+        # Cluster membership served by `config get cluster` (ElastiCache auto-discovery).
+        self.cluster_version = 0
+        self.cluster_members: list[bytes] = []
+
+    def cluster_config(self) -> bytes:
+        body = b"%d\n%s\n" % (self.cluster_version, b" ".join(self.cluster_members))
+        return b"CONFIG cluster 0 %d\r\n%s\r\nEND\r\n" % (len(body), body)
 
     def conns_text(self) -> bytes:
         now = self.store.clock.now
@@ -133,6 +140,7 @@ class Session:
             b"slabs": self._slabs,
             b"lru_crawler": self._lru_crawler,
             b"cache_memlimit": self._cache_memlimit,
+            b"config": self._config,
         }
 
     # -- driving ---------------------------------------------------------------------------
@@ -436,6 +444,34 @@ class Session:
             return R_ERROR
         raise ClientError("cache_memlimit is not supported: restart the node with another -m")
 
+    def _config(self, tokens, ntokens, out):
+        """``config get cluster`` and the admin's ``config set cluster [version=N] MEMBER...``.
+
+        A member is ``host|ip|port``. Setting is accepted only from a loopback peer; the
+        version goes up by one, or to N when N is newer than the current one.
+        """
+        if len(tokens) == 3 and tokens[1] == b"get" and tokens[2] == b"cluster":
+            return self.node.cluster_config()
+        if len(tokens) >= 3 and tokens[1] == b"set" and tokens[2] == b"cluster":
+            if not _is_loopback(self.peer):
+                raise ClientError("config set cluster is only accepted from loopback")
+            members = tokens[3:]
+            version = self.node.cluster_version + 1
+            if members and members[0].startswith(b"version="):
+                wanted = c_strtonum(members.pop(0)[8:], 64, False)
+                if wanted is None or wanted <= self.node.cluster_version:
+                    raise ClientError(f"version must be above {self.node.cluster_version}")
+                version = wanted
+            for member in members:
+                parts = member.split(b"|")
+                port = c_strtonum(parts[-1], 32, False) if len(parts) == 3 else None
+                if port is None or not 0 < port < 65536 or not (parts[0] or parts[1]):
+                    raise ClientError(f"bad cluster member {member.decode(errors='replace')!r}")
+            self.node.cluster_version = version
+            self.node.cluster_members = members
+            return R_OK
+        return R_ERROR
+
     def _stats(self, tokens, ntokens, out):
         store = self.store
         node = self.node
@@ -549,6 +585,11 @@ def _chunked(parts: Iterable[bytes]) -> Iterator[bytes]:
             size = 0
     chunk.append(R_END)
     yield b"".join(chunk)
+
+
+def _is_loopback(peer: str) -> bool:
+    host = peer.rsplit(":", 1)[0].strip("[]")
+    return host.startswith("127.") or host in ("::1", "localhost") or host.startswith("::ffff:127.")
 
 
 def _c_strtod(text: bytes) -> float | None:

@@ -229,3 +229,30 @@ def test_storage_request_fields():
         True,
         b"abc\r\n",
     )
+
+
+def test_cluster_config_get_and_set():
+    s = session()
+    assert run(s, b"config get cluster\r\n") == b"CONFIG cluster 0 3\r\n0\n\n\r\nEND\r\n"
+    assert run(s, b"config set cluster a|10.0.0.1|11211 b||11212\r\n") == b"OK\r\n"
+    body = b"1\na|10.0.0.1|11211 b||11212\n"
+    assert run(s, b"config get cluster\r\n") == b"CONFIG cluster 0 %d\r\n%s\r\nEND\r\n" % (
+        len(body),
+        body,
+    )
+    assert run(s, b"config set cluster version=9 a|10.0.0.1|11211\r\n") == b"OK\r\n"
+    assert run(s, b"config get cluster\r\n").split(b"\r\n")[1].startswith(b"9\n")
+    assert run(s, b"config set cluster version=9 x||1\r\n") == (
+        b"CLIENT_ERROR version must be above 9\r\n"
+    )
+    assert run(s, b"config set cluster nonsense\r\n").startswith(b"CLIENT_ERROR bad cluster member")
+    assert run(s, b"config bogus\r\n") == b"ERROR\r\n"
+
+
+def test_cluster_config_set_is_refused_from_other_hosts():
+    cfg = parse_args([])
+    remote = Session(NodeState(cfg, Store(cfg), log=lambda line: None), peer="10.1.2.3:40000")
+    assert run(remote, b"config set cluster a||1\r\n") == (
+        b"CLIENT_ERROR config set cluster is only accepted from loopback\r\n"
+    )
+    assert run(remote, b"config get cluster\r\n").startswith(b"CONFIG cluster 0 ")
