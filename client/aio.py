@@ -22,7 +22,7 @@ from pymemcache.exceptions import (
     MemcacheUnknownError,
 )
 
-from .client import ClusterBase, _Node
+from .client import ClusterBase, _Node, fetch_cluster_config
 
 _STORE_REPLIES = {b"STORED": True, b"NOT_STORED": False, b"EXISTS": False, b"NOT_FOUND": None}
 
@@ -89,16 +89,41 @@ class AsyncClient(ClusterBase):
         super().__init__(location, **options)
         self._prober_scope: trio.CancelScope | None = None
         self._prober_running = False
+        self._discovery_scope: trio.CancelScope | None = None
+        self._discovery_started = False
 
     async def __aenter__(self) -> AsyncClient:
+        await self._start_discovery()
         return self
+
+    async def _start_discovery(self) -> None:
+        """With ``discovery=True``: adopt the current membership, then poll for changes."""
+        if not self.discovery or self._discovery_started:
+            return
+        self._discovery_started = True
+        await self._discover_once()
+        trio.lowlevel.spawn_system_task(self._discover_loop, name="ringcache-discovery")
+
+    async def _discover_once(self) -> bool:
+        node = self._discovery_source()
+        if node is None:
+            return False
+        found = await trio.to_thread.run_sync(fetch_cluster_config, node.server, self.timeout)
+        return found is not None and self._apply_cluster_config(*found)
+
+    async def _discover_loop(self) -> None:
+        with trio.CancelScope() as self._discovery_scope:
+            while True:
+                await trio.sleep(self.discovery_interval)
+                await self._discover_once()
 
     async def __aexit__(self, *exc) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
-        if self._prober_scope is not None:
-            self._prober_scope.cancel()
+        for scope in (self._prober_scope, self._discovery_scope):
+            if scope is not None:
+                scope.cancel()
         for node in self.nodes.values():
             for conn in node.drain():
                 conn.close()
@@ -158,6 +183,8 @@ class AsyncClient(ClusterBase):
     async def _call(
         self, key: bytes, what: str, fn: Callable[[_Conn, bool], Awaitable[Any]], default: Any
     ) -> Any:
+        if self.discovery and not self._discovery_started:
+            await self._start_discovery()
         node, standin = self._target(key)
         if node is None:
             return default

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 import threading
 import time
 from bisect import bisect_left
@@ -100,6 +101,69 @@ class _Node:
         return idle
 
 
+class _View:
+    """One membership: servers, their ring and nodes, and the point → node table."""
+
+    __slots__ = ("node_list", "node_of_point", "nodes", "points", "ring", "servers")
+
+    def __init__(self, servers: list[Server], owner: ClusterBase, previous: _View | None) -> None:
+        self.servers = servers
+        self.ring = Ring(servers)
+        kept = previous.nodes if previous is not None else {}
+        # A server that stays keeps its node: health, pool and counters carry over.
+        self.nodes = {s.name: kept.get(s.name) or _Node(s, owner) for s in servers}
+        self.node_list = [self.nodes[s.name] for s in servers]  # ring index -> node
+        # The node of every continuum point, plus the first again so that a hash past the
+        # last point needs no wrap-around test.
+        owners = self.ring._owner_index
+        self.node_of_point = [self.node_list[i] for i in [*owners, owners[0]]]
+        self.points = self.ring._points
+
+
+def parse_cluster_config(reply: bytes) -> tuple[int, list[Server]] | None:
+    """A ``config get cluster`` reply (ElastiCache's format) as (version, servers)."""
+    head, _, rest = reply.partition(b"\r\n")
+    parts = head.split()
+    if len(parts) != 4 or parts[:2] != [b"CONFIG", b"cluster"]:
+        return None
+    body = rest[: int(parts[3])].decode(errors="replace")
+    lines = body.split("\n")
+    try:
+        version = int(lines[0])
+    except ValueError:
+        return None
+    servers = []
+    for member in lines[1].split() if len(lines) > 1 else []:
+        host, ip, port = member.split("|")
+        servers.append(Server(host=host or ip, port=int(port)))
+    return version, servers
+
+
+def fetch_cluster_config(server: Server, timeout: float) -> tuple[int, list[Server]] | None:
+    """Ask one server for its membership; None when it cannot say."""
+    try:
+        if server.unix is not None:
+            sock = socket.socket(socket.AF_UNIX)
+            sock.settimeout(timeout)
+            sock.connect(server.unix)
+        else:
+            sock = socket.create_connection((server.host, server.port), timeout=timeout)
+        with sock:
+            sock.sendall(b"config get cluster\r\n")
+            data = b""
+            while not (data.endswith(b"END\r\n") or data.endswith(b"ERROR\r\n")):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return None
+                data += chunk
+    except OSError:
+        return None
+    try:
+        return parse_cluster_config(data)
+    except ValueError:
+        return None
+
+
 class ClusterBase:
     """What the sync and the trio client share: options, ring, routing, health, failover."""
 
@@ -118,9 +182,9 @@ class ClusterBase:
         serde: Any = None,
         key_prefix: str | bytes = b"",
         clock: Callable[[], float] = time.monotonic,
+        discovery: bool = False,
+        discovery_interval: float = 5.0,
     ) -> None:
-        self.servers = parse_location(location)
-        self.ring = Ring(self.servers)
         self.connect_timeout = connect_timeout
         self.timeout = timeout
         self.failure_limit = failure_limit
@@ -132,12 +196,41 @@ class ClusterBase:
         self.serde = serde or pickle_serde
         self.key_prefix = key_prefix.encode() if isinstance(key_prefix, str) else key_prefix
         self.clock = clock
-        self.nodes = {s.name: _Node(s, self) for s in self.servers}
-        self._node_list = [self.nodes[s.name] for s in self.servers]  # ring index -> node
-        # The node of every continuum point, plus the first again so that a hash past the
-        # last point needs no wrap-around test.
-        owners = self.ring._owner_index
-        self._node_of_point = [self._node_list[i] for i in [*owners, owners[0]]]
+        self.discovery = discovery
+        self.discovery_interval = discovery_interval
+        self.cluster_version = 0
+        self._view = _View(parse_location(location), self, None)
+
+    # The current membership; a discovered change swaps the whole view in one assignment,
+    # and every request reads ``self._view`` once, so it never mixes two memberships.
+    @property
+    def servers(self) -> list[Server]:
+        return self._view.servers
+
+    @property
+    def ring(self) -> Ring:
+        return self._view.ring
+
+    @property
+    def nodes(self) -> dict[str, _Node]:
+        return self._view.nodes
+
+    def _apply_cluster_config(self, version: int, servers: list[Server]) -> bool:
+        """Adopt a newer membership (from ``config get cluster``); False when not newer."""
+        if version <= self.cluster_version or not servers:
+            return False
+        old = self._view
+        self._view = _View(servers, self, old)
+        self.cluster_version = version
+        for name, node in old.nodes.items():
+            if name not in self._view.nodes:
+                for conn in node.drain():
+                    conn.close()
+        log.warning("membership version %d: %s", version, ", ".join(map(str, servers)))
+        return True
+
+    def _discovery_source(self) -> _Node | None:
+        return next((n for n in self._view.node_list if n.health.usable), None)
 
     def key(self, key: str | bytes) -> bytes:
         """The validated key as sent, prefix included."""
@@ -149,11 +242,12 @@ class ClusterBase:
 
     def _route(self, key: bytes) -> tuple[_Node | None, bool]:
         """The node a request for ``key`` goes to, and whether it stands in for the owner."""
-        node = self._node_list[self.ring.index_of(key)]
+        view = self._view
+        node = view.node_list[view.ring.index_of(key)]
         if node.health.usable:
             return node, False
-        for i in self.ring.candidate_indices(key):
-            node = self._node_list[i]
+        for i in view.ring.candidate_indices(key):
+            node = view.node_list[i]
             if node.health.usable:
                 return node, True
         return None, True
@@ -178,8 +272,9 @@ class ClusterBase:
         unrouted: list[bytes] = []
         prefix = self.key_prefix
         bad = _BAD_KEY_BYTE.search
-        points = self.ring._points
-        node_of_point = self._node_of_point
+        view = self._view
+        points = view.points
+        node_of_point = view.node_of_point
         for key in keys:
             if type(key) is str:
                 k = key.encode()
@@ -209,7 +304,7 @@ class ClusterBase:
 
     def _ttl_for(self, key: bytes, node: _Node, expire: int) -> int:
         """``expire``, capped when ``node`` stands in for the key's ejected owner."""
-        if self.ring.get(key).name == node.server.name:
+        if self._view.ring.get(key).name == node.server.name:
             return expire
         return self._failover_expire(expire)
 
@@ -277,6 +372,25 @@ class Client(ClusterBase):
         self._prober: threading.Thread | None = None
         self._prober_lock = threading.Lock()
         self._closed = threading.Event()
+        self._discoverer: threading.Thread | None = None
+        if self.discovery:
+            self._discover_once()
+            self._discoverer = threading.Thread(
+                target=self._discover_loop, name="ringcache-discovery", daemon=True
+            )
+            self._discoverer.start()
+
+    def _discover_once(self) -> bool:
+        """Poll one live node's ``config get cluster``; adopt a newer membership."""
+        node = self._discovery_source()
+        if node is None:
+            return False
+        found = fetch_cluster_config(node.server, self.timeout)
+        return found is not None and self._apply_cluster_config(*found)
+
+    def _discover_loop(self) -> None:
+        while not self._closed.wait(self.discovery_interval):
+            self._discover_once()
 
     # -- connections -----------------------------------------------------------------------
     def _connection(self, node: _Node) -> ProtocolClient:
@@ -620,8 +734,9 @@ class Client(ClusterBase):
         for node in self.nodes.values():
             for conn in node.drain():
                 conn.close()
-        if self._prober is not None:
-            self._prober.join(timeout=2)
+        for thread in (self._prober, self._discoverer):
+            if thread is not None:
+                thread.join(timeout=2)
 
     def __enter__(self) -> Client:
         return self
