@@ -200,6 +200,9 @@ class ClusterBase:
         self.discovery_interval = discovery_interval
         self.cluster_version = 0
         self._view = _View(parse_location(location), self, None)
+        # While keys move to their new owners, a miss on the new owner is read from the
+        # previous membership's owner and copied forward (warm-up), until the next version.
+        self._previous: _View | None = None
 
     # The current membership; a discovered change swaps the whole view in one assignment,
     # and every request reads ``self._view`` once, so it never mixes two memberships.
@@ -220,7 +223,12 @@ class ClusterBase:
         if version <= self.cluster_version or not servers:
             return False
         old = self._view
-        self._view = _View(servers, self, old)
+        new = _View(servers, self, old)
+        same_members = set(new.nodes) == set(old.nodes)
+        # A new membership starts a warm-up from the old one; the same members again under a
+        # newer version mean the move is complete.
+        self._previous = None if same_members else old
+        self._view = new
         self.cluster_version = version
         for name, node in old.nodes.items():
             if name not in self._view.nodes:
@@ -475,7 +483,35 @@ class Client(ClusterBase):
     # -- single-key operations -------------------------------------------------------------
     def get(self, key: str | bytes, default: Any = None) -> Any:
         k = self.key(key)
-        return self._call(k, "get", lambda c, _: c.get(k, default), default)
+        value = self._call(k, "get", lambda c, _: c.get(k, _MISS), _MISS)
+        if value is _MISS and self._previous is not None:
+            found = self._warm_up([k])
+            value = found.get(k, _MISS)
+        return default if value is _MISS else value
+
+    def _warm_up(self, keys: list[bytes]) -> dict[bytes, Any]:
+        """Read keys that missed from their previous owners and copy hits forward (``add``)."""
+        previous = self._previous
+        if previous is None:
+            return {}
+        view = self._view
+        groups: dict[_Node, list[bytes]] = {}
+        for k in keys:
+            old = previous.node_list[previous.ring.index_of(k)]
+            if old is not view.node_list[view.ring.index_of(k)] and old.health.usable:
+                groups.setdefault(old, []).append(k)
+        if not groups:
+            return {}
+        results = self._fan_out(
+            groups,
+            lambda node, ks: b"get " + b" ".join(ks) + b"\r\n",
+            lambda conn, ks: self._read_values(conn, False),
+            "warm-up",
+        )
+        found = {k: v for part in results.values() for k, v in part.items()}
+        for k, v in found.items():
+            self._call(k, "warm-up add", lambda c, _, k=k, v=v: c.add(k, v, noreply=False), False)
+        return found
 
     def gets(
         self, key: str | bytes, default: Any = None, cas_default: Any = None
@@ -628,6 +664,10 @@ class Client(ClusterBase):
         for found in results.values():
             for k, v in found.items():
                 out[originals[k]] = v
+        if self._previous is not None and not cas and len(out) < len(originals):
+            missed = [k for k, original in originals.items() if original not in out]
+            for k, v in self._warm_up(missed).items():
+                out[originals[k]] = v
         return out
 
     def get_many(self, keys: Iterable) -> dict:
@@ -746,3 +786,4 @@ class Client(ClusterBase):
 
 
 _FAILED = object()
+_MISS = object()

@@ -333,6 +333,80 @@ def ring(obj: Context) -> None:
     console.print(table)
 
 
+def _rebalance(old: list[Server], new: list[Server]) -> dict[str, int]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from .rebalance import rebalance
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=not sys.stdout.isatty(),
+    ) as bar:
+        task = bar.add_task("moving keys", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        result = rebalance(old, new, progress)
+    console.print(
+        f"moved {result['copied']} of {result['planned']} keys that changed owner; "
+        f"membership version {result['version']}: {';'.join(map(str, new))}"
+    )
+    return result
+
+
+@main.command()
+@click.argument("server", required=False)
+@click.pass_obj
+def add(obj: Context, server: str | None) -> None:
+    """Add SERVER (host:port) to the cluster and move the keys it now owns.
+
+    Without --location a new local node is started (SERVER is then its optional port)."""
+    old = obj.servers()
+    if obj._location:
+        if server is None:
+            raise click.UsageError("give the address of the server to add")
+        new_server = parse_location(server)[0]
+    else:
+        try:
+            member = obj.local.add(int(server) if server else None)
+        except (ClusterError, ValueError) as exc:
+            _fail(exc)
+        new_server = parse_location(member.location)[0]
+    if new_server.name in {s.name for s in old}:
+        raise click.UsageError(f"{new_server} is already a member")
+    _rebalance(old, [*old, new_server])
+
+
+@main.command()
+@click.argument("server")
+@click.pass_obj
+def remove(obj: Context, server: str) -> None:
+    """Move SERVER's keys to their new owners, then drop it (a local node is stopped)."""
+    old = obj.servers()
+    gone = parse_location(server)[0]
+    if gone.name not in {s.name for s in old}:
+        raise click.UsageError(f"{gone} is not a member")
+    remaining = [s for s in old if s.name != gone.name]
+    if not remaining:
+        raise click.UsageError("cannot remove the last server")
+    _rebalance(old, remaining)
+    if not obj._location:
+        obj.local.remove(gone.port)
+
+
+@main.command("rebalance")
+@click.option("--to", "target", required=True, help="The new membership, as a LOCATION.")
+@click.pass_obj
+def rebalance_command(obj: Context, target: str) -> None:
+    """Move from the current membership (--location) to --to, copying keys that change owner."""
+    _rebalance(obj.servers(), parse_location(target))
+
+
 @main.command()
 @click.option(
     "--listen",

@@ -1,0 +1,139 @@
+"""Adding and removing nodes moves the keys: hits survive, TTLs and flags too, newer writes win."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+from pymemcache.client.base import Client as Plain
+
+from ringcache.client import Client, Ring, parse_location
+from ringcache.cluster import LocalCluster
+from ringcache.cluster.rebalance import cluster_version, metadump, plan, publish, rebalance
+from tests.cluster.test_local import free_ports
+
+RINGCACHE = [sys.executable, "-m", "ringcache.cluster.cli"]
+
+
+@pytest.fixture
+def local(tmp_path):
+    lc = LocalCluster(tmp_path / "run")
+    base = free_ports(5)
+    lc.up(3, base, memory=16)
+    yield lc, base
+    lc.down()
+
+
+def hit_ratio(locations: list[str], expected: dict[str, object]) -> float:
+    client = Client(locations)
+    got = client.get_many(list(expected))
+    client.close()
+    return sum(got.get(k) == v for k, v in expected.items()) / len(expected)
+
+
+def fill(locations: list[str], n: int = 3000) -> dict[str, object]:
+    client = Client(locations)
+    values: dict[str, object] = {f"user:{i}": (i if i % 3 else f"v{i}") for i in range(n)}
+    assert client.set_many(values) == []
+    client.close()
+    return values
+
+
+def test_add_keeps_the_hit_ratio(local, tmp_path):
+    lc, base = local
+    before = lc.locations()
+    values = fill(before)
+    plain_ring_loss = 1 - sum(
+        Ring(parse_location(before)).get(k.encode())
+        == Ring(parse_location([*before, f"127.0.0.1:{base + 3}"])).get(k.encode())
+        for k in values
+    ) / len(values)
+    assert plain_ring_loss > 0.15  # what a ring change alone would cost
+    result = subprocess.run(
+        [*RINGCACHE, "--run-dir", str(lc.run_dir), "add"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    after = lc.locations()
+    assert len(after) == 4
+    assert hit_ratio(after, values) >= 0.995
+    assert cluster_version(parse_location(after)) >= 2
+    assert "moved" in result.stdout
+
+
+def test_remove_keeps_the_hit_ratio(local):
+    lc, base = local
+    values = fill(lc.locations())
+    result = subprocess.run(
+        [*RINGCACHE, "--run-dir", str(lc.run_dir), "remove", f"127.0.0.1:{base + 1}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    after = lc.locations()
+    assert f"127.0.0.1:{base + 1}" not in after and len(after) == 2
+    assert hit_ratio(after, values) >= 0.995
+    assert lc.pid(base + 1) is None
+
+
+def test_ttl_and_flags_move_with_the_key_and_newer_writes_win(local):
+    lc, _ = local
+    old = parse_location(lc.locations())
+    new_member = lc.add()
+    new = [*old, parse_location(new_member.location)[0]]
+    ring = Ring(new)
+    moving = [f"k{i}" for i in range(400) if ring.get(f"k{i}".encode()).port == new_member.port]
+    client = Client(lc.locations()[:3])
+    client.set(moving[0], 12345, expire=1000)  # int: pymemcache flags 2
+    client.set(moving[1], "old value")
+    client.close()
+    # A client that already writes to the new owner stores a newer value there.
+    Plain(("127.0.0.1", new_member.port)).set(moving[1], b"newer")
+    result = rebalance(old, new)
+    assert result["planned"] >= 2
+    direct = Plain(("127.0.0.1", new_member.port))
+    assert direct.get(moving[1]) == b"newer"
+    assert Client([str(s) for s in new]).get(moving[0]) == 12345
+    exp = {i.key: i.exp for i in metadump(new[-1])}[moving[0].encode()]
+    assert 990 <= exp - time.time() <= 1001
+    again = rebalance(old, new)  # re-running after an interruption is harmless
+    assert again["copied"] == 0
+
+
+def test_clients_warm_up_from_the_previous_owner_during_a_move(local):
+    lc, _ = local
+    old = parse_location(lc.locations())
+    values = fill(lc.locations(), 500)
+    new_member = lc.add()
+    new = [*old, parse_location(new_member.location)[0]]
+    client = Client([str(s) for s in old], discovery=True, discovery_interval=0.05)
+    publish([*old, new[-1]], new, cluster_version(new) + 1)  # moving: nothing copied yet
+    deadline = time.monotonic() + 3
+    while len(client.servers) < 4 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(client.servers) == 4
+    moved = [k for k in values if client.server_for(k).port == new_member.port]
+    assert moved
+    assert client.get(moved[0]) == values[moved[0]]  # read from the previous owner...
+    assert Client([new_member.location]).get(moved[0]) == values[moved[0]]  # ...copied forward
+    got = client.get_many(moved[1:20])
+    assert got == {k: values[k] for k in moved[1:20]}
+    client.close()
+
+
+def test_plan_lists_exactly_the_keys_whose_owner_changes(local):
+    lc, _ = local
+    old = parse_location(lc.locations())
+    values = fill(lc.locations(), 300)
+    new = old[:2]
+    moves = plan(old, new)
+    moved = {it.key.decode() for m in moves for it in m.items}
+    old_ring, new_ring = Ring(old), Ring(new)
+    assert moved == {
+        k for k in values if old_ring.get(k.encode()).name != new_ring.get(k.encode()).name
+    }
