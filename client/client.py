@@ -184,6 +184,7 @@ class ClusterBase:
         clock: Callable[[], float] = time.monotonic,
         discovery: bool = False,
         discovery_interval: float = 5.0,
+        replicas: int = 1,
     ) -> None:
         self.connect_timeout = connect_timeout
         self.timeout = timeout
@@ -197,6 +198,9 @@ class ClusterBase:
         self.key_prefix = key_prefix.encode() if isinstance(key_prefix, str) else key_prefix
         self.clock = clock
         self.discovery = discovery
+        if replicas < 1:
+            raise ValueError("replicas must be at least 1")
+        self.replicas = replicas
         self.discovery_interval = discovery_interval
         self.cluster_version = 0
         self._view = _View(parse_location(location), self, None)
@@ -422,9 +426,22 @@ class Client(ClusterBase):
     def _call(
         self, key: bytes, what: str, fn: Callable[[ProtocolClient, bool], Any], default: Any
     ) -> Any:
+        if self.replicas > 1:
+            return self._call_replicated(key, what, fn, default)
         node, standin = self._target(key)
         if node is None:
             return default
+        return self._on(node, standin, what, fn, default)
+
+    def _on(
+        self,
+        node: _Node,
+        standin: bool,
+        what: str,
+        fn: Callable[[ProtocolClient, bool], Any],
+        default: Any,
+    ) -> Any:
+        """Run ``fn`` on a pooled connection to ``node``; a failure becomes ``default``."""
         conn = self._connection(node)
         try:
             result = fn(conn, standin)
@@ -446,6 +463,54 @@ class Client(ClusterBase):
             raise
         node.health.succeeded()
         self._release(node, conn)
+        return result
+
+    # -- replication -----------------------------------------------------------------------
+    def _copies(self, key: bytes) -> tuple[list[_Node], bool]:
+        """The usable nodes that hold ``key``'s copies (owner first), and whether the owner
+        itself is missing from them (its copies then get the failover TTL)."""
+        view = self._view
+        nodes = []
+        for i in view.ring.candidate_indices(key):
+            node = view.node_list[i]
+            if node.health.usable:
+                nodes.append(node)
+                if len(nodes) == self.replicas:
+                    break
+        owner = view.node_list[view.ring.index_of(key)]
+        if not nodes and self.raise_on_error:
+            raise NoServerAvailable("every server is ejected")
+        return nodes, bool(nodes) and nodes[0] is not owner
+
+    def _call_replicated(
+        self, key: bytes, what: str, fn: Callable[[ProtocolClient, bool], Any], default: Any
+    ) -> Any:
+        nodes, standin = self._copies(key)
+        if what in _READS:
+            # The owner first; a miss or a failure falls back to the next copy.
+            for node in nodes:
+                result = self._on(node, standin, what, fn, default)
+                if not (result is default or result == default):
+                    return result
+            return default
+        if what in _EVERY_COPY:
+            results = [self._on(node, standin, what, fn, default) for node in nodes]
+            return next((r for r in results if r), results[0] if results else default)
+        # Conditional writes and arithmetic: decided by the first copy, then its resulting
+        # value is written to the other copies.
+        if not nodes:
+            return default
+        result = self._on(nodes[0], standin, what, fn, default)
+        if result and len(nodes) > 1:
+            value = self._on(nodes[0], standin, "get", lambda c, _: c.get(key, _MISS), _MISS)
+            for node in nodes[1:]:
+                if value is _MISS:
+                    self._on(node, standin, "delete", lambda c, _: c.delete(key), False)
+                else:
+                    ttl = self._failover_expire(0) if standin else 0
+                    self._on(
+                        node, standin, "set", lambda c, _, v=value, t=ttl: c.set(key, v, t), False
+                    )
         return result
 
     # -- prober ----------------------------------------------------------------------------
@@ -671,7 +736,16 @@ class Client(ClusterBase):
         return out
 
     def get_many(self, keys: Iterable) -> dict:
-        return self._get_many(keys, cas=False)
+        keys = list(keys)
+        found = self._get_many(keys, cas=False)
+        if self.replicas > 1:
+            # Keys the first copies did not have: ask the other copies, one key at a time.
+            for key in keys:
+                if key not in found:
+                    value = self.get(key, _MISS)
+                    if value is not _MISS:
+                        found[key] = value
+        return found
 
     get_multi = get_many
 
@@ -680,6 +754,8 @@ class Client(ClusterBase):
 
     def set_many(self, values: Mapping, expire: int = 0, noreply: bool | None = None) -> list:
         """Store every value; returns the keys that were not stored (pymemcache's contract)."""
+        if self.replicas > 1:
+            return [k for k, v in values.items() if not self.set(k, v, expire)]
         items = {self.key(k): v for k, v in values.items()}
         originals = {self.key(k): k for k in values}
         groups, _, unrouted = self._group(originals.values())
@@ -712,6 +788,10 @@ class Client(ClusterBase):
     set_multi = set_many
 
     def delete_many(self, keys: Iterable, noreply: bool | None = None) -> bool:
+        if self.replicas > 1:
+            for key in keys:
+                self.delete(key)
+            return True
         groups, _, unrouted = self._group(keys)
 
         def read(conn: ProtocolClient, ks: list[bytes]) -> bool:
@@ -744,18 +824,7 @@ class Client(ClusterBase):
         return out
 
     def _call_node(self, node: _Node, what: str, fn: Callable[[ProtocolClient], Any]) -> Any:
-        conn = self._connection(node)
-        try:
-            result = fn(conn)
-        except CONNECTION_ERRORS as exc:
-            conn.close()
-            self._failed(node, exc, what)
-            if self.raise_on_error:
-                raise
-            return _FAILED
-        node.health.succeeded()
-        self._release(node, conn)
-        return result
+        return self._on(node, False, what, lambda conn, _: fn(conn), _FAILED)
 
     def stats(self, *args) -> dict[str, dict]:
         """``stats`` of every usable node, by ``host:port``."""
@@ -787,3 +856,5 @@ class Client(ClusterBase):
 
 _FAILED = object()
 _MISS = object()
+_READS = {"get", "gets"}
+_EVERY_COPY = {"set", "delete", "touch"}
