@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PORT   ?= 11211
 MEMORY ?= 64
 
-.PHONY: setup node test lint format bench clean
+.PHONY: setup node test failover lint format bench clean
 
 setup: $(STAMP)
 
@@ -21,6 +21,9 @@ node: $(STAMP)  ## one node in the foreground (PORT, MEMORY, ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+failover: $(STAMP)  ## the failover and rebalancing suite alone, with its figures
+	$(BIN)/python -m pytest tests/failover -s -m failover $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,0 +1,213 @@
+"""Traffic for the failover suite: a sync and a trio client hammer a key space while a
+scenario injects a fault; every operation's outcome and latency is recorded with its time.
+
+Loops are bounded by a deadline and by ``stop``; nothing here sends traffic anywhere but the
+127.0.0.1 servers a test started.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+import trio
+
+from ringcache.client import AsyncClient, Client
+
+log = logging.getLogger("ringcache.failover")
+
+OPTIONS = {
+    "connect_timeout": 0.25,
+    "timeout": 0.25,
+    "probe_interval": 0.1,
+    "probe_max_interval": 0.5,
+}
+
+
+@dataclass
+class Op:
+    at: float
+    kind: str  # "hit", "miss", "stored", "not_stored", "error"
+    latency: float
+
+
+@dataclass
+class Record:
+    ops: list[Op] = field(default_factory=list)
+    errors: list[BaseException] = field(default_factory=list)
+
+    def between(self, start: float, end: float) -> list[Op]:
+        return [o for o in self.ops if start <= o.at < end]
+
+    def hit_ratio(self, start: float, end: float) -> float:
+        reads = [o for o in self.between(start, end) if o.kind in ("hit", "miss")]
+        return sum(o.kind == "hit" for o in reads) / len(reads) if reads else 0.0
+
+    def max_latency(self, start: float = 0, end: float = float("inf")) -> float:
+        return max((o.latency for o in self.between(start, end)), default=0.0)
+
+    def recovered_at(self, after: float, ratio: float = 0.9, window: float = 0.3) -> float | None:
+        """The first time after ``after`` from which reads hit at ``ratio`` for ``window``."""
+        reads = [o for o in self.ops if o.at >= after and o.kind in ("hit", "miss")]
+        end = hits = 0
+        for start, op in enumerate(reads):  # a sliding window: linear in the number of reads
+            while end < len(reads) and reads[end].at < op.at + window:
+                hits += reads[end].kind == "hit"
+                end += 1
+            count = end - start
+            if count >= 5 and hits / count >= ratio:
+                return op.at
+            hits -= op.kind == "hit"
+        return None
+
+
+class Traffic:
+    """A sync thread and a trio thread doing set-then-get over ``keys`` until stopped."""
+
+    def __init__(self, location: list[str], keys: int = 200, **options) -> None:
+        self.location = location
+        self.keys = [f"key:{i}" for i in range(keys)]
+        self.options = {**OPTIONS, **options}
+        self.stop = threading.Event()
+        self.sync = Record()
+        self.trio = Record()
+        self.clients: list[Client] = []
+        self._threads = [
+            threading.Thread(target=self._sync_loop, daemon=True),
+            threading.Thread(target=lambda: trio.run(self._trio_loop), daemon=True),
+        ]
+
+    def __enter__(self) -> Traffic:
+        for t in self._threads:
+            t.start()
+        time.sleep(0.5)  # steady state before the fault
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for t in self._threads:
+            t.join(15)
+
+    def _sync_loop(self, limit: float = 60.0) -> None:
+        client = Client(self.location, **self.options)
+        self.clients.append(client)
+        deadline = time.monotonic() + limit
+        i = 0
+        try:
+            while not self.stop.is_set() and time.monotonic() < deadline:
+                key = self.keys[i % len(self.keys)]
+                i += 1
+                try:
+                    started = time.monotonic()
+                    value = client.get(key)
+                    self.sync.ops.append(
+                        Op(started, "miss" if value is None else "hit", time.monotonic() - started)
+                    )
+                    if value is None:
+                        started = time.monotonic()
+                        kind = "stored" if client.set(key, i) else "not_stored"
+                        self.sync.ops.append(Op(started, kind, time.monotonic() - started))
+                except Exception as exc:  # the point of the suite: none may reach us
+                    self.sync.errors.append(exc)
+                    self.sync.ops.append(Op(started, "error", time.monotonic() - started))
+        finally:
+            client.close()
+
+    async def _trio_loop(self, limit: float = 60.0) -> None:
+        async with AsyncClient(self.location, **self.options) as client:
+            deadline = time.monotonic() + limit
+            i = 0
+            while not self.stop.is_set() and time.monotonic() < deadline:
+                key = self.keys[(i * 7) % len(self.keys)]
+                i += 1
+                try:
+                    started = time.monotonic()
+                    value = await client.get(key)
+                    self.trio.ops.append(
+                        Op(started, "miss" if value is None else "hit", time.monotonic() - started)
+                    )
+                    if value is None:
+                        started = time.monotonic()
+                        stored = await client.set(key, i)
+                        kind = "stored" if stored else "not_stored"
+                        self.trio.ops.append(Op(started, kind, time.monotonic() - started))
+                except Exception as exc:
+                    self.trio.errors.append(exc)
+                    self.trio.ops.append(Op(started, "error", time.monotonic() - started))
+                await trio.sleep(0)
+
+    def report(self, name: str, fault_at: float) -> dict[str, float | int | None]:
+        figures = {}
+        for label, record in (("sync", self.sync), ("trio", self.trio)):
+            recovered = record.recovered_at(fault_at)
+            figures[f"{label}_ops"] = len(record.ops)
+            figures[f"{label}_errors"] = len(record.errors)
+            figures[f"{label}_max_latency_s"] = round(record.max_latency(fault_at), 3)
+            figures[f"{label}_recovery_s"] = (
+                None if recovered is None else round(recovered - fault_at, 3)
+            )
+        log.warning("%s: %s", name, figures)
+        print(f"\n[failover] {name}: {figures}")
+        return figures
+
+
+class Blackhole:
+    """A loopback TCP proxy in front of a node that can stop forwarding (a network partition
+    that neither refuses nor resets: bytes just stop arriving)."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.blocked = threading.Event()
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        self.location = f"127.0.0.1:{self.port}"
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                down, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                up = socket.create_connection(("127.0.0.1", self.target), timeout=2)
+            except OSError:
+                down.close()
+                continue
+            for src, dst in ((down, up), (up, down)):
+                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        src.settimeout(0.2)
+        try:
+            while not self.closed:
+                try:
+                    data = src.recv(65536)
+                except TimeoutError:
+                    continue
+                if not data:
+                    break
+                while self.blocked.is_set() and not self.closed:
+                    time.sleep(0.05)  # swallow: nothing goes through while blocked
+                if self.blocked.is_set():
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.closed = True
+        self.listener.close()

@@ -1,0 +1,195 @@
+"""The failover and rebalancing suite: real node processes, real faults, traffic from the sync
+and the trio client, bounds on what reaches the application (no exception, ever), on
+latency, misses and recovery time. Each scenario prints its measured figures.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from pymemcache.client.base import Client as Plain
+
+from ringcache.client import Client
+from ringcache.client.ring import parse_location
+from ringcache.cluster import LocalCluster
+from ringcache.cluster.rebalance import rebalance
+from tests.cluster.test_local import free_ports
+from tests.failover.harness import OPTIONS, Blackhole, Traffic
+
+pytestmark = pytest.mark.failover
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    lc = LocalCluster(tmp_path / "run")
+    base = free_ports(5)
+    lc.up(3, base, memory=16)
+    yield lc, base
+    lc.down()
+
+
+def no_errors(traffic: Traffic) -> None:
+    assert traffic.sync.errors == [] and traffic.trio.errors == []
+
+
+def test_kill_9(cluster):
+    lc, base = cluster
+    with Traffic(lc.locations()) as t:
+        fault = time.monotonic()
+        lc.kill(base + 1)
+        time.sleep(2.0)
+    figures = t.report("kill -9", fault)
+    no_errors(t)
+    assert figures["sync_recovery_s"] is not None and figures["sync_recovery_s"] < 1.5
+    assert figures["trio_recovery_s"] is not None and figures["trio_recovery_s"] < 1.5
+    assert figures["sync_max_latency_s"] < 1.0 and figures["trio_max_latency_s"] < 1.0
+
+
+def test_sigstop_then_sigcont(cluster):
+    lc, base = cluster
+    with Traffic(lc.locations()) as t:
+        fault = time.monotonic()
+        lc.pause(base)
+        time.sleep(3.0)
+        lc.resume(base)
+        resumed = time.monotonic()
+        time.sleep(2.0)
+    figures = t.report("SIGSTOP 3 s", fault)
+    no_errors(t)
+    assert figures["sync_max_latency_s"] < 1.0 and figures["trio_max_latency_s"] < 1.0
+    assert t.sync.hit_ratio(resumed + 1.0, resumed + 2.0) > 0.8
+    for client in t.clients:
+        assert client.node_stats()[f"127.0.0.1:{base}"]["state"] in ("live", "failing")
+
+
+def test_node_restarted_empty_takes_traffic_back(cluster):
+    lc, base = cluster
+    with Traffic(lc.locations()) as t:
+        fault = time.monotonic()
+        lc.kill(base + 2)
+        time.sleep(1.0)
+        lc.restart(base + 2)
+        restarted = time.monotonic()
+        time.sleep(2.5)
+    figures = t.report("restart empty", fault)
+    no_errors(t)
+    # The restarted node serves its keys again (refilled by set-after-miss).
+    items = int(Plain(("127.0.0.1", base + 2)).stats()[b"curr_items"])
+    assert items > 0
+    assert t.sync.hit_ratio(restarted + 1.5, restarted + 2.5) > 0.8
+    assert figures["sync_recovery_s"] is not None
+
+
+def test_flapping_node_leaves_stale_data_only_for_failover_ttl(cluster):
+    lc, base = cluster
+    client = Client(lc.locations(), failover_ttl=1, **OPTIONS)
+    owner = base + 1
+    key = next(f"f{i}" for i in range(1000) if client.server_for(f"f{i}").port == owner)
+    assert client.set(key, b"v1")
+    lc.pause(owner)
+    client.get(key)
+    client.get(key)  # two failures: ejected
+    assert client.set(key, b"v2-on-stand-in")  # lands on the stand-in, TTL capped to 1 s
+    lc.resume(owner)
+    deadline = time.monotonic() + 3
+    while client.node_stats()[f"127.0.0.1:{owner}"]["state"] != "live":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert client.set(key, b"v3")  # back on the owner
+    lc.pause(owner)  # flaps again: reads go to the stand-in...
+    client.get(key)
+    client.get(key)
+    time.sleep(1.2)
+    # ...whose stale v2 has expired by now instead of being served for long.
+    assert client.get(key) is None
+    lc.resume(owner)
+    client.close()
+
+
+def test_blackholed_node(cluster):
+    lc, base = cluster
+    hole = Blackhole(base)
+    try:
+        locations = [hole.location, *lc.locations()[1:]]
+        with Traffic(locations) as t:
+            fault = time.monotonic()
+            hole.blocked.set()
+            time.sleep(2.5)
+            hole.blocked.clear()
+            time.sleep(1.5)
+        figures = t.report("blackhole", fault)
+        no_errors(t)
+        assert figures["sync_max_latency_s"] < 1.0 and figures["trio_max_latency_s"] < 1.0
+        assert figures["sync_recovery_s"] is not None and figures["sync_recovery_s"] < 2.0
+    finally:
+        hole.close()
+
+
+def test_all_nodes_down_then_back(cluster):
+    lc, base = cluster
+    with Traffic(lc.locations()) as t:
+        fault = time.monotonic()
+        for port in range(base, base + 3):
+            lc.kill(port)
+        time.sleep(1.5)
+        for port in range(base, base + 3):
+            lc.restart(port)
+        back = time.monotonic()
+        time.sleep(2.5)
+    figures = t.report("all down then back", fault)
+    no_errors(t)
+    down_ops = t.sync.between(fault + 0.5, back)
+    assert down_ops and max(o.latency for o in down_ops) < 0.6  # fast misses while down
+    assert t.sync.hit_ratio(back + 1.5, back + 2.5) > 0.8
+    assert figures["sync_max_latency_s"] < 1.0
+
+
+def test_add_a_node_under_load(cluster):
+    lc, _ = cluster
+    old = parse_location(lc.locations())
+    with Traffic(lc.locations(), keys=500, discovery=True, discovery_interval=0.1) as t:
+        time.sleep(1.0)  # every key cached
+        before = t.sync.hit_ratio(time.monotonic() - 0.5, time.monotonic())
+        member = lc.add()
+        fault = time.monotonic()
+        result = rebalance(old, [*old, parse_location(member.location)[0]])
+        time.sleep(1.5)
+    t.report("add under load", fault)
+    no_errors(t)
+    after = t.sync.hit_ratio(fault, fault + 1.5)
+    print(f"[failover] add: hit ratio {before:.3f} → {after:.3f}, {result}")
+    assert after >= 0.95 and result["planned"] > 0
+
+
+def test_remove_a_node_under_load(cluster):
+    lc, base = cluster
+    old = parse_location(lc.locations())
+    with Traffic(lc.locations(), keys=500, discovery=True, discovery_interval=0.1) as t:
+        time.sleep(1.0)
+        fault = time.monotonic()
+        result = rebalance(old, [s for s in old if s.port != base + 2])
+        time.sleep(0.5)  # clients adopt the settled membership
+        lc.remove(base + 2)
+        time.sleep(1.5)
+    t.report("remove under load", fault)
+    no_errors(t)
+    after = t.sync.hit_ratio(fault, fault + 2.0)
+    print(f"[failover] remove: hit ratio after {after:.3f}, {result}")
+    assert after >= 0.95
+
+
+def test_replication_loses_nothing_when_a_node_dies(cluster):
+    lc, base = cluster
+    client = Client(lc.locations(), replicas=2, **OPTIONS)
+    values = {f"r{i}": i for i in range(500)}
+    assert client.set_many(values) == []
+    os.kill(lc.pid(base + 1), signal.SIGKILL)
+    started = time.monotonic()
+    lost = [k for k, v in values.items() if client.get(k) != v]
+    print(f"[failover] replicas=2, one node killed: lost {len(lost)} of {len(values)} "
+          f"values, read all in {time.monotonic() - started:.2f}s")  # fmt: skip
+    assert lost == []
+    client.close()
