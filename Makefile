@@ -33,9 +33,11 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: $(STAMP)
+bench: $(STAMP)  ## never in CI: ratios against memcached, pymemcache, pylibmc; a timeline PNG
+	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python -m bench.node_memcaslap $(BENCH_ARGS)
 	$(BIN)/python -m bench.client_ops
+	$(BIN)/python -m bench.failover_timeline --out failover-timeline.png
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .run
