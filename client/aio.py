@@ -24,6 +24,7 @@ from pymemcache.exceptions import (
 
 from .client import ClusterBase, _Node, fetch_cluster_config
 
+_MISS = object()
 _STORE_REPLIES = {b"STORED": True, b"NOT_STORED": False, b"EXISTS": False, b"NOT_FOUND": None}
 
 
@@ -185,10 +186,85 @@ class AsyncClient(ClusterBase):
     ) -> Any:
         if self.discovery and not self._discovery_started:
             await self._start_discovery()
+        if self.replicas > 1:
+            return await self._call_replicated(key, what, fn, default)
         node, standin = self._target(key)
         if node is None:
             return default
         return await self._on_node(node, what, lambda conn: fn(conn, standin), default)
+
+    async def _call_replicated(
+        self, key: bytes, what: str, fn: Callable[[_Conn, bool], Awaitable[Any]], default: Any
+    ) -> Any:
+        """The sync client's replication rules (see ``Client._call_replicated``)."""
+        nodes, standin = self._copies(key)
+
+        async def on(node: _Node, op: Callable[[_Conn, bool], Awaitable[Any]], dflt: Any) -> Any:
+            return await self._on_node(node, what, lambda conn: op(conn, standin), dflt)
+
+        if what in ("get", "gets"):
+            for node in nodes:
+                result = await on(node, fn, default)
+                if not (result is default or result == default):
+                    return result
+            return default
+        if what in ("set", "delete", "touch"):
+            results = [await on(node, fn, default) for node in nodes]
+            return next((r for r in results if r), results[0] if results else default)
+        if not nodes:
+            return default
+        result = await on(nodes[0], fn, default)
+        if result and len(nodes) > 1:
+            value = await on(nodes[0], self._get_op(key, _MISS), _MISS)
+            for node in nodes[1:]:
+                if value is _MISS:
+                    await on(node, self._simple_op(b"delete %s\r\n" % key), False)
+                else:
+                    ttl = self._failover_expire(0) if standin else 0
+                    await on(node, self._store_op(b"set", key, value, ttl), False)
+        return result
+
+    def _get_op(self, k: bytes, default: Any) -> Callable[[_Conn, bool], Awaitable[Any]]:
+        async def op(conn: _Conn, _: bool) -> Any:
+            await conn.send(b"get %s\r\n" % k)
+            return (await self._read_values(conn, False)).get(k, default)
+
+        return op
+
+    def _store_op(self, name: bytes, k: bytes, value: Any, ttl: int, cas: Any = None):
+        async def op(conn: _Conn, _: bool) -> bool | None:
+            await conn.send(self._storage_command(name, k, value, ttl, cas))
+            line = await self._reply_line(conn)
+            if line not in _STORE_REPLIES:
+                raise MemcacheUnknownError(line[:32])
+            return _STORE_REPLIES[line]
+
+        return op
+
+    def _simple_op(self, command: bytes) -> Callable[[_Conn, bool], Awaitable[bytes]]:
+        """Send one command line, return its (checked) one-line reply."""
+
+        async def op(conn: _Conn, _: bool) -> bytes:
+            await conn.send(command)
+            return await self._reply_line(conn)
+
+        return op
+
+    async def _warm_up(self, keys: list[bytes]) -> dict[bytes, Any]:
+        """Keys that missed, read from their previous owners and copied forward (``add``)."""
+        groups = self._previous_owners(keys)
+        if not groups:
+            return {}
+
+        async def fetch(node: _Node, ks: list[bytes], conn: _Conn) -> dict:
+            await conn.send(b"get " + b" ".join(ks) + b"\r\n")
+            return await self._read_values(conn, False)
+
+        results = await self._fan_out(groups, "warm-up", fetch)
+        found = {k: v for part in results.values() for k, v in part.items()}
+        for k, v in found.items():
+            await self._call(k, "add", self._store_op(b"add", k, v, 0), False)
+        return found
 
     # -- prober ----------------------------------------------------------------------------
     def _start_prober(self) -> None:
@@ -262,12 +338,10 @@ class AsyncClient(ClusterBase):
     # -- single-key operations -------------------------------------------------------------
     async def get(self, key: str | bytes, default: Any = None) -> Any:
         k = self.key(key)
-
-        async def op(conn: _Conn, _: bool) -> Any:
-            await conn.send(b"get %s\r\n" % k)
-            return (await self._read_values(conn, False)).get(k, default)
-
-        return await self._call(k, "get", op, default)
+        value = await self._call(k, "get", self._get_op(k, _MISS), _MISS)
+        if value is _MISS and self._previous is not None:
+            value = (await self._warm_up([k])).get(k, _MISS)
+        return default if value is _MISS else value
 
     async def gets(self, key: str | bytes, default: Any = None, cas_default: Any = None):
         k = self.key(key)
@@ -283,11 +357,7 @@ class AsyncClient(ClusterBase):
 
         async def op(conn: _Conn, standin: bool) -> bool | None:
             ttl = self._failover_expire(expire) if standin else expire
-            await conn.send(self._storage_command(name, k, value, ttl, cas))
-            line = await self._reply_line(conn)
-            if line not in _STORE_REPLIES:
-                raise MemcacheUnknownError(line[:32])
-            return _STORE_REPLIES[line]
+            return await self._store_op(name, k, value, ttl, cas)(conn, standin)
 
         return await self._call(k, name.decode(), op, False)
 
@@ -312,10 +382,10 @@ class AsyncClient(ClusterBase):
 
     async def _simple(self, key, what: str, command: bytes, parse, default):
         k = self.key(key)
+        send = self._simple_op(command % k)
 
-        async def op(conn: _Conn, _: bool) -> Any:
-            await conn.send(command % k)
-            return parse(await self._reply_line(conn))
+        async def op(conn: _Conn, standin: bool) -> Any:
+            return parse(await send(conn, standin))
 
         return await self._call(k, what, op, default)
 
@@ -373,13 +443,23 @@ class AsyncClient(ClusterBase):
         return {originals[k]: v for found in results.values() for k, v in found.items()}
 
     async def get_many(self, keys: Iterable) -> dict:
-        return await self._get_many(keys, False)
+        keys = list(keys)
+        found = await self._get_many(keys, False)
+        if len(found) < len(keys) and (self._previous is not None or self.replicas > 1):
+            for key in keys:  # warm-up and replica fall-back, one key at a time
+                if key not in found:
+                    value = await self.get(key, _MISS)
+                    if value is not _MISS:
+                        found[key] = value
+        return found
 
     async def gets_many(self, keys: Iterable) -> dict:
         return await self._get_many(keys, True)
 
     async def set_many(self, values: Mapping, expire: int = 0) -> list:
         """Store every value; returns the keys that were not stored."""
+        if self.replicas > 1:
+            return [k for k, v in values.items() if not await self.set(k, v, expire)]
         items = {self.key(k): v for k, v in values.items()}
         groups, originals, unrouted = self._group(values)
 
@@ -399,6 +479,10 @@ class AsyncClient(ClusterBase):
         return failed
 
     async def delete_many(self, keys: Iterable) -> bool:
+        if self.replicas > 1:
+            for key in list(keys):
+                await self.delete(key)
+            return True
         groups, _, unrouted = self._group(keys)
 
         async def delete(node: _Node, ks: list[bytes], conn: _Conn) -> bool:

@@ -360,6 +360,35 @@ class ClusterBase:
         if ok:
             log.warning("re-admitted %s after a successful probe", node.server)
 
+    def _copies(self, key: bytes) -> tuple[list[_Node], bool]:
+        """The usable nodes that hold ``key``'s copies (owner first), and whether the owner
+        itself is missing from them (its copies then get the failover TTL)."""
+        view = self._view
+        nodes = []
+        for i in view.ring.candidate_indices(key):
+            node = view.node_list[i]
+            if node.health.usable:
+                nodes.append(node)
+                if len(nodes) == self.replicas:
+                    break
+        owner = view.node_list[view.ring.index_of(key)]
+        if not nodes and self.raise_on_error:
+            raise NoServerAvailable("every server is ejected")
+        return nodes, bool(nodes) and nodes[0] is not owner
+
+    def _previous_owners(self, keys: list[bytes]) -> dict[_Node, list[bytes]]:
+        """During a membership change: the keys whose previous owner differs, by that owner."""
+        previous = self._previous
+        if previous is None:
+            return {}
+        view = self._view
+        groups: dict[_Node, list[bytes]] = {}
+        for k in keys:
+            old = previous.node_list[previous.ring.index_of(k)]
+            if old is not view.node_list[view.ring.index_of(k)] and old.health.usable:
+                groups.setdefault(old, []).append(k)
+        return groups
+
     def node_stats(self) -> dict[str, dict[str, Any]]:
         """What this client saw of each node: state, failures, ejections."""
         return {
@@ -465,23 +494,6 @@ class Client(ClusterBase):
         self._release(node, conn)
         return result
 
-    # -- replication -----------------------------------------------------------------------
-    def _copies(self, key: bytes) -> tuple[list[_Node], bool]:
-        """The usable nodes that hold ``key``'s copies (owner first), and whether the owner
-        itself is missing from them (its copies then get the failover TTL)."""
-        view = self._view
-        nodes = []
-        for i in view.ring.candidate_indices(key):
-            node = view.node_list[i]
-            if node.health.usable:
-                nodes.append(node)
-                if len(nodes) == self.replicas:
-                    break
-        owner = view.node_list[view.ring.index_of(key)]
-        if not nodes and self.raise_on_error:
-            raise NoServerAvailable("every server is ejected")
-        return nodes, bool(nodes) and nodes[0] is not owner
-
     def _call_replicated(
         self, key: bytes, what: str, fn: Callable[[ProtocolClient, bool], Any], default: Any
     ) -> Any:
@@ -556,15 +568,7 @@ class Client(ClusterBase):
 
     def _warm_up(self, keys: list[bytes]) -> dict[bytes, Any]:
         """Read keys that missed from their previous owners and copy hits forward (``add``)."""
-        previous = self._previous
-        if previous is None:
-            return {}
-        view = self._view
-        groups: dict[_Node, list[bytes]] = {}
-        for k in keys:
-            old = previous.node_list[previous.ring.index_of(k)]
-            if old is not view.node_list[view.ring.index_of(k)] and old.health.usable:
-                groups.setdefault(old, []).append(k)
+        groups = self._previous_owners(keys)
         if not groups:
             return {}
         results = self._fan_out(

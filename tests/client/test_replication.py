@@ -57,3 +57,20 @@ def test_killing_any_one_node_loses_no_value(nodes, victim):
 def test_replicas_must_be_positive(nodes):
     with pytest.raises(ValueError):
         Client([nodes[0].location], replicas=0)
+
+
+async def test_trio_client_replicates_and_falls_back(nodes):
+    from ringcache.client import AsyncClient
+
+    async with AsyncClient([n.location for n in nodes], replicas=2, **FAST) as c:
+        values = {f"t{i}": i for i in range(100)}
+        assert await c.set_many(values) == []
+        assert await c.set("n", b"1") and await c.incr("n", 4) == 5
+        copies = [Plain(n.address).get("n") for n in nodes]
+        assert sorted(v for v in copies if v is not None) == [b"5", b"5"]
+        os.kill(nodes[1].pid, signal.SIGKILL)
+        nodes[1].proc.wait(5)
+        assert await c.get_many(values) == values
+        assert all([await c.get(k) == v for k, v in values.items()])
+        assert await c.delete("n")
+        assert all(Plain(n.address).get("n") is None for n in (nodes[0], nodes[2]))

@@ -137,3 +137,20 @@ def test_plan_lists_exactly_the_keys_whose_owner_changes(local):
     assert moved == {
         k for k in values if old_ring.get(k.encode()).name != new_ring.get(k.encode()).name
     }
+
+
+async def test_trio_client_warms_up_during_a_move(local):
+    from ringcache.client import AsyncClient
+
+    lc, _ = local
+    old = parse_location(lc.locations())
+    values = fill(lc.locations(), 300)
+    new_member = lc.add()
+    new = [*old, parse_location(new_member.location)[0]]
+    publish([*old, new[-1]], new, cluster_version(new) + 1)
+    async with AsyncClient([str(s) for s in old], discovery=True, discovery_interval=0.05) as c:
+        assert len(c.servers) == 4
+        moved = [k for k in values if c.server_for(k).port == new_member.port]
+        assert await c.get(moved[0]) == values[moved[0]]
+        assert Plain(("127.0.0.1", new_member.port)).get(moved[0]) is not None
+        assert await c.get_many(moved[1:10]) == {k: values[k] for k in moved[1:10]}
