@@ -139,24 +139,42 @@ def parse_cluster_config(reply: bytes) -> tuple[int, list[Server]] | None:
     return version, servers
 
 
-def fetch_cluster_config(server: Server, timeout: float) -> tuple[int, list[Server]] | None:
-    """Ask one server for its membership; None when it cannot say."""
-    try:
-        if server.unix is not None:
-            sock = socket.socket(socket.AF_UNIX)
-            sock.settimeout(timeout)
+def connect(server: Server, timeout: float) -> socket.socket:
+    """A blocking socket to ``server`` (TCP or unix) with ``timeout``."""
+    if server.unix is not None:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.settimeout(timeout)
+        try:
             sock.connect(server.unix)
-        else:
-            sock = socket.create_connection((server.host, server.port), timeout=timeout)
-        with sock:
-            sock.sendall(b"config get cluster\r\n")
+        except OSError:
+            sock.close()
+            raise
+        return sock
+    return socket.create_connection((server.host, server.port), timeout=timeout)
+
+
+def round_trip(
+    server: Server, command: bytes, ends: tuple[bytes, ...], timeout: float
+) -> bytes | None:
+    """One admin request on a fresh connection: the reply up to one of ``ends``, or None."""
+    try:
+        with connect(server, timeout) as sock:
+            sock.sendall(command)
             data = b""
-            while not (data.endswith(b"END\r\n") or data.endswith(b"ERROR\r\n")):
+            while not data.endswith(ends):
                 chunk = sock.recv(65536)
                 if not chunk:
                     return None
                 data += chunk
+            return data
     except OSError:
+        return None
+
+
+def fetch_cluster_config(server: Server, timeout: float) -> tuple[int, list[Server]] | None:
+    """Ask one server for its membership; None when it cannot say."""
+    data = round_trip(server, b"config get cluster\r\n", (b"END\r\n", b"ERROR\r\n"), timeout)
+    if data is None:
         return None
     try:
         return parse_cluster_config(data)

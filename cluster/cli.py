@@ -10,7 +10,6 @@ real memcached fleets too.
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import time
 from collections.abc import Iterable
@@ -21,6 +20,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from ringcache.client.client import round_trip
 from ringcache.client.ring import Ring, Server, parse_location
 
 from .local import ClusterError, LocalCluster
@@ -32,22 +32,8 @@ console = Console(width=None if sys.stdout.isatty() else 132)
 # -- reading stats ----------------------------------------------------------------------------
 def fetch_stats(server: Server, timeout: float = 1.0) -> dict[str, str] | None:
     """``stats`` of one server as strings, or None when it does not answer."""
-    try:
-        if server.unix is not None:
-            sock = socket.socket(socket.AF_UNIX)
-            sock.settimeout(timeout)
-            sock.connect(server.unix)
-        else:
-            sock = socket.create_connection((server.host, server.port), timeout=timeout)
-        with sock:
-            sock.sendall(b"stats\r\n")
-            data = b""
-            while not data.endswith(b"END\r\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    return None
-                data += chunk
-    except OSError:
+    data = round_trip(server, b"stats\r\n", (b"END\r\n",), timeout)
+    if data is None:
         return None
     stats = {}
     for line in data.decode(errors="replace").splitlines():

@@ -12,12 +12,12 @@ and publishing only ever raises the version.
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
+from ringcache.client.client import connect
 from ringcache.client.ring import Ring, Server
 
 REALTIME_MAXDELTA = 60 * 60 * 24 * 30
@@ -27,12 +27,7 @@ class Conn:
     """A blocking text-protocol connection for admin work (metadump, gets, add, config)."""
 
     def __init__(self, server: Server, timeout: float = 5.0) -> None:
-        if server.unix is not None:
-            self.sock = socket.socket(socket.AF_UNIX)
-            self.sock.settimeout(timeout)
-            self.sock.connect(server.unix)
-        else:
-            self.sock = socket.create_connection((server.host, server.port), timeout=timeout)
+        self.sock = connect(server, timeout)
         self.buf = b""
 
     def close(self) -> None:

@@ -10,7 +10,8 @@ import trio
 from pymemcache.client.base import Client as PymemcacheClient
 
 from ringcache.client import AsyncClient, Client
-from tests.client.test_client import FAST, DelayProxy, keys_owned_by, start_node_on_port
+from tests.client.test_client import FAST, keys_owned_by, start_node_on_port
+from tests.proxy import Proxy
 
 
 async def test_operations(nodes):
@@ -57,7 +58,7 @@ async def test_interoperates_with_the_sync_client(nodes):
 
 
 async def test_multi_key_fans_out_to_all_nodes_at_once(nodes):
-    proxies = [DelayProxy(n.port, delay=0.3) for n in nodes]
+    proxies = [Proxy(n.port, delay=0.3) for n in nodes]
     try:
         async with AsyncClient([f"127.0.0.1:{p.port}" for p in proxies], timeout=3) as c:
             keys = [f"k{i}" for i in range(60)]
@@ -71,7 +72,7 @@ async def test_multi_key_fans_out_to_all_nodes_at_once(nodes):
 
 
 async def test_a_cancelled_call_leaves_no_reply_on_a_pooled_connection(nodes):
-    proxy = DelayProxy(nodes[0].port, delay=0.3)
+    proxy = Proxy(nodes[0].port, delay=0.3)
     try:
         async with AsyncClient([f"127.0.0.1:{proxy.port}"], timeout=3) as c:
             await c.set("a", b"first")

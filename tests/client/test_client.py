@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -17,6 +16,7 @@ from pymemcache.exceptions import MemcacheIllegalInputError
 
 from ringcache.client import Client, NoServerAvailable
 from tests.conftest import RawClient, ServerProcess
+from tests.proxy import Proxy
 
 FAST = {"connect_timeout": 0.3, "timeout": 0.3, "probe_interval": 0.1, "probe_max_interval": 0.5}
 
@@ -84,7 +84,7 @@ def test_multi_key(client):
 def test_multi_key_requests_reach_every_node_before_any_reply_is_read(nodes):
     """Each node answers only after all of them have their request: a serial client would
     need the sum of the delays, the fan-out needs about the largest one."""
-    proxies = [DelayProxy(n.port, delay=0.3) for n in nodes]
+    proxies = [Proxy(n.port, delay=0.3) for n in nodes]
     try:
         c = Client([f"127.0.0.1:{p.port}" for p in proxies], timeout=3, connect_timeout=3)
         keys = [f"k{i}" for i in range(60)]
@@ -99,52 +99,6 @@ def test_multi_key_requests_reach_every_node_before_any_reply_is_read(nodes):
     finally:
         for p in proxies:
             p.close()
-
-
-class DelayProxy:
-    """A loopback TCP proxy that holds each server reply for ``delay`` seconds."""
-
-    def __init__(self, port: int, delay: float) -> None:
-        self.target = port
-        self.delay = delay
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.port = self.listener.getsockname()[1]
-        self.closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self.closed:
-            try:
-                down, _ = self.listener.accept()
-            except OSError:
-                return
-            up = socket.create_connection(("127.0.0.1", self.target))
-            threading.Thread(target=self._pipe, args=(down, up, 0), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(up, down, 1), daemon=True).start()
-
-    def _pipe(self, src: socket.socket, dst: socket.socket, delayed: int) -> None:
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                if delayed:
-                    time.sleep(self.delay)
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.close()
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.closed = True
-        self.listener.close()
 
 
 def test_key_validation(client):

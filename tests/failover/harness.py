@@ -8,7 +8,6 @@ Loops are bounded by a deadline and by ``stop``; nothing here sends traffic anyw
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -152,62 +151,3 @@ class Traffic:
         log.warning("%s: %s", name, figures)
         print(f"\n[failover] {name}: {figures}")
         return figures
-
-
-class Blackhole:
-    """A loopback TCP proxy in front of a node that can stop forwarding (a network partition
-    that neither refuses nor resets: bytes just stop arriving)."""
-
-    def __init__(self, port: int) -> None:
-        self.target = port
-        self.blocked = threading.Event()
-        self.listener = socket.socket()
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(64)
-        self.port = self.listener.getsockname()[1]
-        self.location = f"127.0.0.1:{self.port}"
-        self.closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self.closed:
-            try:
-                down, _ = self.listener.accept()
-            except OSError:
-                return
-            try:
-                up = socket.create_connection(("127.0.0.1", self.target), timeout=2)
-            except OSError:
-                down.close()
-                continue
-            for src, dst in ((down, up), (up, down)):
-                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
-
-    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
-        src.settimeout(0.2)
-        try:
-            while not self.closed:
-                try:
-                    data = src.recv(65536)
-                except TimeoutError:
-                    continue
-                if not data:
-                    break
-                while self.blocked.is_set() and not self.closed:
-                    time.sleep(0.05)  # swallow: nothing goes through while blocked
-                if self.blocked.is_set():
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.close()
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.closed = True
-        self.listener.close()

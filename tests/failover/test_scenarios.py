@@ -17,7 +17,8 @@ from ringcache.client.ring import parse_location
 from ringcache.cluster import LocalCluster
 from ringcache.cluster.rebalance import rebalance
 from tests.cluster.test_local import free_ports
-from tests.failover.harness import OPTIONS, Blackhole, Traffic
+from tests.failover.harness import OPTIONS, Traffic
+from tests.proxy import Proxy
 
 pytestmark = pytest.mark.failover
 
@@ -111,7 +112,7 @@ def test_flapping_node_leaves_stale_data_only_for_failover_ttl(cluster):
 
 def test_blackholed_node(cluster):
     lc, base = cluster
-    hole = Blackhole(base)
+    hole = Proxy(base)
     try:
         locations = [hole.location, *lc.locations()[1:]]
         with Traffic(locations) as t:
