@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt
 from ringcache.client.ring import parse_location
 from ringcache.cluster import LocalCluster
 from ringcache.cluster.rebalance import rebalance
-from tests.cluster.test_local import free_ports
+from tests.conftest import free_ports
 from tests.failover.harness import Record, Traffic
 
 BUCKET = 0.1  # seconds

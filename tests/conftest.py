@@ -32,6 +32,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports(n: int) -> int:
+    """The first of ``n`` consecutive free ports on 127.0.0.1."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + n > 65000:
+            continue
+        ok = True
+        for port in range(base, base + n):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no free port range")
+
+
 def wait_port(port: int, proc: subprocess.Popen, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -187,3 +208,15 @@ def memcached():
     server = start_memcached()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def local_cluster(tmp_path):
+    """A 3-node LocalCluster on free consecutive ports (two more kept free for adds)."""
+    from ringcache.cluster import LocalCluster
+
+    lc = LocalCluster(tmp_path / "run")
+    base = free_ports(5)
+    lc.up(3, base, memory=16)
+    yield lc, base
+    lc.down()

@@ -96,13 +96,18 @@ def expected_placement(locations: list[str], keys) -> dict[str, str]:
     return {k: str(ring.get(k.encode())) for k in keys}
 
 
-def test_same_servers_as_pylibmc_ketama_weighted(nodes):
+def assert_pylibmc_agrees(nodes) -> None:
+    """pylibmc (ketama_weighted) stores KEYS; each must be where our ring says."""
     locations = [n.location for n in nodes]
     mc = pylibmc.Client(locations, behaviors={"ketama_weighted": True})
     for k in KEYS:
         mc.set(k, "x")
     mc.disconnect_all()
     assert placement_on(nodes, KEYS) == expected_placement(locations, KEYS)
+
+
+def test_same_servers_as_pylibmc_ketama_weighted(nodes):
+    assert_pylibmc_agrees(nodes)
 
 
 def test_same_servers_as_pylibmc_with_weights(nodes):
@@ -156,12 +161,7 @@ def start_on(host: str, port: int):
 def test_same_servers_as_pylibmc_on_port_11211():
     nodes = [start_on(f"127.0.0.{i}", 11211) for i in (2, 3, 4)]
     try:
-        locations = [n.location for n in nodes]
-        mc = pylibmc.Client(locations, behaviors={"ketama_weighted": True})
-        for k in KEYS:
-            mc.set(k, "x")
-        mc.disconnect_all()
-        assert placement_on(nodes, KEYS) == expected_placement(locations, KEYS)
+        assert_pylibmc_agrees(nodes)
     finally:
         for n in nodes:
             n.stop()

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from ringcache.client import Client, Ring, parse_location
-from tests.cluster.test_local import free_ports
-from tests.conftest import free_port
+from tests.conftest import free_port, free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 RINGCACHE = [sys.executable, "-m", "ringcache.cluster.cli"]

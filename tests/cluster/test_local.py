@@ -11,27 +11,7 @@ import pytest
 from ringcache.client import Client
 from ringcache.cluster import ClusterError, LocalCluster
 from ringcache.cluster.local import answers
-
-
-def free_ports(n: int) -> int:
-    """The first of ``n`` consecutive free ports on 127.0.0.1."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n > 65000:
-            continue
-        ok = True
-        for port in range(base, base + n):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no free port range")
+from tests.conftest import free_ports
 
 
 @pytest.fixture

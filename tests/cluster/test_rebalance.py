@@ -6,24 +6,12 @@ import subprocess
 import sys
 import time
 
-import pytest
 from pymemcache.client.base import Client as Plain
 
 from ringcache.client import Client, Ring, parse_location
-from ringcache.cluster import LocalCluster
 from ringcache.cluster.rebalance import cluster_version, metadump, plan, publish, rebalance
-from tests.cluster.test_local import free_ports
 
 RINGCACHE = [sys.executable, "-m", "ringcache.cluster.cli"]
-
-
-@pytest.fixture
-def local(tmp_path):
-    lc = LocalCluster(tmp_path / "run")
-    base = free_ports(5)
-    lc.up(3, base, memory=16)
-    yield lc, base
-    lc.down()
 
 
 def hit_ratio(locations: list[str], expected: dict[str, object]) -> float:
@@ -41,8 +29,8 @@ def fill(locations: list[str], n: int = 3000) -> dict[str, object]:
     return values
 
 
-def test_add_keeps_the_hit_ratio(local, tmp_path):
-    lc, base = local
+def test_add_keeps_the_hit_ratio(local_cluster):
+    lc, base = local_cluster
     before = lc.locations()
     values = fill(before)
     plain_ring_loss = 1 - sum(
@@ -65,8 +53,8 @@ def test_add_keeps_the_hit_ratio(local, tmp_path):
     assert "moved" in result.stdout
 
 
-def test_remove_keeps_the_hit_ratio(local):
-    lc, base = local
+def test_remove_keeps_the_hit_ratio(local_cluster):
+    lc, base = local_cluster
     values = fill(lc.locations())
     result = subprocess.run(
         [*RINGCACHE, "--run-dir", str(lc.run_dir), "remove", f"127.0.0.1:{base + 1}"],
@@ -81,8 +69,8 @@ def test_remove_keeps_the_hit_ratio(local):
     assert lc.pid(base + 1) is None
 
 
-def test_ttl_and_flags_move_with_the_key_and_newer_writes_win(local):
-    lc, _ = local
+def test_ttl_and_flags_move_with_the_key_and_newer_writes_win(local_cluster):
+    lc, _ = local_cluster
     old = parse_location(lc.locations())
     new_member = lc.add()
     new = [*old, parse_location(new_member.location)[0]]
@@ -105,8 +93,8 @@ def test_ttl_and_flags_move_with_the_key_and_newer_writes_win(local):
     assert again["copied"] == 0
 
 
-def test_clients_warm_up_from_the_previous_owner_during_a_move(local):
-    lc, _ = local
+def test_clients_warm_up_from_the_previous_owner_during_a_move(local_cluster):
+    lc, _ = local_cluster
     old = parse_location(lc.locations())
     values = fill(lc.locations(), 500)
     new_member = lc.add()
@@ -126,8 +114,8 @@ def test_clients_warm_up_from_the_previous_owner_during_a_move(local):
     client.close()
 
 
-def test_plan_lists_exactly_the_keys_whose_owner_changes(local):
-    lc, _ = local
+def test_plan_lists_exactly_the_keys_whose_owner_changes(local_cluster):
+    lc, _ = local_cluster
     old = parse_location(lc.locations())
     values = fill(lc.locations(), 300)
     new = old[:2]
@@ -139,10 +127,10 @@ def test_plan_lists_exactly_the_keys_whose_owner_changes(local):
     }
 
 
-async def test_trio_client_warms_up_during_a_move(local):
+async def test_trio_client_warms_up_during_a_move(local_cluster):
     from ringcache.client import AsyncClient
 
-    lc, _ = local
+    lc, _ = local_cluster
     old = parse_location(lc.locations())
     values = fill(lc.locations(), 300)
     new_member = lc.add()

@@ -14,30 +14,19 @@ from pymemcache.client.base import Client as Plain
 
 from ringcache.client import Client
 from ringcache.client.ring import parse_location
-from ringcache.cluster import LocalCluster
 from ringcache.cluster.rebalance import rebalance
-from tests.cluster.test_local import free_ports
 from tests.failover.harness import OPTIONS, Traffic
 from tests.proxy import Proxy
 
 pytestmark = pytest.mark.failover
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    lc = LocalCluster(tmp_path / "run")
-    base = free_ports(5)
-    lc.up(3, base, memory=16)
-    yield lc, base
-    lc.down()
-
-
 def no_errors(traffic: Traffic) -> None:
     assert traffic.sync.errors == [] and traffic.trio.errors == []
 
 
-def test_kill_9(cluster):
-    lc, base = cluster
+def test_kill_9(local_cluster):
+    lc, base = local_cluster
     with Traffic(lc.locations()) as t:
         fault = time.monotonic()
         lc.kill(base + 1)
@@ -49,8 +38,8 @@ def test_kill_9(cluster):
     assert figures["sync_max_latency_s"] < 1.0 and figures["trio_max_latency_s"] < 1.0
 
 
-def test_sigstop_then_sigcont(cluster):
-    lc, base = cluster
+def test_sigstop_then_sigcont(local_cluster):
+    lc, base = local_cluster
     with Traffic(lc.locations()) as t:
         fault = time.monotonic()
         lc.pause(base)
@@ -66,8 +55,8 @@ def test_sigstop_then_sigcont(cluster):
         assert client.node_stats()[f"127.0.0.1:{base}"]["state"] in ("live", "failing")
 
 
-def test_node_restarted_empty_takes_traffic_back(cluster):
-    lc, base = cluster
+def test_node_restarted_empty_takes_traffic_back(local_cluster):
+    lc, base = local_cluster
     with Traffic(lc.locations()) as t:
         fault = time.monotonic()
         lc.kill(base + 2)
@@ -84,8 +73,8 @@ def test_node_restarted_empty_takes_traffic_back(cluster):
     assert figures["sync_recovery_s"] is not None
 
 
-def test_flapping_node_leaves_stale_data_only_for_failover_ttl(cluster):
-    lc, base = cluster
+def test_flapping_node_leaves_stale_data_only_for_failover_ttl(local_cluster):
+    lc, base = local_cluster
     client = Client(lc.locations(), failover_ttl=1, **OPTIONS)
     owner = base + 1
     key = next(f"f{i}" for i in range(1000) if client.server_for(f"f{i}").port == owner)
@@ -110,8 +99,8 @@ def test_flapping_node_leaves_stale_data_only_for_failover_ttl(cluster):
     client.close()
 
 
-def test_blackholed_node(cluster):
-    lc, base = cluster
+def test_blackholed_node(local_cluster):
+    lc, base = local_cluster
     hole = Proxy(base)
     try:
         locations = [hole.location, *lc.locations()[1:]]
@@ -129,8 +118,8 @@ def test_blackholed_node(cluster):
         hole.close()
 
 
-def test_all_nodes_down_then_back(cluster):
-    lc, base = cluster
+def test_all_nodes_down_then_back(local_cluster):
+    lc, base = local_cluster
     with Traffic(lc.locations()) as t:
         fault = time.monotonic()
         for port in range(base, base + 3):
@@ -148,8 +137,8 @@ def test_all_nodes_down_then_back(cluster):
     assert figures["sync_max_latency_s"] < 1.0
 
 
-def test_add_a_node_under_load(cluster):
-    lc, _ = cluster
+def test_add_a_node_under_load(local_cluster):
+    lc, _ = local_cluster
     old = parse_location(lc.locations())
     with Traffic(lc.locations(), keys=500, discovery=True, discovery_interval=0.1) as t:
         time.sleep(1.0)  # every key cached
@@ -165,8 +154,8 @@ def test_add_a_node_under_load(cluster):
     assert after >= 0.95 and result["planned"] > 0
 
 
-def test_remove_a_node_under_load(cluster):
-    lc, base = cluster
+def test_remove_a_node_under_load(local_cluster):
+    lc, base = local_cluster
     old = parse_location(lc.locations())
     with Traffic(lc.locations(), keys=500, discovery=True, discovery_interval=0.1) as t:
         time.sleep(1.0)
@@ -182,8 +171,8 @@ def test_remove_a_node_under_load(cluster):
     assert after >= 0.95
 
 
-def test_replication_loses_nothing_when_a_node_dies(cluster):
-    lc, base = cluster
+def test_replication_loses_nothing_when_a_node_dies(local_cluster):
+    lc, base = local_cluster
     client = Client(lc.locations(), replicas=2, **OPTIONS)
     values = {f"r{i}": i for i in range(500)}
     assert client.set_many(values) == []
