@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import resource
-import time
 from typing import TYPE_CHECKING
 
 from .config import VERSION
@@ -88,21 +87,17 @@ class ClassCounters:
 class Stats:
     """Every counter of one node; the store and server add to them directly."""
 
-    __slots__ = (*GLOBAL_COUNTERS, "cls", "curr_connections", "started")
+    __slots__ = (*GLOBAL_COUNTERS, "cls")
 
     def __init__(self, nclasses: int) -> None:
         self.cls = [ClassCounters() for _ in range(nclasses + 1)]
-        self.curr_connections = 0
-        self.started = time.time()
         self.reset()
 
     def reset(self) -> None:
-        """``stats reset``: the counters memcached resets (not items, bytes or connections)."""
+        """``stats reset``: every counter, as memcached's ``stats_reset`` (current items, bytes
+        and connections are state, not counters, and stay)."""
         for name in GLOBAL_COUNTERS:
-            if name not in ("total_connections",):
-                setattr(self, name, 0)
-        if not hasattr(self, "total_connections"):
-            self.total_connections = 0
+            setattr(self, name, 0)
         for counters in self.cls:
             for name in CLASS_COUNTERS:
                 setattr(counters, name, 0)
