@@ -61,6 +61,12 @@ NON_NUMERIC = 7
 SET, ADD, REPLACE, APPEND, PREPEND, CAS = range(6)
 
 
+def item_total(nkey: int, flags: int, nbytes: int) -> int:
+    """memcached's size of an item (``item_make_header`` plus the CAS): header, key and its
+    NUL, 4 bytes of client flags when they are not 0, the value with its CRLF (``nbytes``)."""
+    return ITEM_HEADER + nkey + 1 + (4 if flags else 0) + nbytes + 8
+
+
 class Clock:
     """memcached's 1-second relative clock: ``now`` counts seconds since ``process_started``.
 
@@ -447,7 +453,7 @@ class Store:
         """Everything of ``unlink`` but the hash index: LRU, accounting, chunks."""
         _, _, nbytes, flags, nkey, iflags = _VIEW.unpack_from(page, off + 24)
         self._lru_unlink(hd, page, off)
-        ntotal = ITEM_HEADER + nkey + 1 + (4 if flags else 0) + nbytes + 8
+        ntotal = item_total(nkey, flags, nbytes)
         self._lru_cls(page, off).requested -= ntotal
         self.curr_items -= 1
         self.bytes -= ntotal
@@ -484,7 +490,7 @@ class Store:
             self._table_insert(slot, hd)
         self._lru_link(hd, page, off)
         _, _, nbytes, flags, nkey, _ = _VIEW.unpack_from(page, off + 24)
-        ntotal = ITEM_HEADER + nkey + 1 + (4 if flags else 0) + nbytes + 8
+        ntotal = item_total(nkey, flags, nbytes)
         self._lru_cls(page, off).requested += ntotal
         self.curr_items += 1
         self.bytes += ntotal
@@ -493,7 +499,7 @@ class Store:
 
     # -- item construction -----------------------------------------------------------------
     def item_size_ok(self, nkey: int, flags: int, nbytes: int) -> bool:
-        ntotal = ITEM_HEADER + nkey + 1 + (4 if flags else 0) + nbytes + 8
+        ntotal = item_total(nkey, flags, nbytes)
         return self.slabs.clsid(ntotal) != 0
 
     def _new_item(self, key: bytes, flags: int, exptime: int, data: bytes | list[bytes]) -> int:
@@ -503,7 +509,7 @@ class Store:
         """
         nkey = len(key)
         nbytes = len(data) if isinstance(data, bytes | bytearray) else sum(map(len, data))
-        ntotal = ITEM_HEADER + nkey + 1 + (4 if flags else 0) + nbytes + 8
+        ntotal = item_total(nkey, flags, nbytes)
         slabs = self.slabs
         clsid = slabs.clsid(ntotal)
         if clsid == 0:
@@ -635,7 +641,7 @@ class Store:
 
     def count_set(self, nkey: int, flags: int, nbytes: int) -> None:
         """memcached counts ``cmd_set`` for every value it reads, whatever happens next."""
-        ntotal = ITEM_HEADER + nkey + 1 + (4 if flags else 0) + nbytes + 8
+        ntotal = item_total(nkey, flags, nbytes)
         self.stats.cls[self.slabs.clsid(ntotal)].cmd_set += 1
 
     def _alloc_failure(self, key: bytes, flags: int, data, mode: int) -> int:
@@ -792,7 +798,7 @@ class Store:
                     _CAS.unpack_from(page, off + 16)[0],
                     b"yes" if iflags & F_FETCHED else b"no",
                     page[off + 42],
-                    ITEM_HEADER + nkey + 1 + (4 if flags else 0) + nbytes + 8,
+                    item_total(nkey, flags, nbytes),
                 )
 
     def crawl(self, budget: int = 1000) -> int:
