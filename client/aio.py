@@ -16,13 +16,18 @@ import trio
 from pymemcache.exceptions import (
     MemcacheClientError,
     MemcacheError,
-    MemcacheServerError,
     MemcacheUnexpectedCloseError,
-    MemcacheUnknownCommandError,
     MemcacheUnknownError,
 )
 
-from .client import ClusterBase, _Node, fetch_cluster_config
+from .client import (
+    ClusterBase,
+    _Node,
+    check_error_line,
+    fetch_cluster_config,
+    parse_values,
+    reply_may_be_complete,
+)
 
 _MISS = object()
 _STORE_REPLIES = {b"STORED": True, b"NOT_STORED": False, b"EXISTS": False, b"NOT_FOUND": None}
@@ -57,26 +62,10 @@ class _Conn:
             start = max(0, len(self.buf) - 1)
             await self._fill()
 
-    async def read_value(self, size: int) -> bytes:
-        while len(self.buf) < size + 2:
-            await self._fill()
-        value = bytes(self.buf[:size])
-        del self.buf[: size + 2]
-        return value
-
     def close(self) -> None:
         sock = getattr(self.stream, "socket", None)
         if sock is not None:
             sock.close()
-
-
-def _check_error(line: bytes) -> None:
-    if line.startswith(b"CLIENT_ERROR"):
-        raise MemcacheClientError(line[13:].decode(errors="replace"))
-    if line.startswith(b"SERVER_ERROR"):
-        raise MemcacheServerError(line[13:].decode(errors="replace"))
-    if line.startswith(b"ERROR"):
-        raise MemcacheUnknownCommandError(line.decode(errors="replace"))
 
 
 class AsyncClient(ClusterBase):
@@ -308,22 +297,19 @@ class AsyncClient(ClusterBase):
 
     # -- protocol helpers ------------------------------------------------------------------
     async def _read_values(self, conn: _Conn, cas: bool) -> dict[bytes, Any]:
-        found: dict[bytes, Any] = {}
+        """A get/gets reply, parsed in one pass once it has all arrived."""
         while True:
-            line = await conn.readline()
-            if line == b"END":
-                return found
-            if not line.startswith(b"VALUE "):
-                _check_error(line)
-                raise MemcacheUnknownError(line[:32])
-            parts = line.split()
-            data = await conn.read_value(int(parts[3]))
-            value = self.serde.deserialize(parts[1], data, int(parts[2]))
-            found[parts[1]] = (value, parts[4]) if cas else value
+            if reply_may_be_complete(conn.buf):
+                parsed = parse_values(bytes(conn.buf), cas, self.serde.deserialize)
+                if parsed is not None:
+                    found, length = parsed
+                    del conn.buf[:length]
+                    return found
+            await conn._fill()
 
     async def _reply_line(self, conn: _Conn) -> bytes:
         line = await conn.readline()
-        _check_error(line)
+        check_error_line(line)
         return line
 
     def _storage_command(

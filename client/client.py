@@ -23,10 +23,12 @@ from typing import Any
 from pymemcache.client.base import Client as ProtocolClient
 from pymemcache.client.base import _readline
 from pymemcache.exceptions import (
+    MemcacheClientError,
     MemcacheError,
     MemcacheIllegalInputError,
     MemcacheServerError,
     MemcacheUnexpectedCloseError,
+    MemcacheUnknownCommandError,
     MemcacheUnknownError,
 )
 from pymemcache.serde import pickle_serde
@@ -66,6 +68,52 @@ def validate_key(key: str | bytes, key_prefix: bytes = b"") -> bytes:
     if _BAD_KEY_BYTE.search(key):
         raise MemcacheIllegalInputError(f"key contains a space or control character: {key!r}")
     return key
+
+
+def check_error_line(line: bytes) -> None:
+    """Raise pymemcache's exception for an ERROR / CLIENT_ERROR / SERVER_ERROR reply line."""
+    if line.startswith(b"CLIENT_ERROR"):
+        raise MemcacheClientError(line[13:].decode(errors="replace"))
+    if line.startswith(b"SERVER_ERROR"):
+        raise MemcacheServerError(line[13:].decode(errors="replace"))
+    if line.startswith(b"ERROR"):
+        raise MemcacheUnknownCommandError(line.decode(errors="replace"))
+
+
+def reply_may_be_complete(data: bytes | bytearray) -> bool:
+    """Only a get reply that ends like one can be complete: parse then, not after every recv."""
+    return data.endswith(b"END\r\n") or (data.endswith(b"\r\n") and data[:6] != b"VALUE ")
+
+
+def parse_values(
+    data: bytes, cas: bool, deserialize: Callable[[bytes, bytes, int], Any]
+) -> tuple[dict[bytes, Any], int] | None:
+    """A get/gets reply (VALUE blocks, then END) in one pass: the values and the length of the
+    reply, or None when ``data`` does not hold all of it yet."""
+    found: dict[bytes, Any] = {}
+    match = _VALUE_LINE.match
+    pos = 0
+    size = len(data)
+    while True:
+        m = match(data, pos)
+        if m is None:
+            eol = data.find(b"\r\n", pos)
+            if eol < 0:
+                return None
+            if data[pos:eol] == b"END":
+                return found, eol + 2
+            check_error_line(data[pos:eol])
+            raise MemcacheUnknownError(data[pos : pos + 32])
+        key, flags, length, token = m.groups()
+        start = m.end()
+        end = start + int(length)
+        if size < end + 2:
+            return None
+        value = data[start:end]
+        if flags != b"0":
+            value = deserialize(key, value, int(flags))
+        found[key] = (value, token) if cas else value
+        pos = end + 2
 
 
 class _Node:
@@ -705,38 +753,10 @@ class Client(ClusterBase):
                 raise MemcacheUnexpectedCloseError()
             data += chunk
             # Only a reply that ends like one can be complete: parse it then, not per recv.
-            if data.endswith(b"END\r\n") or (data.endswith(b"\r\n") and data[:6] != b"VALUE "):
-                found = self._parse_values(conn, data, cas)
-                if found is not None:
-                    return found
-
-    def _parse_values(self, conn: ProtocolClient, data: bytes, cas: bool) -> dict | None:
-        """The values of a complete reply, or None when ``data`` is not complete yet."""
-        found: dict[bytes, Any] = {}
-        deserialize = self.serde.deserialize
-        match = _VALUE_LINE.match
-        pos = 0
-        size = len(data)
-        while True:
-            m = match(data, pos)
-            if m is None:
-                eol = data.find(b"\r\n", pos)
-                if eol < 0:
-                    return None
-                if data[pos:eol] == b"END":
-                    return found
-                conn._raise_errors(data[pos:eol], b"get")
-                raise MemcacheUnknownError(data[pos : pos + 32])
-            key, flags, length, token = m.groups()
-            start = m.end()
-            end = start + int(length)
-            if size < end + 2:
-                return None
-            value = data[start:end]
-            if flags != b"0":
-                value = deserialize(key, value, int(flags))
-            found[key] = (value, token) if cas else value
-            pos = end + 2
+            if reply_may_be_complete(data):
+                parsed = parse_values(data, cas, self.serde.deserialize)
+                if parsed is not None:
+                    return parsed[0]
 
     def _get_many(self, keys: Iterable, cas: bool) -> dict:
         groups, originals, _ = self._group(keys)
