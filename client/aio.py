@@ -21,6 +21,8 @@ from pymemcache.exceptions import (
 )
 
 from .client import (
+    REPLICA_EVERY_COPY,
+    REPLICA_READS,
     ClusterBase,
     _Node,
     check_error_line,
@@ -191,13 +193,13 @@ class AsyncClient(ClusterBase):
         async def on(node: _Node, op: Callable[[_Conn, bool], Awaitable[Any]], dflt: Any) -> Any:
             return await self._on_node(node, what, lambda conn: op(conn, standin), dflt)
 
-        if what in ("get", "gets"):
+        if what in REPLICA_READS:
             for node in nodes:
                 result = await on(node, fn, default)
                 if not (result is default or result == default):
                     return result
             return default
-        if what in ("set", "delete", "touch"):
+        if what in REPLICA_EVERY_COPY:
             results = [await on(node, fn, default) for node in nodes]
             return next((r for r in results if r), results[0] if results else default)
         if not nodes:

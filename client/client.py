@@ -564,14 +564,14 @@ class Client(ClusterBase):
         self, key: bytes, what: str, fn: Callable[[ProtocolClient, bool], Any], default: Any
     ) -> Any:
         nodes, standin = self._copies(key)
-        if what in _READS:
+        if what in REPLICA_READS:
             # The owner first; a miss or a failure falls back to the next copy.
             for node in nodes:
                 result = self._on(node, standin, what, fn, default)
                 if not (result is default or result == default):
                     return result
             return default
-        if what in _EVERY_COPY:
+        if what in REPLICA_EVERY_COPY:
             results = [self._on(node, standin, what, fn, default) for node in nodes]
             return next((r for r in results if r), results[0] if results else default)
         # Conditional writes and arithmetic: decided by the first copy, then its resulting
@@ -898,5 +898,7 @@ class Client(ClusterBase):
 
 _FAILED = object()
 _MISS = object()
-_READS = {"get", "gets"}
-_EVERY_COPY = {"set", "delete", "touch"}
+# How replication treats an operation: reads fall back copy by copy; these writes go to
+# every copy; everything else is decided by the first copy and its result copied.
+REPLICA_READS = frozenset({"get", "gets"})
+REPLICA_EVERY_COPY = frozenset({"set", "delete", "touch"})
