@@ -117,7 +117,7 @@ def parse_values(
 
 
 class _Node:
-    """One server: its health, its idle connections (of either client kind) and counters."""
+    """One server: its health (which counts its failures) and its idle connections."""
 
     def __init__(self, server: Server, owner: ClusterBase) -> None:
         self.server = server
@@ -126,7 +126,6 @@ class _Node:
         )
         self.pool_size = owner.pool_size
         self._idle: list = []
-        self.errors = 0
 
     def take(self) -> Any:
         """An idle connection, or None (list.pop is atomic: no lock on the hot path)."""
@@ -399,7 +398,6 @@ class ClusterBase:
         return min(expire, cap)
 
     def _failed(self, node: _Node, exc: BaseException, what: str) -> None:
-        node.errors += 1
         if node.health.failed():
             log.warning(
                 "ejected %s after %d failures (%s: %r)",

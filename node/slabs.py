@@ -25,11 +25,8 @@ NONE = -1
 # Chunk header layout shared with store.py.  next/prev are LRU links for items, free-list
 # links for free chunks, and (next chunk, head item) for the chunks of a chained item.
 HDR = struct.Struct("<qqQIIIIBBBBI")
-OFF_NEXT = 0
-OFF_PREV = 8
 OFF_IFLAGS = 41
 LINKS = struct.Struct("<qq")
-IFLAGS = struct.Struct("<B")
 
 F_LINKED = 0x01
 F_FETCHED = 0x02
