@@ -15,29 +15,8 @@ from typing import TYPE_CHECKING
 
 from . import stats as stats_text
 from .config import VERSION
-from .protocol import (
-    MAX_TOKENS,
-    R_BAD_DATA_CHUNK,
-    R_BAD_FORMAT,
-    R_DELETED,
-    R_END,
-    R_ERROR,
-    R_EXISTS,
-    R_NOT_FOUND,
-    R_NOT_STORED,
-    R_OK,
-    R_RESET,
-    R_STORED,
-    R_TOUCHED,
-    ClientError,
-    Close,
-    Parser,
-    ProtocolError,
-    ServerError,
-    StorageRequest,
-    bad_format,
-)
-from .store import (
+from .defs import (
+    DELTA_OK,
     EXISTS,
     KEY_MAX_LENGTH,
     NO_MEMORY,
@@ -47,6 +26,31 @@ from .store import (
     STORED,
     TOO_LARGE,
     c_strtonum,
+)
+from .meta import MetaCommands
+from .protocol import (
+    MAX_TOKENS,
+    R_BAD_DATA_CHUNK,
+    R_BAD_FORMAT,
+    R_DELETED,
+    R_END,
+    R_ERROR,
+    R_EXISTS,
+    R_NO_MEMORY,
+    R_NOT_FOUND,
+    R_NOT_STORED,
+    R_OK,
+    R_RESET,
+    R_STORED,
+    R_TOO_LARGE,
+    R_TOUCHED,
+    ClientError,
+    Close,
+    Parser,
+    ProtocolError,
+    ServerError,
+    StorageRequest,
+    bad_format,
 )
 
 if TYPE_CHECKING:
@@ -59,8 +63,6 @@ _STORE_REPLIES = {
     EXISTS: R_EXISTS,
     NOT_FOUND: R_NOT_FOUND,
 }
-R_TOO_LARGE = b"SERVER_ERROR object too large for cache\r\n"
-R_NO_MEMORY = b"SERVER_ERROR out of memory storing object\r\n"
 
 # A multiget with more keys than this is answered in slices between sends, so that one
 # request cannot make the node build an unbounded reply in memory.
@@ -107,7 +109,12 @@ class NodeState:
         return ("".join(lines) + "END\r\n").encode()
 
 
-class Session:
+# Unknown commands whose first letter memcached dispatches on answer ERROR without the
+# "HTTP/" probe that closes the connection (as do unknown two-letter "m" commands).
+_DISPATCHED_LETTERS = frozenset(b"gsacidt")
+
+
+class Session(MetaCommands):
     """The protocol state of one client connection."""
 
     def __init__(self, node: NodeState, peer: str = "127.0.0.1:0") -> None:
@@ -141,6 +148,11 @@ class Session:
             b"lru_crawler": self._lru_crawler,
             b"cache_memlimit": self._cache_memlimit,
             b"config": self._config,
+            b"mg": self._mg,
+            b"md": self._md,
+            b"ma": self._ma,
+            b"me": self._me,
+            b"mn": self._mn,
         }
 
     # -- driving ---------------------------------------------------------------------------
@@ -229,6 +241,8 @@ class Session:
     def _storage(self, req: StorageRequest) -> bytes:
         if self.node.verbosity > 1:
             self._verbose_in(b"%s %d bytes" % (req.key, req.nbytes - 2))
+        if req.meta is not None:
+            return self._mset(req)
         store = self.store
         exptime = store.clock.realtime(req.exptime)
         if req.data is None:
@@ -254,6 +268,9 @@ class Session:
             return R_ERROR
         handler = self._dispatch.get(tokens[0])
         if handler is None:
+            first = tokens[0][0]
+            if first in _DISPATCHED_LETTERS or (first == 109 and len(tokens[0]) == 2):
+                return R_ERROR
             if tokens[-1].startswith(b"HTTP/") or tokens[min(len(tokens), 23) - 1].startswith(
                 b"HTTP/"
             ):
@@ -374,11 +391,11 @@ class Session:
             if delta is None:
                 error = ClientError("invalid numeric delta argument")
             else:
-                result = self.store.delta(tokens[1], incr, delta)
+                result, digits, _, _ = self.store.delta(tokens[1], incr, delta)
                 if noreply:
                     return b""
-                if type(result) is bytes:
-                    return result + b"\r\n"
+                if result == DELTA_OK:
+                    return digits + b"\r\n"
                 if result == NOT_FOUND:
                     return R_NOT_FOUND
                 if result == NON_NUMERIC:

@@ -11,9 +11,11 @@ bulk, and the search for the next newline resumes where the previous one stopped
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Callable
 
-from .store import ADD, APPEND, CAS, KEY_MAX_LENGTH, PREPEND, REPLACE, SET, c_strtonum
+from .defs import ADD, APPEND, CAS, KEY_MAX_LENGTH, PREPEND, REPLACE, SET, Mode, c_strtonum
 
 MAX_TOKENS = 24
 LINE_LIMIT = 2048
@@ -42,6 +44,8 @@ R_OK = b"OK\r\n"
 R_RESET = b"RESET\r\n"
 R_ERROR = b"ERROR\r\n"
 R_TOO_MANY_CONNECTIONS = b"ERROR Too many open connections\r\n"
+R_TOO_LARGE = b"SERVER_ERROR object too large for cache\r\n"
+R_NO_MEMORY = b"SERVER_ERROR out of memory storing object\r\n"
 
 
 class ProtocolError(Exception):
@@ -91,10 +95,35 @@ class Close(Exception):
     """The connection must be closed (2048-byte rule, ``HTTP/`` probe, ``quit``)."""
 
 
-class StorageRequest:
-    """A storage command line that passed validation; ``data`` arrives after it."""
+class MetaError(ProtocolError):
+    """A meta command's error line, given whole (``CLIENT_ERROR …`` or ``SERVER_ERROR …``)."""
 
-    __slots__ = ("cas", "data", "exptime", "fits", "flags", "key", "mode", "nbytes", "noreply")
+    def reply(self) -> bytes:
+        return self.message.encode() + b"\r\n"
+
+
+class StorageRequest:
+    """A storage command line that passed validation; ``data`` arrives after it.
+
+    For ``ms``, ``meta`` holds the parsed flags and ``tokens`` the line (replies echo flags
+    in the order they were given); ``error`` is a reply that is sent instead of storing,
+    while the data block is swallowed.
+    """
+
+    __slots__ = (
+        "cas",
+        "data",
+        "error",
+        "exptime",
+        "fits",
+        "flags",
+        "key",
+        "meta",
+        "mode",
+        "nbytes",
+        "noreply",
+        "tokens",
+    )
 
     def __init__(self, mode, key, flags, exptime, nbytes, cas, noreply, fits) -> None:
         self.mode = mode
@@ -106,6 +135,222 @@ class StorageRequest:
         self.noreply = noreply
         self.fits = fits
         self.data: bytes | None = None
+        self.meta: MetaFlags | None = None
+        self.error: MetaError | None = None
+        self.tokens: list[bytes] = []
+
+
+# -- meta commands ---------------------------------------------------------------------------
+# memcached's MFLAG_MAX_OPT_LENGTH (a meta line has at most this many tokens, counting the
+# terminal one) and MFLAG_MAX_OPAQUE_LENGTH.
+META_MAX_TOKENS = 20
+META_MAX_OPAQUE = 32
+E_BAD_FORMAT = "CLIENT_ERROR bad command line format"
+E_BAD_TOKEN = "CLIENT_ERROR bad token in command line format"
+E_OPAQUE = "CLIENT_ERROR opaque token too long"
+
+
+class MetaFlags:
+    """The flags of one meta command as memcached's ``_meta_flag_preparse`` reads them.
+
+    Times (``T``, ``N``, ``R``) are the client's numbers, not yet relative; ``error`` is the
+    error line when the flags are refused; ``key`` is the key, base64-decoded with ``b``.
+    """
+
+    __slots__ = (
+        "autoviv",
+        "client_flags",
+        "delta",
+        "error",
+        "exptime",
+        "has_cas",
+        "initial",
+        "key",
+        "key_binary",
+        "locked",
+        "mode",
+        "new_ttl",
+        "no_reply",
+        "no_update",
+        "recache",
+        "req_cas",
+        "set_stale",
+        "value",
+        "vivify",
+    )
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+        self.error: str | None = None
+        self.no_update = self.locked = self.vivify = self.value = False
+        self.set_stale = self.no_reply = self.has_cas = self.new_ttl = self.key_binary = False
+        self.mode = 0
+        self.exptime = self.autoviv = self.recache = 0
+        self.client_flags = self.req_cas = self.initial = 0
+        self.delta = 1
+
+
+def parse_meta_flags(tokens: list[bytes], start: int, errstr: str = E_BAD_FORMAT) -> MetaFlags:
+    """Read the flag tokens from ``tokens[start]`` on; ``errstr`` is the error line used when
+    a flag's number is bad and no more specific message applies (as in memcached)."""
+    of = MetaFlags(tokens[1])
+    seen = set()
+    failed = False
+    for tok in tokens[start:]:
+        o = tok[0]
+        if o >= 127 or o in seen:
+            of.error = "CLIENT_ERROR duplicate flag"
+            return of
+        seen.add(o)
+        if o == 98:  # b
+            key = b64decode(of.key)
+            if key is None:
+                errstr = "CLIENT_ERROR error decoding key"
+                failed = True
+                key = b""
+            of.key = key
+            of.key_binary = True
+        elif o in b"NTR":
+            n = c_strtonum(tok[1:], 32, True)
+            of.locked = True
+            if n is None:
+                errstr = E_BAD_TOKEN
+                failed = True
+            elif o == 78:  # N
+                of.vivify = True
+                of.autoviv = n
+            elif o == 84:  # T
+                of.exptime = n
+                of.new_ttl = True
+            else:
+                of.recache = n
+        elif o in b"lh":
+            of.locked = True  # the LRU bump waits until fetched/last-access are read
+        elif o in b"OPLkstcf":
+            pass
+        elif o == 118:  # v
+            of.value = True
+        elif o == 117:  # u
+            of.no_update = True
+        elif o == 113:  # q
+            of.no_reply = True
+        elif o == 70:  # F
+            n = c_strtonum(tok[1:], 32, False)
+            if n is None:
+                failed = True
+            else:
+                of.client_flags = n
+        elif o in b"CJD":
+            n = c_strtonum(tok[1:], 64, False)
+            if n is None:
+                errstr = {
+                    67: E_BAD_TOKEN,
+                    74: "CLIENT_ERROR invalid numeric initial value",
+                    68: "CLIENT_ERROR invalid numeric delta value",
+                }[o]
+                failed = True
+            elif o == 67:  # C
+                of.req_cas = n
+                of.has_cas = True
+            elif o == 74:  # J
+                of.initial = n
+            else:
+                of.delta = n
+        elif o == 77:  # M
+            if len(tok) != 2:
+                errstr = "CLIENT_ERROR incorrect length for M token"
+                failed = True
+            else:
+                of.mode = tok[1]
+        elif o == 73:  # I
+            of.set_stale = True
+        else:
+            of.error = "CLIENT_ERROR invalid flag"
+            return of
+    if failed:
+        of.error = errstr
+    return of
+
+
+_B64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_B64_VALID = frozenset(_B64 + b"=")
+
+
+def b64decode(text: bytes) -> bytes | None:
+    """memcached's base64_decode: characters outside the alphabet are skipped, the rest must
+    come in blocks of four, decoding stops after the first padded block; None on failure."""
+    chars = bytes(c for c in text if c in _B64_VALID)
+    if not chars or len(chars) % 4:
+        return None
+    pad = chars.find(b"=")
+    if pad >= 0:
+        end = (pad // 4 + 1) * 4  # the block holding the first '='
+        block = chars[pad // 4 * 4 : end]
+        npad = block.count(b"=")
+        if npad > 2:
+            return None
+        # memcached reads '=' as zero bits wherever it stands in the block.
+        chars = chars[: end - 4] + block.replace(b"=", b"A")
+        out = binascii.a2b_base64(chars)
+        return out[: len(out) - npad] or None
+    return binascii.a2b_base64(chars)
+
+
+def b64encode(key: bytes) -> bytes:
+    return base64.b64encode(key)
+
+
+def parse_mset(tokens: list[bytes], fits: Callable[[int, int, int], bool]) -> StorageRequest:
+    """Validate an ``ms`` line as ``process_mset_command`` does.
+
+    Errors found before the data length is known raise ``ProtocolError`` (the data block is
+    then read as commands, as memcached does); later ones come back in ``req.error`` and the
+    data block is swallowed.
+    """
+    ntokens = min(len(tokens), MAX_TOKENS - 1) + 1
+    if ntokens < 3:
+        raise CommandError()
+    if len(tokens[1]) > KEY_MAX_LENGTH or ntokens == 3:
+        raise MetaError(E_BAD_FORMAT)
+    if ntokens > META_MAX_TOKENS:
+        raise MetaError("CLIENT_ERROR options flags too long")
+    vlen = c_strtonum(tokens[2], 32, True)
+    if vlen is None or vlen < 0 or vlen > 0x7FFFFFFF - 2:
+        raise MetaError(E_BAD_FORMAT)
+    of = parse_meta_flags(tokens, 3)
+    error = of.error
+    mode = SET
+    if error is None:
+        if any(t[0] == 79 and len(t) > META_MAX_OPAQUE for t in tokens[2:]):
+            error = E_OPAQUE
+        m = of.mode
+        if m:
+            mode = _MS_MODES.get(m)
+            if mode is None:
+                error = "CLIENT_ERROR invalid mode for ms M token"
+                mode = SET
+        if of.has_cas and mode in (SET, REPLACE):
+            mode = CAS
+    key = of.key
+    nbytes = vlen + 2
+    req = StorageRequest(
+        mode,
+        key,
+        of.client_flags,
+        of.exptime,
+        nbytes,
+        of.req_cas,
+        of.no_reply,
+        error is None and fits(len(key), of.client_flags, nbytes),
+    )
+    req.meta = of
+    req.tokens = tokens
+    if error is not None:
+        req.error = MetaError(error)
+    return req
+
+
+_MS_MODES: dict[int, Mode] = {69: ADD, 65: APPEND, 80: PREPEND, 82: REPLACE, 83: SET}
 
 
 def parse_storage(tokens: list[bytes], fits: Callable[[int, int, int], bool]):
@@ -218,8 +463,14 @@ class Parser:
             line = line[:nul]  # memcached reads the line as a C string
         # Tokens are separated by spaces only: a tab is part of a token, as in memcached.
         tokens = [t for t in line.split(b" ") if t]
-        if tokens and tokens[0] in STORAGE:
-            req = parse_storage(tokens, self.fits)
+        if not tokens:
+            return tokens
+        first = tokens[0]
+        if first in STORAGE or first == b"ms":
+            if first == b"ms":
+                req = parse_mset(tokens, self.fits)
+            else:
+                req = parse_storage(tokens, self.fits)
             if not req.fits:
                 # The value can never be stored: answer now and drop its bytes unbuffered.
                 have = len(buf) - self.pos

@@ -25,7 +25,19 @@ NONE = -1
 # Chunk header layout shared with store.py.  next/prev are LRU links for items, free-list
 # links for free chunks, and (next chunk, head item) for the chunks of a chained item.
 HDR = struct.Struct("<qqQIIIIBBBBI")
-OFF_IFLAGS = 41
+# Offsets of the header fields, in HDR's order.
+OFF_NEXT = 0  # LRU next / free-list next / next chunk of a chain
+OFF_PREV = 8  # LRU prev / free-list prev / head item of a chain's chunk
+OFF_CAS = 16
+OFF_EXPTIME = 24
+OFF_TIME = 28  # last access
+OFF_NBYTES = 32  # value length with CRLF; for a chain's chunk, the bytes used in it
+OFF_FLAGS = 36  # client flags
+OFF_NKEY = 40
+OFF_IFLAGS = 41  # F_* below
+OFF_CLSID = 42
+OFF_MFLAGS = 43  # the store's meta flags (stale, win token sent, binary key)
+OFF_HASH = 44
 LINKS = struct.Struct("<qq")
 
 F_LINKED = 0x01

@@ -102,6 +102,12 @@ class Stats:
             for name in CLASS_COUNTERS:
                 setattr(counters, name, 0)
 
+    def count_delta_miss(self, incr: bool) -> None:
+        if incr:
+            self.incr_misses += 1
+        else:
+            self.decr_misses += 1
+
     def class_sum(self, name: str) -> int:
         return sum(getattr(c, name) for c in self.cls)
 

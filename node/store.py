@@ -18,6 +18,27 @@ from collections.abc import Callable, Iterator
 from urllib.parse import quote_from_bytes
 
 from .config import Config
+from .defs import (
+    ADD,
+    APPEND,
+    CAS,
+    DELTA_OK,
+    EXISTS,
+    NO_MEMORY,
+    NON_NUMERIC,
+    NOT_FOUND,
+    NOT_STORED,
+    PREPEND,
+    REALTIME_MAXDELTA,
+    REPLACE,
+    SET,
+    STORED,
+    TOO_LARGE,
+    U64,
+    Mode,
+    Result,
+    parse_u64,
+)
 from .slabs import (
     CHUNK_HEADER,
     F_ACTIVE,
@@ -29,16 +50,23 @@ from .slabs import (
     HDR,
     ITEM_HEADER,
     NONE,
+    OFF_CAS,
+    OFF_CLSID,
+    OFF_EXPTIME,
+    OFF_HASH,
+    OFF_IFLAGS,
+    OFF_MFLAGS,
+    OFF_NBYTES,
+    OFF_NKEY,
+    OFF_PREV,
+    OFF_TIME,
     OFFSET_MASK,
     PAGE_SHIFT,
     Slabs,
 )
 from .stats import Stats
 
-REALTIME_MAXDELTA = 60 * 60 * 24 * 30
 ITEM_UPDATE_INTERVAL = 60
-KEY_MAX_LENGTH = 250
-U64 = (1 << 64) - 1
 
 _Q = struct.Struct("<q")
 _I = struct.Struct("<I")
@@ -49,16 +77,11 @@ _EXP_TIME = struct.Struct("<II")
 # exptime, time, nbytes, flags, nkey, iflags (offsets 24..41)
 _VIEW = struct.Struct("<IIIIBB")
 
-# Result codes of storage commands.
-STORED = 1
-NOT_STORED = 2
-EXISTS = 3
-NOT_FOUND = 4
-TOO_LARGE = 5
-NO_MEMORY = 6
-NON_NUMERIC = 7
-
-SET, ADD, REPLACE, APPEND, PREPEND, CAS = range(6)
+# Meta flags of an item (the header byte at offset 43): a client was handed the win token
+# (mg N/R/stale), the value is stale (md I, ms I), the key arrived in base64 (b).
+M_TOKEN_SENT = 0x01
+M_STALE = 0x02
+M_KEY_BINARY = 0x04
 
 
 def item_total(nkey: int, flags: int, nbytes: int) -> int:
@@ -142,15 +165,15 @@ class Store:
             page = pages[hd >> PAGE_SHIFT]
             off = hd & OFFSET_MASK
             if (
-                _I.unpack_from(page, off + 44)[0] == h
-                and page[off + 40] == nkey
-                and page[off + 48 : off + 48 + nkey] == key
+                _I.unpack_from(page, off + OFF_HASH)[0] == h
+                and page[off + OFF_NKEY] == nkey
+                and page[off + ITEM_HEADER : off + ITEM_HEADER + nkey] == key
             ):
                 return i, hd
             i = (i + 1) & mask
 
     def _hash_of(self, hd: int) -> int:
-        return _I.unpack_from(self.pages[hd >> PAGE_SHIFT], (hd & OFFSET_MASK) + 44)[0]
+        return _I.unpack_from(self.pages[hd >> PAGE_SHIFT], (hd & OFFSET_MASK) + OFF_HASH)[0]
 
     def _table_insert(self, slot: int, hd: int) -> None:
         self.table[slot] = hd
@@ -196,7 +219,7 @@ class Store:
 
     def item_time(self, hd: int) -> int:
         page, off = self._loc(hd)
-        return _TIME.unpack_from(page, off + 28)[0]
+        return _TIME.unpack_from(page, off + OFF_TIME)[0]
 
     def _data(self, page: bytearray, off: int, nkey: int, nbytes: int, iflags: int) -> bytes:
         """The value with its trailing ``\\r\\n`` (a copy)."""
@@ -210,18 +233,18 @@ class Store:
             cpage = pages[ch >> PAGE_SHIFT]
             coff = ch & OFFSET_MASK
             nxt = _Q.unpack_from(cpage, coff)[0]
-            used = _I.unpack_from(cpage, coff + 32)[0]
+            used = _I.unpack_from(cpage, coff + OFF_NBYTES)[0]
             parts.append(cpage[coff + CHUNK_HEADER : coff + CHUNK_HEADER + used])
             ch = nxt
         return b"".join(parts)
 
     def _live(self, hd: int, page: bytearray, off: int) -> bool:
         """False (and the item unlinked) when it has expired or been flushed."""
-        exptime, itime = _EXP_TIME.unpack_from(page, off + 24)
+        exptime, itime = _EXP_TIME.unpack_from(page, off + OFF_EXPTIME)
         now = self.clock.now
         oldest = self.oldest_live
         if oldest and oldest <= now:
-            cas = _CAS.unpack_from(page, off + 16)[0]
+            cas = _CAS.unpack_from(page, off + OFF_CAS)[0]
             if itime <= oldest or (self.oldest_cas and cas and cas < self.oldest_cas):
                 self.stats.get_flushed += 1
                 self.unlink(hd)
@@ -243,14 +266,14 @@ class Store:
 
     # -- LRU -------------------------------------------------------------------------------
     def _lru_cls(self, page: bytearray, off: int):
-        return self.slabs.classes[page[off + 42]]
+        return self.slabs.classes[page[off + OFF_CLSID]]
 
     def _lru_link(self, hd: int, page: bytearray, off: int) -> None:
         cls = self._lru_cls(page, off)
         head = cls.lru_head
         _QQ.pack_into(page, off, head, NONE)
         if head != NONE:
-            _Q.pack_into(self.pages[head >> PAGE_SHIFT], (head & OFFSET_MASK) + 8, hd)
+            _Q.pack_into(self.pages[head >> PAGE_SHIFT], (head & OFFSET_MASK) + OFF_PREV, hd)
         else:
             cls.lru_tail = hd
         cls.lru_head = hd
@@ -264,7 +287,7 @@ class Store:
         else:
             cls.lru_head = nxt
         if nxt != NONE:
-            _Q.pack_into(self.pages[nxt >> PAGE_SHIFT], (nxt & OFFSET_MASK) + 8, prv)
+            _Q.pack_into(self.pages[nxt >> PAGE_SHIFT], (nxt & OFFSET_MASK) + OFF_PREV, prv)
         else:
             cls.lru_tail = prv
         cls.lru_count -= 1
@@ -272,8 +295,8 @@ class Store:
     def _bump(self, hd: int, page: bytearray, off: int) -> None:
         """Mark a fetched item: the eviction scan gives active items a second chance (CLOCK),
         which keeps recently read items cached without relinking the LRU on every hit."""
-        page[off + 41] |= F_FETCHED | F_ACTIVE
-        _TIME.pack_into(page, off + 28, self.clock.now)
+        page[off + OFF_IFLAGS] |= F_FETCHED | F_ACTIVE
+        _TIME.pack_into(page, off + OFF_TIME, self.clock.now)
 
     # -- allocation ------------------------------------------------------------------------
     def _alloc(self, clsid: int) -> int:
@@ -297,9 +320,9 @@ class Store:
         second_chances = 5
         while hd != NONE:
             page, off = self._loc(hd)
-            prv = _Q.unpack_from(page, off + 8)[0]
-            exptime, itime = _EXP_TIME.unpack_from(page, off + 24)
-            iflags = page[off + 41]
+            prv = _Q.unpack_from(page, off + OFF_PREV)[0]
+            exptime, itime = _EXP_TIME.unpack_from(page, off + OFF_EXPTIME)
+            iflags = page[off + OFF_IFLAGS]
             if (exptime and exptime <= now) or self._flushed(page, off, itime):
                 counters.reclaimed += 1
                 if not iflags & F_FETCHED:
@@ -310,7 +333,7 @@ class Store:
                 return False
             if iflags & F_ACTIVE and second_chances:
                 second_chances -= 1
-                page[off + 41] = iflags & ~F_ACTIVE
+                page[off + OFF_IFLAGS] = iflags & ~F_ACTIVE
                 self._lru_unlink(hd, page, off)
                 self._lru_link(hd, page, off)
                 counters.moves_to_warm += 1
@@ -334,7 +357,7 @@ class Store:
             return False
         if itime <= oldest:
             return True
-        cas = _CAS.unpack_from(page, off + 16)[0]
+        cas = _CAS.unpack_from(page, off + OFF_CAS)[0]
         return bool(self.oldest_cas and cas and cas < self.oldest_cas)
 
     # -- page moves (slab automove / slabs reassign) ---------------------------------------
@@ -367,19 +390,19 @@ class Store:
         for hd in self.slabs.chunks_of_page(index):
             page = pages[hd >> PAGE_SHIFT]
             off = hd & OFFSET_MASK
-            iflags = page[off + 41]
+            iflags = page[off + OFF_IFLAGS]
             if iflags & F_LINKED:
                 self.unlink(hd)
                 evicted += 1
             elif iflags & F_DATA:
-                head = _Q.unpack_from(page, off + 8)[0]
+                head = _Q.unpack_from(page, off + OFF_PREV)[0]
                 hpage = pages[head >> PAGE_SHIFT]
-                if hpage[(head & OFFSET_MASK) + 41] & F_LINKED:
+                if hpage[(head & OFFSET_MASK) + OFF_IFLAGS] & F_LINKED:
                     self.unlink(head)
                     evicted += 1
         self.stats.slab_reassign_evictions += evicted
         return all(
-            pages[hd >> PAGE_SHIFT][(hd & OFFSET_MASK) + 41] == F_FREE
+            pages[hd >> PAGE_SHIFT][(hd & OFFSET_MASK) + OFF_IFLAGS] == F_FREE
             for hd in self.slabs.chunks_of_page(index)
         )
 
@@ -443,7 +466,7 @@ class Store:
     def unlink(self, hd: int) -> None:
         """Remove a linked item from the index and LRU and free its chunks."""
         page, off = self._loc(hd)
-        nkey = page[off + 40]
+        nkey = page[off + OFF_NKEY]
         slot, found = self._find(bytes(page[off + ITEM_HEADER : off + ITEM_HEADER + nkey]))
         if found == hd:
             self._table_remove(slot)
@@ -451,13 +474,13 @@ class Store:
 
     def _forget(self, hd: int, page: bytearray, off: int) -> None:
         """Everything of ``unlink`` but the hash index: LRU, accounting, chunks."""
-        _, _, nbytes, flags, nkey, iflags = _VIEW.unpack_from(page, off + 24)
+        _, _, nbytes, flags, nkey, iflags = _VIEW.unpack_from(page, off + OFF_EXPTIME)
         self._lru_unlink(hd, page, off)
         ntotal = item_total(nkey, flags, nbytes)
         self._lru_cls(page, off).requested -= ntotal
         self.curr_items -= 1
         self.bytes -= ntotal
-        page[off + 41] = iflags & ~F_LINKED
+        page[off + OFF_IFLAGS] = iflags & ~F_LINKED
         self._free_item(hd, page, off, nkey, iflags)
 
     def _free_item(self, hd: int, page: bytearray, off: int, nkey: int, iflags: int) -> None:
@@ -480,16 +503,16 @@ class Store:
         page, off = self._loc(hd)
         self.cas_id += 1
         cas = self.cas_id
-        _CAS.pack_into(page, off + 16, cas)
-        _TIME.pack_into(page, off + 28, self.clock.now)
-        page[off + 41] |= F_LINKED
+        _CAS.pack_into(page, off + OFF_CAS, cas)
+        _TIME.pack_into(page, off + OFF_TIME, self.clock.now)
+        page[off + OFF_IFLAGS] |= F_LINKED
         if old != NONE:
             self.table[slot] = hd  # same key, same slot
             self._forget(old, *self._loc(old))
         else:
             self._table_insert(slot, hd)
         self._lru_link(hd, page, off)
-        _, _, nbytes, flags, nkey, _ = _VIEW.unpack_from(page, off + 24)
+        _, _, nbytes, flags, nkey, _ = _VIEW.unpack_from(page, off + OFF_EXPTIME)
         ntotal = item_total(nkey, flags, nbytes)
         self._lru_cls(page, off).requested += ntotal
         self.curr_items += 1
@@ -502,7 +525,9 @@ class Store:
         ntotal = item_total(nkey, flags, nbytes)
         return self.slabs.clsid(ntotal) != 0
 
-    def _new_item(self, key: bytes, flags: int, exptime: int, data: bytes | list[bytes]) -> int:
+    def _new_item(
+        self, key: bytes, flags: int, exptime: int, data: bytes | list[bytes], mflags: int = 0
+    ) -> int:
         """Allocate and fill an unlinked item; ``data`` includes the trailing ``\\r\\n``.
 
         Returns NONE when the item is too large or memory cannot be found.
@@ -521,7 +546,9 @@ class Store:
                 self.stats.cls[clsid].outofmemory += 1
                 return NONE
             page, off = self._loc(hd)
-            HDR.pack_into(page, off, NONE, NONE, 0, exptime, 0, nbytes, flags, nkey, 0, clsid, 0, h)
+            HDR.pack_into(
+                page, off, NONE, NONE, 0, exptime, 0, nbytes, flags, nkey, 0, clsid, mflags, h
+            )
             start = off + ITEM_HEADER
             page[start : start + nkey] = key
             start += nkey
@@ -532,9 +559,9 @@ class Store:
             else:
                 page[start : start + nbytes] = data
             return hd
-        return self._new_chained(key, h, flags, exptime, data, nbytes, clsid)
+        return self._new_chained(key, h, flags, exptime, data, nbytes, clsid, mflags)
 
-    def _new_chained(self, key, h, flags, exptime, data, nbytes, clsid) -> int:
+    def _new_chained(self, key, h, flags, exptime, data, nbytes, clsid, mflags) -> int:
         nkey = len(key)
         slabs = self.slabs
         htotal = nkey + 1 + (4 if flags else 0) + ITEM_HEADER + CHUNK_HEADER + 8
@@ -545,7 +572,7 @@ class Store:
             return NONE
         page, off = self._loc(hd)
         HDR.pack_into(
-            page, off, NONE, NONE, 0, exptime, 0, nbytes, flags, nkey, F_CHUNKED, clsid, 0, h
+            page, off, NONE, NONE, 0, exptime, 0, nbytes, flags, nkey, F_CHUNKED, clsid, mflags, h
         )
         page[off + ITEM_HEADER : off + ITEM_HEADER + nkey] = key
         link_at = (hd, off + ITEM_HEADER + nkey)  # where the next chunk's handle goes
@@ -582,19 +609,31 @@ class Store:
             return None
         page = self.pages[hd >> PAGE_SHIFT]
         off = hd & OFFSET_MASK
-        _, _, nbytes, flags, nkey, iflags = _VIEW.unpack_from(page, off + 24)
+        _, _, nbytes, flags, nkey, iflags = _VIEW.unpack_from(page, off + OFF_EXPTIME)
         if touch_exptime is not None:
-            _I.pack_into(page, off + 24, touch_exptime)
+            _I.pack_into(page, off + OFF_EXPTIME, touch_exptime)
         self._bump(hd, page, off)
         data = self._data(page, off, nkey, nbytes, iflags)
-        return flags, data, _CAS.unpack_from(page, off + 16)[0], page[off + 42]
+        return flags, data, _CAS.unpack_from(page, off + OFF_CAS)[0], page[off + OFF_CLSID]
 
     def store(
-        self, mode: int, key: bytes, flags: int, exptime: int, data: bytes, cas_in: int = 0
-    ) -> tuple[int, int]:
-        """set/add/replace/append/prepend/cas with memcached's rules: ``(result, cas)``.
+        self,
+        mode: Mode,
+        key: bytes,
+        flags: int,
+        exptime: int,
+        data: bytes,
+        cas_in: int = 0,
+        set_stale: bool = False,
+        mflags: int = 0,
+        meta: bool = False,
+    ) -> tuple[Result, int]:
+        """Store with memcached's ``do_store_item`` rules: ``(result, cas)``.
 
-        ``data`` includes the trailing ``\\r\\n``; ``exptime`` is already relative.
+        ``data`` includes the trailing ``\\r\\n``; ``exptime`` is already relative. A CAS is
+        tested in every mode (ms sends one with any mode); with ``set_stale`` (ms ``I``) a CAS
+        older than the item's replaces the value but marks it stale and keeps its TTL.
+        ``meta`` (ms): a failed allocation drops the key in every mode, not only in set.
         """
         counters = self.stats.cls
         self.count_set(len(key), flags, len(data))
@@ -609,34 +648,41 @@ class Store:
                 return NOT_FOUND, 0
             if mode in (REPLACE, APPEND, PREPEND):
                 return NOT_STORED, 0
-            hd = self._new_item(key, flags, exptime, data)
+            hd = self._new_item(key, flags, exptime, data, mflags)
             if hd == NONE:
-                return self._alloc_failure(key, flags, data, mode), 0
+                return self._alloc_failure(key, flags, data, mode, meta), 0
             return STORED, self._install(key, hd)
         opage, ooff = self._loc(old)
-        old_cas = _CAS.unpack_from(opage, ooff + 16)[0]
-        old_cls = opage[ooff + 42]
+        old_cas = _CAS.unpack_from(opage, ooff + OFF_CAS)[0]
+        old_cls = opage[ooff + OFF_CLSID]
         if mode == ADD:
-            _TIME.pack_into(opage, ooff + 28, self.clock.now)
+            _TIME.pack_into(opage, ooff + OFF_TIME, self.clock.now)
             self._lru_unlink(old, opage, ooff)
             self._lru_link(old, opage, ooff)
             return NOT_STORED, 0
         if mode == CAS:
-            if cas_in == 0 or cas_in != old_cas:
+            if cas_in != 0 and cas_in == old_cas:
+                counters[old_cls].cas_hits += 1
+            elif cas_in != 0 and set_stale and cas_in < old_cas:
+                counters[old_cls].cas_hits += 1
+                exptime = _I.unpack_from(opage, ooff + OFF_EXPTIME)[0]
+                mflags |= M_STALE | (opage[ooff + OFF_MFLAGS] & M_TOKEN_SENT)
+            else:
                 counters[old_cls].cas_badval += 1
                 return EXISTS, 0
-            counters[old_cls].cas_hits += 1
         if mode in (APPEND, PREPEND):
-            oexp, _, onbytes, oflags, onkey, oiflags = _VIEW.unpack_from(opage, ooff + 24)
+            if cas_in != 0 and cas_in != old_cas:
+                return EXISTS, 0
+            oexp, _, onbytes, oflags, onkey, oiflags = _VIEW.unpack_from(opage, ooff + OFF_EXPTIME)
             old_data = self._data(opage, ooff, onkey, onbytes, oiflags)
             parts = [old_data[:-2], data] if mode == APPEND else [data[:-2], old_data]
             hd = self._new_item(key, oflags, oexp, parts)
             if hd == NONE:
                 return NOT_STORED, 0  # as memcached: a failed copy is simply not stored
         else:
-            hd = self._new_item(key, flags, exptime, data)
+            hd = self._new_item(key, flags, exptime, data, mflags)
             if hd == NONE:
-                return self._alloc_failure(key, flags, data, mode), 0
+                return self._alloc_failure(key, flags, data, mode, meta), 0
         return STORED, self._install(key, hd)
 
     def count_set(self, nkey: int, flags: int, nbytes: int) -> None:
@@ -644,7 +690,7 @@ class Store:
         ntotal = item_total(nkey, flags, nbytes)
         self.stats.cls[self.slabs.clsid(ntotal)].cmd_set += 1
 
-    def _alloc_failure(self, key: bytes, flags: int, data, mode: int) -> int:
+    def _alloc_failure(self, key: bytes, flags: int, data, mode: Mode, meta: bool) -> Result:
         nbytes = len(data)
         if not self.item_size_ok(len(key), flags, nbytes):
             self.stats.store_too_large += 1
@@ -652,15 +698,16 @@ class Store:
         else:
             self.stats.store_no_memory += 1
             result = NO_MEMORY
-        if mode == SET:
-            # memcached: a failed set must not leave the old value readable.
+        if mode == SET or meta:
+            # memcached: a failed set (any failed ms) must not leave the old value readable.
             self.delete(key, count=False)
         return result
 
-    def oversized(self, mode: int, key: bytes) -> None:
-        """A storage command whose value can never fit: count it, and a set drops the key."""
+    def oversized(self, mode: Mode, key: bytes, meta: bool = False) -> None:
+        """A storage command whose value can never fit: count it; a set or any ms drops the
+        key."""
         self.stats.store_too_large += 1
-        if mode == SET:
+        if mode == SET or meta:
             self.delete(key, count=False)
 
     def delete(self, key: bytes, count: bool = True) -> bool:
@@ -671,7 +718,7 @@ class Store:
             return False
         if count:
             page, off = self._loc(hd)
-            self.stats.cls[page[off + 42]].delete_hits += 1
+            self.stats.cls[page[off + OFF_CLSID]].delete_hits += 1
         self.unlink(hd)
         return True
 
@@ -682,33 +729,43 @@ class Store:
             self.stats.touch_misses += 1
             return False
         page, off = self._loc(hd)
-        _I.pack_into(page, off + 24, exptime)
+        _I.pack_into(page, off + OFF_EXPTIME, exptime)
         self._bump(hd, page, off)
-        self.stats.cls[page[off + 42]].touch_hits += 1
+        self.stats.cls[page[off + OFF_CLSID]].touch_hits += 1
         return True
 
-    def delta(self, key: bytes, incr: bool, amount: int) -> int | bytes:
-        """incr/decr: the new value's digits, or NOT_FOUND / NON_NUMERIC / NO_MEMORY."""
+    def delta(
+        self, key: bytes, incr: bool, amount: int, cas_in: int = 0, count_miss: bool = True
+    ) -> tuple[Result, bytes, int, bool]:
+        """incr/decr (and ma) as ``do_add_delta``: ``(result, digits, handle, in_place)``.
+
+        ``result`` is DELTA_OK, NOT_FOUND, NON_NUMERIC, EXISTS (``cas_in`` given and different)
+        or NO_MEMORY; a miss is counted unless ``count_miss`` is false (ma ``N`` creates the
+        item instead, and memcached counts no miss then). ``handle`` is the item now linked
+        under the key; ``in_place`` is false
+        when the longer number needed a new item (memcached then hands the caller the old,
+        unlinked item, so a later TTL change by ``ma T`` does not reach the stored one).
+        """
         hd = self._lookup(key)
         if hd == NONE:
-            if incr:
-                self.stats.incr_misses += 1
-            else:
-                self.stats.decr_misses += 1
-            return NOT_FOUND
+            if count_miss:
+                self.stats.count_delta_miss(incr)
+            return NOT_FOUND, b"", NONE, False
         page, off = self._loc(hd)
-        exptime, _, nbytes, flags, nkey, iflags = _VIEW.unpack_from(page, off + 24)
+        exptime, _, nbytes, flags, nkey, iflags = _VIEW.unpack_from(page, off + OFF_EXPTIME)
         if nbytes <= 2 or iflags & F_CHUNKED:
-            return NON_NUMERIC
+            return NON_NUMERIC, b"", NONE, False
+        if cas_in and _CAS.unpack_from(page, off + OFF_CAS)[0] != cas_in:
+            return EXISTS, b"", NONE, False
         start = off + ITEM_HEADER + nkey
         value = parse_u64(bytes(page[start : start + nbytes]))
         if value is None:
-            return NON_NUMERIC
+            return NON_NUMERIC, b"", NONE, False
         if incr:
             value = (value + amount) & U64
         else:
             value = value - amount if amount <= value else 0
-        cls = page[off + 42]
+        cls = page[off + OFF_CLSID]
         if incr:
             self.stats.cls[cls].incr_hits += 1
         else:
@@ -718,15 +775,89 @@ class Store:
         if res + 2 <= nbytes:
             # In place, padded with spaces as memcached does; the CAS changes.
             self.cas_id += 1
-            _CAS.pack_into(page, off + 16, self.cas_id)
+            _CAS.pack_into(page, off + OFF_CAS, self.cas_id)
             page[start : start + nbytes - 2] = digits + b" " * (nbytes - 2 - res)
-            _TIME.pack_into(page, off + 28, self.clock.now)
-            return digits
+            _TIME.pack_into(page, off + OFF_TIME, self.clock.now)
+            return DELTA_OK, digits, hd, True
         new = self._new_item(key, flags, exptime, digits + b"\r\n")
         if new == NONE:
-            return NO_MEMORY
+            return NO_MEMORY, b"", NONE, False
         self._install(key, new)
-        return digits
+        return DELTA_OK, digits, new, False
+
+    # -- meta commands ---------------------------------------------------------------------
+    def fetch(self, key: bytes, bump: bool) -> int:
+        """The live item under ``key`` (NONE if none), marked fetched when ``bump``."""
+        hd = self._lookup(key)
+        if hd != NONE and bump:
+            self._bump(hd, *self._loc(hd))
+        return hd
+
+    def bump(self, hd: int) -> None:
+        self._bump(hd, *self._loc(hd))
+
+    def fields(self, hd: int) -> tuple[int, int, int, int, int, int, int, int]:
+        """``(exptime, time, nbytes, flags, iflags, mflags, cas, clsid)`` of an item."""
+        page, off = self._loc(hd)
+        exptime, itime, nbytes, flags, _, iflags = _VIEW.unpack_from(page, off + OFF_EXPTIME)
+        cas = _CAS.unpack_from(page, off + OFF_CAS)[0]
+        mflags = page[off + OFF_MFLAGS]
+        return exptime, itime, nbytes, flags, iflags, mflags, cas, page[off + OFF_CLSID]
+
+    def value(self, hd: int) -> bytes:
+        """The item's value with its ``\\r\\n`` (a copy)."""
+        page, off = self._loc(hd)
+        _, _, nbytes, _, nkey, iflags = _VIEW.unpack_from(page, off + OFF_EXPTIME)
+        return bytes(self._data(page, off, nkey, nbytes, iflags))
+
+    def item_size(self, hd: int) -> int:
+        page, off = self._loc(hd)
+        _, _, nbytes, flags, nkey, _ = _VIEW.unpack_from(page, off + OFF_EXPTIME)
+        return item_total(nkey, flags, nbytes)
+
+    def key_of(self, hd: int) -> bytes:
+        page, off = self._loc(hd)
+        return bytes(page[off + ITEM_HEADER : off + ITEM_HEADER + page[off + OFF_NKEY]])
+
+    def set_exptime(self, hd: int, exptime: int) -> None:
+        page, off = self._loc(hd)
+        _I.pack_into(page, off + OFF_EXPTIME, exptime)
+
+    def set_mflags(self, hd: int, mflags: int) -> None:
+        page, off = self._loc(hd)
+        page[off + OFF_MFLAGS] = mflags
+
+    def create(self, key: bytes, data: bytes = b"\r\n") -> int:
+        """Link a new item with flags 0 and no TTL under a key that just missed (mg ``N``
+        vivifies an empty one, ma ``N`` the initial number); NONE if memory is short."""
+        hd = self._new_item(key, 0, 0, data)
+        if hd != NONE:
+            self._install(key, hd)
+        return hd
+
+    def meta_delete(
+        self, key: bytes, cas_in: int | None, stale: bool, exptime: int | None
+    ) -> Result:
+        """md: NOT_FOUND, EXISTS (``cas_in`` differs), or STORED — deleted, or with ``stale``
+        (md ``I``) kept, marked stale with a new CAS and, given ``exptime``, a new TTL."""
+        hd = self._lookup(key)
+        if hd == NONE:
+            self.stats.delete_misses += 1
+            return NOT_FOUND
+        page, off = self._loc(hd)
+        if cas_in is not None and _CAS.unpack_from(page, off + OFF_CAS)[0] != cas_in:
+            self.stats.delete_misses += 1
+            return EXISTS
+        if stale:
+            if exptime is not None:
+                _I.pack_into(page, off + OFF_EXPTIME, exptime)
+            page[off + OFF_MFLAGS] = (page[off + OFF_MFLAGS] | M_STALE) & ~M_TOKEN_SENT
+            self.cas_id += 1
+            _CAS.pack_into(page, off + OFF_CAS, self.cas_id)
+            return STORED
+        self.stats.cls[page[off + OFF_CLSID]].delete_hits += 1
+        self.unlink(hd)
+        return STORED
 
     def flush_all(self, delay: int = 0) -> None:
         self.stats.cmd_flush += 1
@@ -755,7 +886,7 @@ class Store:
                 if limit and shown >= limit:
                     break
                 page, off = self._loc(hd)
-                exptime, _, nbytes, _, nkey, _ = _VIEW.unpack_from(page, off + 24)
+                exptime, _, nbytes, _, nkey, _ = _VIEW.unpack_from(page, off + OFF_EXPTIME)
                 key = bytes(page[off + ITEM_HEADER : off + ITEM_HEADER + nkey])
                 line = b"ITEM %s [%d b; %d s]\r\n" % (
                     key,
@@ -783,11 +914,13 @@ class Store:
             for hd in list(self.slabs.chunks_of_page(index)):
                 page = pages[index]
                 off = hd & OFFSET_MASK
-                if not page[off + 41] & F_LINKED:
+                if not page[off + OFF_IFLAGS] & F_LINKED:
                     continue
-                if classes is not None and page[off + 42] not in classes:
+                if classes is not None and page[off + OFF_CLSID] not in classes:
                     continue
-                exptime, itime, nbytes, flags, nkey, iflags = _VIEW.unpack_from(page, off + 24)
+                exptime, itime, nbytes, flags, nkey, iflags = _VIEW.unpack_from(
+                    page, off + OFF_EXPTIME
+                )
                 if (exptime and exptime <= self.clock.now) or self._flushed(page, off, itime):
                     continue
                 key = bytes(page[off + ITEM_HEADER : off + ITEM_HEADER + nkey])
@@ -795,9 +928,9 @@ class Store:
                     quote_from_bytes(key, safe="-._~").encode(),
                     self.clock.absolute(exptime) if exptime else -1,
                     self.clock.absolute(itime),
-                    _CAS.unpack_from(page, off + 16)[0],
+                    _CAS.unpack_from(page, off + OFF_CAS)[0],
                     b"yes" if iflags & F_FETCHED else b"no",
-                    page[off + 42],
+                    page[off + OFF_CLSID],
                     item_total(nkey, flags, nbytes),
                 )
 
@@ -817,16 +950,16 @@ class Store:
             counters = self.stats.cls[cls.clsid]
             while hd != NONE and visited < budget:
                 page, off = self._loc(hd)
-                prv = _Q.unpack_from(page, off + 8)[0]
-                if not page[off + 41] & F_LINKED:
+                prv = _Q.unpack_from(page, off + OFF_PREV)[0]
+                if not page[off + OFF_IFLAGS] & F_LINKED:
                     hd = NONE  # our position was freed under us; restart this class
                     break
                 visited += 1
                 counters.crawler_items_checked += 1
-                exptime, itime = _EXP_TIME.unpack_from(page, off + 24)
+                exptime, itime = _EXP_TIME.unpack_from(page, off + OFF_EXPTIME)
                 if (exptime and exptime <= now) or self._flushed(page, off, itime):
                     counters.crawler_reclaimed += 1
-                    if not page[off + 41] & F_FETCHED:
+                    if not page[off + OFF_IFLAGS] & F_FETCHED:
                         counters.expired_unfetched += 1
                     self.unlink(hd)
                 hd = prv
@@ -838,52 +971,3 @@ class Store:
             if self._crawl_class == start_class:
                 break
         return visited
-
-
-def parse_u64(data: bytes) -> int | None:
-    """memcached's ``safe_strtoull`` on a stored value (leading space, sign and trailing
-    whitespace rules included); None when it is not a number."""
-    return c_strtonum(data, 64, False)
-
-
-_SPACE = b" \t\n\v\f\r"
-
-
-def c_strtonum(text: bytes, bits: int, signed: bool) -> int | None:
-    """C's strtol/strtoul (base 10) plus memcached's ``safe_strto*`` checks, then the C cast to
-    ``bits`` bits.  Returns None where memcached's parser says false."""
-    if len(text) < 10 and text.isdigit():
-        return int(text)  # the common case: plain digits that fit every width
-    n = len(text)
-    i = 0
-    while i < n and text[i] in _SPACE:
-        i += 1
-    neg = False
-    if i < n and text[i] in b"+-":
-        neg = text[i] == 45
-        i += 1
-    j = i
-    while j < n and 48 <= text[j] <= 57:
-        j += 1
-    if j == i:
-        return None
-    if j < n and text[j] not in _SPACE and text[j] != 0:
-        return None
-    magnitude = int(text[i:j])
-    if signed:
-        # strtol/strtoll on a 64-bit long: ERANGE outside the long range.
-        value = -magnitude if neg else magnitude
-        if value > (1 << 63) - 1 or value < -(1 << 63):
-            return None
-        if bits == 32:
-            value &= 0xFFFFFFFF
-            if value >= 1 << 31:
-                value -= 1 << 32
-        return value
-    if magnitude > U64:
-        return None
-    value = (-magnitude) & U64 if neg else magnitude
-    if value >= 1 << 63 and neg:
-        # safe_strtoul(l): a huge result that came from a '-' sign is refused.
-        return None
-    return value & ((1 << bits) - 1)

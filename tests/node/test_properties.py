@@ -10,18 +10,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from ringcache.node.commands import NodeState, Session
 from ringcache.node.config import parse_args
-from ringcache.node.store import (
-    ADD,
-    APPEND,
-    CAS,
-    NOT_FOUND,
-    PREPEND,
-    REPLACE,
-    SET,
-    STORED,
-    Clock,
-    Store,
-)
+from ringcache.node.defs import ADD, APPEND, CAS, NOT_FOUND, PREPEND, REPLACE, SET, STORED
+from ringcache.node.store import Clock, Store
 
 KEYS = st.sampled_from([b"a", b"b", b"c", b"key:" + b"x" * 200, b"\x01ctl"])
 # Sizes that exercise small classes, large classes and chained items.
@@ -52,6 +42,16 @@ class StoreModel(RuleBasedStateMachine):
         self.store = Store(parse_args(["-m", "64"]), self.clock)
         self.model: dict[bytes, tuple[bytes, int, int | None]] = {}
         self.cas: dict[bytes, int] = {}
+        # Meta state of live keys: "stale" (md I / ms I) and "token" (a W was handed out).
+        self.marks: dict[bytes, set[str]] = {}
+        self.session = Session(NodeState(self.store.cfg, self.store, log=lambda line: None))
+
+    def _meta(self, line: bytes, data: bytes | None = None) -> bytes:
+        """One meta command through a session on the same store; its whole reply."""
+        self.session.feed(line + b"\r\n" + (b"" if data is None else data + b"\r\n"))
+        out, more = self.session.step()
+        assert not more
+        return out
 
     def _live(self, key: bytes):
         entry = self.model.get(key)
@@ -59,6 +59,7 @@ class StoreModel(RuleBasedStateMachine):
             return None
         if entry[2] is not None and entry[2] <= self.clock.now:
             del self.model[key]
+            self.marks.pop(key, None)
             return None
         return entry
 
@@ -73,6 +74,7 @@ class StoreModel(RuleBasedStateMachine):
         assert result == STORED
         self.model[key] = (value, flags, exp)
         self.cas[key] = cas
+        self.marks.pop(key, None)
 
     @rule(key=KEYS, value=VALUES, mode=st.sampled_from([ADD, REPLACE, APPEND, PREPEND]))
     def conditional(self, key, value, mode):
@@ -89,6 +91,7 @@ class StoreModel(RuleBasedStateMachine):
         assert (result == STORED) == expected
         if result == STORED:
             self.cas.pop(key, None)  # changed: a client would have to ask again
+            self.marks.pop(key, None)
             if mode in (ADD, REPLACE):
                 self.model[key] = (value, 0, None)
             else:
@@ -107,6 +110,7 @@ class StoreModel(RuleBasedStateMachine):
         else:
             assert result == STORED
             self.model[key] = (value, 0, None)
+            self.marks.pop(key, None)
         self.cas.pop(key, None)
 
     @rule(key=KEYS)
@@ -127,11 +131,12 @@ class StoreModel(RuleBasedStateMachine):
         assert self.store.delete(key) == (self._live(key) is not None)
         self.model.pop(key, None)
         self.cas.pop(key, None)
+        self.marks.pop(key, None)
 
     @rule(key=KEYS, amount=st.integers(0, U64), incr=st.booleans())
     def delta(self, key, amount, incr):
         entry = self._live(key)
-        result = self.store.delta(key, incr, amount)
+        result, digits, _, _ = self.store.delta(key, incr, amount)
         if entry is None:
             assert result == NOT_FOUND
             return
@@ -139,13 +144,14 @@ class StoreModel(RuleBasedStateMachine):
         if text.isdigit() and len(text) <= 20 and int(text) <= U64:
             current = int(text)
             new = (current + amount) & U64 if incr else max(current - amount, 0)
-            assert result == b"%d" % new
-            digits = b"%d" % new
+            assert digits == b"%d" % new
             stored = (
                 digits + b" " * (len(text) - len(digits)) if len(digits) <= len(text) else digits
             )
             self.model[key] = (stored, entry[1], entry[2])
             self.cas.pop(key, None)
+            if len(digits) > len(text):
+                self.marks.pop(key, None)  # a new item; in place, the item keeps its marks
 
     @rule(seconds=st.integers(0, 3))
     def tick(self, seconds):
@@ -158,6 +164,82 @@ class StoreModel(RuleBasedStateMachine):
         self.store.flush_all()
         self.model.clear()
         self.cas.clear()
+        self.marks.clear()
+
+    # -- meta: vivify, invalidation, stale writes, CAS-guarded deletes ---------------------
+    @rule(key=KEYS)
+    def meta_get_or_vivify(self, key):
+        head, _, rest = self._meta(b"mg %s v c N30" % key).partition(b"\r\n")
+        words = head.split(b" ")
+        entry = self._live(key)
+        marks = self.marks.setdefault(key, set())
+        if entry is None:
+            assert words[1] == b"0" and words[-1] == b"W" and rest == b"\r\n"
+            self.model[key] = (b"", 0, self.clock.realtime(30))
+            marks.add("token")
+        else:
+            assert rest == entry[0] + b"\r\n"
+            expect = []
+            if "token" in marks:
+                expect.append(b"Z")
+            if "stale" in marks:
+                expect.append(b"X")
+                if "token" not in marks:
+                    expect.append(b"W")
+                    marks.add("token")
+            assert words[3:] == expect
+        self.cas[key] = int(words[2][1:])
+
+    @rule(key=KEYS)
+    def invalidate(self, key):
+        reply = self._meta(b"md %s I T30" % key)
+        if self._live(key) is None:
+            assert reply == b"NF\r\n"
+            return
+        assert reply == b"HD\r\n"
+        value, flags, _ = self.model[key]
+        self.model[key] = (value, flags, self.clock.realtime(30))
+        self.marks.setdefault(key, set()).add("stale")
+        self.marks[key].discard("token")
+        self.cas.pop(key, None)
+
+    @precondition(lambda self: self.cas)
+    @rule(data=st.data(), value=st.binary(max_size=40), older=st.booleans())
+    def meta_cas_write(self, data, value, older):
+        key = data.draw(st.sampled_from(sorted(self.cas)))
+        token = self.cas[key] - 1 if older else self.cas[key]
+        reply = self._meta(b"ms %s %d I C%d F3 T0" % (key, len(value), token), value)
+        entry = self._live(key)
+        if entry is None:
+            assert reply == b"NF\r\n"
+            return
+        if token == 0:
+            assert reply == b"EX\r\n"  # C0 never matches
+            return
+        assert reply == b"HD\r\n"
+        if older:
+            # Stale write: the value is taken, marked stale, and keeps its TTL and token.
+            self.model[key] = (value, 3, entry[2])
+            self.marks.setdefault(key, set()).add("stale")
+        else:
+            self.model[key] = (value, 3, None)
+            self.marks.pop(key, None)
+        self.cas.pop(key, None)
+
+    @precondition(lambda self: self.cas)
+    @rule(data=st.data(), match=st.booleans())
+    def delete_if_unchanged(self, data, match):
+        key = data.draw(st.sampled_from(sorted(self.cas)))
+        reply = self._meta(b"md %s C%d" % (key, self.cas[key] + (0 if match else 1000)))
+        if self._live(key) is None:
+            assert reply == b"NF\r\n"
+        elif match:
+            assert reply == b"HD\r\n"
+            self.model.pop(key)
+            self.marks.pop(key, None)
+            self.cas.pop(key)
+        else:
+            assert reply == b"EX\r\n"
 
     @rule()
     def crawl(self):
@@ -179,7 +261,8 @@ COMMAND_WORDS = [
     b"get ", b"gets ", b"set ", b"add ", b"cas ", b"incr ", b"decr ", b"delete ", b"touch ",
     b"gat ", b"stats", b"flush_all", b"lru_crawler metadump all", b"slabs reassign 1 2",
     b"noreply", b" 0 0 5", b" 4294967296", b" -1", b"\r\n", b"\n", b"\r", b" ", b"\x00",
-    b"HTTP/1.1", b"x" * 300,
+    b"HTTP/1.1", b"x" * 300, b"mg ", b"ms ", b"md ", b"ma ", b"me ", b"mn", b" v", b" q",
+    b" N30", b" T-1", b" C1", b" I", b" b", b" MA", b" O1", b" k",
 ]  # fmt: skip
 FRAGMENTS = st.lists(
     st.one_of(st.binary(max_size=64), st.sampled_from(COMMAND_WORDS)), max_size=60

@@ -256,3 +256,65 @@ def test_cluster_config_set_is_refused_from_other_hosts():
         b"CLIENT_ERROR config set cluster is only accepted from loopback\r\n"
     )
     assert run(remote, b"config get cluster\r\n").startswith(b"CONFIG cluster 0 ")
+
+
+# -- meta protocol ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "request_bytes,reply",
+    [
+        (b"ms a 2\r\nhi\r\nmg a v\r\n", b"HD\r\nVA 2\r\nhi\r\n"),
+        (b"ms a 2 q\r\nhi\r\nmn\r\n", b"MN\r\n"),
+        # Errors before the length is known: the data line is read as a command.
+        (b"ms a\r\nhi\r\n", b"CLIENT_ERROR bad command line format\r\nERROR\r\n"),
+        (b"ms a x\r\nhi\r\n", b"CLIENT_ERROR bad command line format\r\nERROR\r\n"),
+        (b"ms\r\n", b"ERROR\r\n"),
+        # Errors after it: the data block is swallowed, even under q.
+        (b"ms a 2 zz\r\nhi\r\nmn\r\n", b"CLIENT_ERROR invalid flag\r\nMN\r\n"),
+        (b"ms a 2 T1 T2\r\nhi\r\nmn\r\n", b"CLIENT_ERROR duplicate flag\r\nMN\r\n"),
+        (b"ms a 2 MX q\r\nhi\r\nmn\r\n", b"CLIENT_ERROR invalid mode for ms M token\r\nMN\r\n"),
+        (b"ms a 2 q\r\nhix\r\n", b"CLIENT_ERROR bad data chunk\r\nERROR\r\n"),
+        (b"ms a 1 b\r\nx\r\nmn\r\n", b"CLIENT_ERROR error decoding key\r\nMN\r\n"),
+        (b"mg a O" + b"1" * 33 + b"\r\n", b"CLIENT_ERROR opaque token too long\r\n"),
+        (b"mg a v q\r\nmn\r\n", b"MN\r\n"),
+        (b"md a q\r\nmd a q\r\n", b"NF\r\nNF\r\n"),
+        (b"ma a\r\nma a N0 J5 v\r\n", b"NF\r\nVA 1\r\n5\r\n"),
+        (b"mz a\r\n", b"ERROR\r\n"),
+    ],
+)
+def test_meta_replies(request_bytes, reply):
+    assert run(session(), request_bytes) == reply
+
+
+def test_ms_data_block_may_arrive_in_pieces_and_holds_any_bytes():
+    s = session()
+    assert run(s, b"ms k 14 T0 F3\r\nab\r\n") == b""
+    assert run(s, b"mg k v\r\n") == b""  # still inside the data block
+    assert run(s, b"xx\r\n") == b"HD\r\n"
+    assert run(s, b"mg k v f\r\n") == b"VA 14 f3\r\nab\r\nmg k v\r\nxx\r\n"
+
+
+def test_ms_too_large_is_swallowed_without_buffering():
+    s = session("-I", "1m")
+    s.feed(b"ms big 2000000 T0\r\n" + b"z" * 1000)
+    out, _ = s.step()
+    assert out == b"SERVER_ERROR object too large for cache\r\n"
+    assert s.parser.buffered() == 0
+    assert run(s, b"z" * (2000000 - 1000) + b"\r\nmn\r\n") == b"MN\r\n"
+
+
+def test_meta_flags_parse_like_memcached():
+    from ringcache.node.protocol import b64decode, parse_meta_flags
+
+    of = parse_meta_flags([b"mg", b"a", b"v", b"T30", b"N-1", b"R5", b"q", b"C7", b"MD"], 2)
+    assert of.error is None and of.value and of.no_reply and of.vivify and of.locked
+    assert (of.exptime, of.autoviv, of.recache, of.req_cas, of.mode) == (30, -1, 5, 7, ord("D"))
+    assert parse_meta_flags([b"mg", b"a", b"Tx", b"Fx"], 2).error == (
+        "CLIENT_ERROR bad token in command line format"
+    )
+    assert parse_meta_flags([b"mg", b"a", b"\xffx"], 2).error == "CLIENT_ERROR duplicate flag"
+    assert parse_meta_flags([b"mg", b"YWJj", b"b"], 2).key == b"abc"
+    assert b64decode(b"YQ==") == b"a"
+    assert b64decode(b"YQ===") is None  # five significant characters
+    assert b64decode(b"Y!Q=!=") == b"a"  # characters outside the alphabet are skipped
+    assert b64decode(b"YQ==YWJj") == b"a"  # decoding stops after the padded block
+    assert b64decode(b"Y===") is None

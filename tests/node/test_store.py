@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ringcache.node.config import parse_args
-from ringcache.node.store import (
+from ringcache.node.defs import (
     ADD,
     APPEND,
     CAS,
@@ -19,10 +19,9 @@ from ringcache.node.store import (
     SET,
     STORED,
     TOO_LARGE,
-    Clock,
-    Store,
     c_strtonum,
 )
+from ringcache.node.store import Clock, Store
 
 START = 1_800_000_000
 
@@ -174,20 +173,20 @@ def test_cas_counter_and_rules():
 def test_incr_wraps_and_decr_clamps():
     store, _, _ = make()
     put(store, b"n", b"18446744073709551615")
-    assert store.delta(b"n", True, 2) == b"1"
+    assert store.delta(b"n", True, 2)[1] == b"1"
     put(store, b"m", b"5")
-    assert store.delta(b"m", False, 10) == b"0"
+    assert store.delta(b"m", False, 10)[1] == b"0"
 
 
 def test_incr_pads_in_place_and_changes_cas():
     store, _, _ = make()
     put(store, b"n", b"100")
     cas = store.get(b"n")[2]
-    assert store.delta(b"n", False, 1) == b"99"
+    assert store.delta(b"n", False, 1)[1] == b"99"
     _, data, cas2, _ = store.get(b"n")
     assert bytes(data) == b"99 \r\n" and cas2 != cas
-    assert store.delta(b"n", True, 1) == b"100"
-    assert store.delta(b"n", True, 900) == b"1000"  # grows: a new item
+    assert store.delta(b"n", True, 1)[1] == b"100"
+    assert store.delta(b"n", True, 900)[1] == b"1000"  # grows: a new item
     assert value(store, b"n") == b"1000"
 
 
@@ -195,9 +194,9 @@ def test_incr_non_numeric_and_missing():
     store, _, _ = make()
     put(store, b"s", b"abc")
     put(store, b"e", b"")
-    assert store.delta(b"s", True, 1) == NON_NUMERIC
-    assert store.delta(b"e", True, 1) == NON_NUMERIC
-    assert store.delta(b"missing", True, 1) == NOT_FOUND
+    assert store.delta(b"s", True, 1)[0] == NON_NUMERIC
+    assert store.delta(b"e", True, 1)[0] == NON_NUMERIC
+    assert store.delta(b"missing", True, 1)[0] == NOT_FOUND
     assert store.stats.incr_misses == 1
 
 
