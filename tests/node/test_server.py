@@ -108,6 +108,56 @@ def test_django_backends(node):
 
 
 # -- connections ------------------------------------------------------------------------------
+def test_meta_memcache_client(node):
+    """RevenueCat's meta-memcache speaks only the meta protocol: mg/ms/md/ma, leases, stale."""
+    from meta_memcache import (
+        CacheClient,
+        Key,
+        LeasePolicy,
+        ServerAddress,
+        StalePolicy,
+        connection_pool_factory_builder,
+    )
+
+    client = CacheClient.cache_client_from_servers(
+        servers=[ServerAddress(host="127.0.0.1", port=node.port)],
+        connection_pool_factory_fn=connection_pool_factory_builder(),
+    )
+    assert client.set(key=Key("mm:a"), value={"x": [1, 2]}, ttl=60)
+    assert client.get(key=Key("mm:a")) == {"x": [1, 2]}
+    assert client.get(key=Key("mm:missing")) is None
+    value, cas = client.get_cas(key=Key("mm:a"))
+    assert value == {"x": [1, 2]} and cas
+    assert client.set(key=Key("mm:a"), value="new", ttl=60, cas_token=cas)
+    assert not client.set(key=Key("mm:a"), value="lost", ttl=60, cas_token=cas)
+    assert client.get(key=Key("mm:a")) == "new"
+    assert client.multi_get(keys=[Key("mm:a"), Key("mm:missing")]) == {
+        Key("mm:a"): "new",
+        Key("mm:missing"): None,
+    }
+    # A lease: the first caller on a miss wins (gets None and computes); a second caller
+    # that asks before the value is stored finds the lease and gives up after its retries.
+    policy = LeasePolicy(ttl=30, miss_retries=2, miss_retry_wait=0.01, wait_backoff_factor=1)
+    assert client.get_or_lease(key=Key("mm:lease"), lease_policy=policy) is None
+    assert client.get_or_lease(key=Key("mm:lease"), lease_policy=policy) is None
+    assert client.set(key=Key("mm:lease"), value="computed", ttl=60)
+    assert client.get_or_lease(key=Key("mm:lease"), lease_policy=policy) == "computed"
+    # Serve-stale invalidation: the first reader wins (a miss: it refreshes), the others
+    # keep reading the old value meanwhile.
+    stale = StalePolicy(mark_stale_on_deletion_ttl=30)
+    assert client.invalidate(key=Key("mm:lease"), stale_policy=stale)
+    assert client.get(key=Key("mm:lease")) is None
+    assert client.get(key=Key("mm:lease")) == "computed"
+    assert client.delta_initialize(key=Key("mm:n"), delta=5, initial_value=10, initial_ttl=60)
+    assert client.delta_and_get(key=Key("mm:n"), delta=5) == 15
+    assert client.touch(key=Key("mm:n"), ttl=100)
+    assert client.delete(key=Key("mm:n"))
+    assert client.get(key=Key("mm:n")) is None
+    # Binary keys travel in base64.
+    assert client.set(key=Key("mm:ü" + "x" * 300), value=b"long", ttl=60)
+    assert client.get(key=Key("mm:ü" + "x" * 300)) == b"long"
+
+
 def test_connection_limit():
     node = start_node("-c", "2")
     try:
