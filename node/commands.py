@@ -90,6 +90,9 @@ class NodeState:
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self.listen_addr = f"{cfg.listen}:{cfg.port}"
         self.shutdown_requested = False
+        # ``lru_crawler crawl``: the server replaces this with a wake-up of its crawler task,
+        # which crawls in bounded steps; without a server the pass runs at once.
+        self.request_crawl: Callable[[], object] = lambda: store.crawl(budget=1 << 62)
         # Cluster membership served by `config get cluster` (ElastiCache auto-discovery).
         self.cluster_version = 0
         self.cluster_members: list[bytes] = []
@@ -97,16 +100,6 @@ class NodeState:
     def cluster_config(self) -> bytes:
         body = b"%d\n%s\n" % (self.cluster_version, b" ".join(self.cluster_members))
         return b"CONFIG cluster 0 %d\r\n%s\r\nEND\r\n" % (len(body), body)
-
-    def conns_text(self) -> bytes:
-        now = self.store.clock.now
-        lines = [
-            f"STAT {sid}:addr tcp:{s.peer}\r\nSTAT {sid}:listen_addr tcp:{self.listen_addr}\r\n"
-            f"STAT {sid}:state conn_parse_cmd\r\n"
-            f"STAT {sid}:secs_since_last_cmd {now - s.last_cmd}\r\n"
-            for sid, s in sorted(self.connections.items())
-        ]
-        return ("".join(lines) + "END\r\n").encode()
 
 
 # Unknown commands whose first letter memcached dispatches on answer ERROR without the
@@ -515,9 +508,9 @@ class Session(MetaCommands):
                 raise bad_format()
             if clsid >= 64:
                 raise ClientError("Illegal slab id")
-            return store.cachedump(clsid, limit)
+            return stats_text.cachedump(store, clsid, limit)
         if sub == b"conns":
-            return node.conns_text()
+            return stats_text.conns(node.connections, node.listen_addr, store.clock.now)
         if sub == b"items":
             return stats_text.items(store)
         if sub == b"slabs":
@@ -575,7 +568,7 @@ class Session(MetaCommands):
             return b""
         if ntokens == 4 and tokens[1] == b"crawl":
             self.store.stats.lru_crawler_starts += 1
-            self.store.crawl(budget=10_000_000)
+            self.node.request_crawl()
             return R_OK
         if ntokens == 4 and tokens[1] in (b"tocrawl", b"sleep"):
             value = c_strtonum(tokens[2], 32, False)

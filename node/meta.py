@@ -22,6 +22,7 @@ from .defs import (
     STORED,
     TOO_LARGE,
 )
+from .items import M_KEY_BINARY, M_STALE, M_TOKEN_SENT
 from .protocol import (
     E_BAD_FORMAT,
     E_OPAQUE,
@@ -40,7 +41,6 @@ from .protocol import (
     parse_meta_flags,
 )
 from .slabs import F_FETCHED, NONE
-from .store import M_KEY_BINARY, M_STALE, M_TOKEN_SENT
 
 if TYPE_CHECKING:
     from .stats import Stats

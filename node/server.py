@@ -15,6 +15,7 @@ import errno
 import math
 import select
 import socket
+import traceback
 from collections.abc import Callable
 
 import trio
@@ -28,6 +29,12 @@ RECV_SIZE = 64 * 1024
 CRAWL_BUDGET = 2000  # items the crawler visits between two checkpoints
 CRAWL_PER_SECOND = 50_000
 AUTOMOVE_INTERVAL = 1.0
+REHASH_BUDGET = 4096  # hash index slots moved between two checkpoints while it grows
+# Accept errors that concern only the connection being accepted (as trio's serve_listeners).
+IGNORED_ACCEPT_ERRNOS = frozenset(
+    {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EAGAIN, errno.EWOULDBLOCK}
+)
+CAPACITY_ACCEPT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 class Poller:
@@ -134,6 +141,11 @@ class Node:
         self.port = cfg.port
         self._cancel: trio.CancelScope | None = None
         self.poller = Poller()
+        self._crawl_wanted = trio.Event()
+        self.state.request_crawl = self._request_crawl
+
+    def _request_crawl(self) -> None:
+        self._crawl_wanted.set()
 
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Listen and serve until cancelled (or ``shutdown`` with ``-A``)."""
@@ -146,8 +158,7 @@ class Node:
                 self._cancel = nursery.cancel_scope
                 nursery.start_soon(self.poller.run)
                 nursery.start_soon(self._tick)
-                if self.cfg.lru_crawler:
-                    nursery.start_soon(self._crawler)
+                nursery.start_soon(self._crawler)
                 nursery.start_soon(self._automover)
                 for listener in self.listeners:
                     nursery.start_soon(self._accept, listener, nursery)
@@ -163,17 +174,32 @@ class Node:
 
     # -- upkeep ----------------------------------------------------------------------------
     async def _tick(self) -> None:
-        clock = self.store.clock
+        store = self.store
+        clock = store.clock
         while True:
             clock.tick()
+            # A growing hash index moves a bounded share of its slots per step.
+            while store.rehash_step(REHASH_BUDGET):
+                await trio.lowlevel.checkpoint()
             await trio.sleep(1.0 - (trio.current_time() % 1.0) + 0.001)
 
     async def _crawler(self) -> None:
+        """Reclaim expired items: a share every second, a whole pass after ``lru_crawler
+        crawl`` — always in steps of CRAWL_BUDGET items between checkpoints."""
+        store = self.store
         while True:
-            await trio.sleep(1.0)
+            with trio.move_on_after(1.0):
+                await self._crawl_wanted.wait()
+            requested = self._crawl_wanted.is_set()
+            if requested:
+                self._crawl_wanted = trio.Event()
+            if requested:
+                limit = math.inf
+            else:
+                limit = CRAWL_PER_SECOND if self.cfg.lru_crawler else 0
             visited = 0
-            while visited < CRAWL_PER_SECOND:
-                n = self.store.crawl(CRAWL_BUDGET)
+            while visited < limit:
+                n = store.crawl(CRAWL_BUDGET)
                 visited += n
                 await trio.lowlevel.checkpoint()
                 if n < CRAWL_BUDGET:
@@ -195,10 +221,13 @@ class Node:
                 await trio.lowlevel.wait_readable(listener)
                 continue
             except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                if exc.errno in CAPACITY_ACCEPT_ERRNOS:
                     # Out of descriptors: stop accepting briefly, as memcached does.
                     stats.listen_disabled_num += 1
                     await trio.sleep(0.01)
+                    continue
+                if exc.errno in IGNORED_ACCEPT_ERRNOS:
+                    await trio.lowlevel.checkpoint()
                     continue
                 raise
             stats.total_connections += 1
@@ -274,6 +303,12 @@ class Node:
                     self.stop()
         except OSError:
             pass
+        except Exception:
+            # A bug met while serving one connection closes that connection only.
+            state.log(
+                f"<{session.id} closing the connection after an internal error:\n"
+                + traceback.format_exc().rstrip()
+            )
         finally:
             state.connections.pop(session.id, None)
             self.poller.unregister(fd)

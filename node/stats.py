@@ -178,7 +178,7 @@ def general(store: Store, cfg: Config, conns: int, accepting: bool = True) -> by
         ("conn_yields", st.conn_yields),
         ("hash_power_level", store.hash_power),
         ("hash_bytes", 8 << store.hash_power),
-        ("hash_is_expanding", 0),
+        ("hash_is_expanding", int(store.old_table is not None)),
         ("slab_reassign_rescues", 0),
         ("slab_reassign_chunk_rescues", 0),
         ("slab_reassign_evictions_nomem", st.slab_reassign_evictions),
@@ -353,3 +353,37 @@ def settings(store: Store, cfg: Config, verbosity: int) -> bytes:
 
 def sizes() -> bytes:
     return b"STAT sizes_status disabled\r\nEND\r\n"
+
+
+def cachedump(store: Store, clsid: int, limit: int) -> bytes:
+    """``stats cachedump``: ``ITEM`` lines of one class, most recently used first, at most
+    ``limit`` (0 = no limit) and 2 MB in all, as memcached's ``item_cachedump``."""
+    out = []
+    if 1 <= clsid <= store.slabs.largest:
+        size = 0
+        for hd in store.items(clsid):
+            if limit and len(out) >= limit:
+                break
+            exptime, _, nbytes, _, _, _, _, _ = store.fields(hd)
+            line = b"ITEM %s [%d b; %d s]\r\n" % (
+                store.key_of(hd),
+                nbytes - 2,
+                store.clock.absolute(exptime) if exptime else 0,
+            )
+            size += len(line)
+            if size + 6 > 2 * 1024 * 1024:
+                break
+            out.append(line)
+    out.append(b"END\r\n")
+    return b"".join(out)
+
+
+def conns(connections: dict, listen_addr: str, now: int) -> bytes:
+    """``stats conns``: one group of lines per open connection, by connection id."""
+    lines = [
+        f"STAT {sid}:addr tcp:{s.peer}\r\nSTAT {sid}:listen_addr tcp:{listen_addr}\r\n"
+        f"STAT {sid}:state conn_parse_cmd\r\n"
+        f"STAT {sid}:secs_since_last_cmd {now - s.last_cmd}\r\n"
+        for sid, s in sorted(connections.items())
+    ]
+    return ("".join(lines) + "END\r\n").encode()

@@ -416,6 +416,101 @@ async def test_cancellation_stops_serving_and_closes_connections():
         await trio.open_tcp_stream("127.0.0.1", port)
 
 
+async def _call(stream: trio.SocketStream, request: bytes, end: bytes) -> bytes:
+    await stream.send_all(request)
+    received = b""
+    with trio.fail_after(5):
+        while not received.endswith(end):
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                break
+            received += chunk
+    return received
+
+
+async def test_an_error_in_one_connection_closes_only_that_connection(monkeypatch):
+    from ringcache.node.store import Store
+
+    real_get = Store.get
+
+    def get(self, key, touch_exptime=None):
+        if key == b"boom":
+            raise RuntimeError("a bug in the node")
+        return real_get(self, key, touch_exptime)
+
+    monkeypatch.setattr(Store, "get", get)
+    logged: list[str] = []
+    node = Node(parse_args(["-p", "0"]), log=logged.append)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(node.serve)
+        other = await trio.open_tcp_stream("127.0.0.1", port)
+        victim = await trio.open_tcp_stream("127.0.0.1", port)
+        assert await _call(victim, b"get boom\r\n", b"\n") == b""  # closed
+        assert await _call(other, b"set a 0 0 1\r\nx\r\nget a\r\n", b"END\r\n") == (
+            b"STORED\r\nVALUE a 0 1\r\nx\r\nEND\r\n"
+        )
+        fresh = await trio.open_tcp_stream("127.0.0.1", port)
+        assert await _call(fresh, b"version\r\n", b"\r\n") == b"VERSION 1.6.18\r\n"
+        nursery.cancel_scope.cancel()
+    assert any("RuntimeError: a bug in the node" in line for line in logged)
+
+
+@pytest.mark.parametrize("code", ["ECONNABORTED", "EPROTO", "EPERM"])
+async def test_accept_errors_of_one_connection_are_ignored(code):
+    import errno as errno_module
+
+    class FlakyListener(socket.socket):
+        failures = 2
+
+        def accept(self):
+            if FlakyListener.failures:
+                FlakyListener.failures -= 1
+                raise OSError(getattr(errno_module, code), code)
+            return super().accept()
+
+    listener = FlakyListener(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.setblocking(False)
+    node = Node(parse_args(["-p", "0"]), log=lambda line: None)
+    node.listeners = [listener]
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(node.serve)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        assert await _call(stream, b"version\r\n", b"\r\n") == b"VERSION 1.6.18\r\n"
+        assert FlakyListener.failures == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_lru_crawler_crawl_runs_in_the_background_in_bounded_steps(monkeypatch):
+    from ringcache.node import server as server_module
+
+    monkeypatch.setattr(server_module, "CRAWL_BUDGET", 50)
+    node = Node(parse_args(["-p", "0", "-o", "no_lru_crawler"]), log=lambda line: None)
+    store = node.store
+    for i in range(2000):
+        store.store(0, b"e%d" % i, 0, store.clock.realtime(-1), b"x\r\n")  # expired
+    assert store.curr_items == 2000
+    budgets = []
+    real_crawl = store.crawl
+
+    def crawl(budget=1000):
+        budgets.append(budget)
+        return real_crawl(budget)
+
+    store.crawl = crawl
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(node.serve)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        # The reply does not wait for the crawl.
+        assert await _call(stream, b"lru_crawler crawl all\r\n", b"\r\n") == b"OK\r\n"
+        with trio.fail_after(5):
+            while store.curr_items:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert len(budgets) >= 2000 // 50 and set(budgets) == {50}
+
+
 def test_wait_port_helper_is_bounded():
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:

@@ -341,3 +341,25 @@ def test_hash_index_grows_and_deletes_keep_probing_correct():
     for i, k in enumerate(keys):
         expected = None if i % 3 == 0 else k
         assert value(store, k) == expected
+
+
+def test_hash_index_grows_in_bounded_steps_and_stays_correct_meanwhile():
+    store, _, _ = make("-m", "64")
+    keys = [b"g-%d" % i for i in range(49153)]  # one past 3/4 of 2**16: the table grows
+    for k in keys:
+        put(store, k, k)
+    assert store.hash_power == 17 and store.old_table is not None  # moving, not moved
+    # Reads, overwrites and deletes are right while entries sit in either table.
+    for i, k in enumerate(keys[:2000]):
+        if i % 2:
+            assert store.delete(k)
+        else:
+            put(store, k, b"new")
+    steps = 0
+    while store.rehash_step(4096):
+        steps += 1
+    assert 1 <= steps <= (1 << 16) // 4096
+    assert store.old_table is None and store.count == store.curr_items
+    for i, k in enumerate(keys):
+        expected = k if i >= 2000 else (None if i % 2 else b"new")
+        assert value(store, k) == expected
