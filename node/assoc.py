@@ -37,9 +37,29 @@ class HashIndex:
     def _find(self, key: bytes) -> tuple[int, int]:
         """(slot, handle) of ``key``; handle is NONE and slot the empty slot when absent."""
         h = hash(key) & 0xFFFFFFFF
-        slot, hd = _probe(self.table, self.mask, self.pages, h, key)
         old = self.old_table
-        if hd != NONE or old is None:
+        if old is None:
+            # The hot path: one probe of one table, without _probe's tombstone test.
+            table = self.table
+            mask = self.mask
+            pages = self.pages
+            nkey = len(key)
+            i = h & mask
+            while True:
+                hd = table[i]
+                if hd < 0:
+                    return i, NONE
+                page = pages[hd >> PAGE_SHIFT]
+                off = hd & OFFSET_MASK
+                if (
+                    _I.unpack_from(page, off + OFF_HASH)[0] == h
+                    and page[off + OFF_NKEY] == nkey
+                    and page[off + ITEM_HEADER : off + ITEM_HEADER + nkey] == key
+                ):
+                    return i, hd
+                i = (i + 1) & mask
+        slot, hd = _probe(self.table, self.mask, self.pages, h, key)
+        if hd != NONE:
             return slot, hd
         oslot, hd = _probe(old, len(old) - 1, self.pages, h, key)
         if hd != NONE:
