@@ -26,7 +26,6 @@ from .items import M_KEY_BINARY, M_STALE, M_TOKEN_SENT
 from .protocol import (
     E_BAD_FORMAT,
     E_OPAQUE,
-    MAX_TOKENS,
     META_MAX_OPAQUE,
     META_MAX_TOKENS,
     R_BAD_DATA_CHUNK,
@@ -71,11 +70,6 @@ def _echo(tokens: list[bytes], key: bytes, binary: bool) -> list[bytes]:
         elif c == _K:
             parts.append(_key_flag(key, binary))
     return parts
-
-
-def _meta_line(tokens: list[bytes]) -> tuple[int, list[bytes]]:
-    ntokens = min(len(tokens), MAX_TOKENS - 1) + 1
-    return ntokens, tokens[2 : ntokens - 1]
 
 
 class MetaCommands:

@@ -43,7 +43,6 @@ from .items import (
     _I,
     _TIME,
     _VIEW,
-    M_KEY_BINARY,
     M_STALE,
     M_TOKEN_SENT,
     Items,
@@ -65,8 +64,6 @@ from .slabs import (
 from .stats import Stats
 
 ITEM_UPDATE_INTERVAL = 60
-
-__all__ = ["M_KEY_BINARY", "M_STALE", "M_TOKEN_SENT", "Clock", "Store", "item_total"]
 
 
 class Clock:
