@@ -1,8 +1,8 @@
 """The ``ringcache`` command: run a local cluster and look at any memcached-compatible one.
 
-This module owns the command line (click), what each command prints (rich tables, live
-refresh) and the figures it derives from ``stats`` (hit ratio, memory use, ops/s). Process
-management is ``LocalCluster``'s; placement is the client's ``Ring``. Every command that reads
+This module owns the command line (click) and what each command prints (rich tables, live
+refresh); the figures come from ``figures.py``. Process management is ``LocalCluster``'s;
+placement is the client's ``Ring``. Every command that reads
 a cluster takes ``--location`` (default: the local cluster's members), so it works against
 real memcached fleets too.
 """
@@ -12,122 +12,19 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass
 
 import click
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from ringcache.client.client import round_trip
 from ringcache.client.ring import Ring, Server, parse_location
 
+from .figures import NodeFigures, sample, totals
 from .local import ClusterError, LocalCluster
 
 # Tables need about 110 columns; when output is not a terminal, do not wrap them at 80.
 console = Console(width=None if sys.stdout.isatty() else 132)
-
-
-# -- reading stats ----------------------------------------------------------------------------
-def fetch_stats(server: Server, timeout: float = 1.0) -> dict[str, str] | None:
-    """``stats`` of one server as strings, or None when it does not answer."""
-    data = round_trip(server, b"stats\r\n", (b"END\r\n",), timeout)
-    if data is None:
-        return None
-    stats = {}
-    for line in data.decode(errors="replace").splitlines():
-        parts = line.split(" ", 2)
-        if len(parts) == 3 and parts[0] == "STAT":
-            stats[parts[1]] = parts[2]
-    return stats
-
-
-@dataclass
-class NodeFigures:
-    """What ``ringcache stats`` shows for one node (or the totals)."""
-
-    node: str
-    up: bool
-    items: int = 0
-    bytes: int = 0
-    limit: int = 0
-    get_hits: int = 0
-    get_misses: int = 0
-    evictions: int = 0
-    connections: int = 0
-    ops: int = 0  # cmd_get + cmd_set + cmd_touch, for ops/s between two samples
-    ops_per_sec: float | None = None
-
-    @property
-    def hit_ratio(self) -> float | None:
-        gets = self.get_hits + self.get_misses
-        return self.get_hits / gets if gets else None
-
-    def as_dict(self) -> dict:
-        return {**asdict(self), "hit_ratio": self.hit_ratio}
-
-
-def figures(server: Server) -> NodeFigures:
-    s = fetch_stats(server)
-    if s is None:
-        return NodeFigures(str(server), up=False)
-
-    def n(name: str) -> int:
-        try:
-            return int(s.get(name, "0"))
-        except ValueError:
-            return 0
-
-    return NodeFigures(
-        node=str(server),
-        up=True,
-        items=n("curr_items"),
-        bytes=n("bytes"),
-        limit=n("limit_maxbytes"),
-        get_hits=n("get_hits"),
-        get_misses=n("get_misses"),
-        evictions=n("evictions"),
-        connections=n("curr_connections"),
-        ops=n("cmd_get") + n("cmd_set") + n("cmd_touch"),
-    )
-
-
-def totals(rows: Iterable[NodeFigures]) -> NodeFigures:
-    rows = list(rows)
-    up = [r for r in rows if r.up]
-    total = NodeFigures("total", up=bool(up))
-    for field in (
-        "items",
-        "bytes",
-        "limit",
-        "get_hits",
-        "get_misses",
-        "evictions",
-        "connections",
-        "ops",
-    ):
-        setattr(total, field, sum(getattr(r, field) for r in up))
-    rates = [r.ops_per_sec for r in up if r.ops_per_sec is not None]
-    total.ops_per_sec = sum(rates) if rates else None
-    return total
-
-
-def sample(
-    servers: list[Server], previous: dict[str, tuple[float, int]] | None
-) -> tuple[list[NodeFigures], dict]:
-    """Figures of every server; ops/s from the difference with ``previous`` samples."""
-    now = time.monotonic()
-    rows = [figures(s) for s in servers]
-    seen = {}
-    for row in rows:
-        if row.up:
-            seen[row.node] = (now, row.ops)
-            if previous and row.node in previous:
-                t0, ops0 = previous[row.node]
-                if now > t0 and row.ops >= ops0:
-                    row.ops_per_sec = (row.ops - ops0) / (now - t0)
-    return rows, seen
 
 
 def stats_table(rows: list[NodeFigures]) -> Table:

@@ -20,6 +20,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ringcache.client import Connection, RingcacheError, Server, protocol
+
 DEFAULT_PORT = 11211
 HOST = "127.0.0.1"
 
@@ -86,11 +88,11 @@ def port_in_use(port: int, host: str = HOST) -> bool:
 def answers(port: int, timeout: float = 0.5) -> bool:
     """A real round trip: ``version`` answered."""
     try:
-        with socket.create_connection((HOST, port), timeout=timeout) as s:
-            s.sendall(b"version\r\n")
-            return s.recv(64).startswith(b"VERSION ")
-    except OSError:
+        with Connection(Server(HOST, port), timeout, timeout) as conn:
+            (reply,) = conn.request(protocol.VERSION, (protocol.STATUS,))
+    except (OSError, RingcacheError):
         return False
+    return isinstance(reply, bytes) and reply.startswith(b"VERSION ")
 
 
 class LocalCluster:

@@ -1,6 +1,6 @@
 """Prometheus exposition of a cluster's ``stats``: scraped from the nodes on every request.
 
-This module owns the metric names and the collector; the figures are ``cli.figures``'.
+This module owns the metric names and the collector; the figures are ``figures.py``'s.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from prometheus_client.registry import Collector
 
 from ringcache.client.ring import Server
 
-from .cli import figures
+from .figures import figures
 
 
 class ClusterCollector(Collector):

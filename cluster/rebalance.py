@@ -15,86 +15,37 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from urllib.parse import unquote_to_bytes
 
-from ringcache.client.client import connect
+from ringcache.client import Connection, ReplyError, RingcacheError, protocol
+from ringcache.client.protocol import ClusterConfig, DumpEntry, parse_metadump_line
 from ringcache.client.ring import Ring, Server
 
 REALTIME_MAXDELTA = 60 * 60 * 24 * 30
 
 
-class Conn:
-    """A blocking text-protocol connection for admin work (metadump, gets, add, config)."""
-
-    def __init__(self, server: Server, timeout: float = 5.0) -> None:
-        self.sock = connect(server, timeout)
-        self.buf = b""
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def line(self) -> bytes:
-        while b"\r\n" not in self.buf:
-            chunk = self.sock.recv(1 << 20)
-            if not chunk:
-                raise ConnectionError("connection closed")
-            self.buf += chunk
-        line, _, self.buf = self.buf.partition(b"\r\n")
-        return line
-
-    def exact(self, n: int) -> bytes:
-        while len(self.buf) < n + 2:
-            chunk = self.sock.recv(1 << 20)
-            if not chunk:
-                raise ConnectionError("connection closed")
-            self.buf += chunk
-        data, self.buf = self.buf[:n], self.buf[n + 2 :]
-        return data
-
-
-@dataclass
-class Item:
-    key: bytes
-    exp: int  # absolute unix time, -1 = never
-
-
-def metadump(server: Server) -> Iterator[Item]:
+def metadump(server: Server) -> Iterator[DumpEntry]:
     """Every live item of a server, from ``lru_crawler metadump all``."""
-    conn = Conn(server, timeout=30)
-    try:
-        conn.send(b"lru_crawler metadump all\r\n")
-        while True:
-            line = conn.line()
-            if line == b"END":
-                return
+    with Connection(server, timeout=30) as conn:
+        for line in conn.lines(protocol.METADUMP_ALL):
             if not line.startswith(b"key="):
                 raise RuntimeError(f"{server}: {line.decode(errors='replace')}")
-            fields = dict(part.split(b"=", 1) for part in line.split(b" ") if b"=" in part)
-            yield Item(unquote_to_bytes(fields[b"key"]), int(fields[b"exp"]))
-    finally:
-        conn.close()
+            yield parse_metadump_line(line)
 
 
-def copy_items(src: Server, dst: Server, items: list[Item], batch: int = 100) -> int:
+def copy_items(src: Server, dst: Server, items: list[DumpEntry], batch: int = 100) -> int:
     """Copy ``items`` from ``src`` to ``dst`` with their flags and remaining TTL, by ``add``.
 
     Returns how many were added (a key already on ``dst`` — a newer write — is left alone).
     """
     added = 0
     now = time.time()
-    source = Conn(src)
-    target = Conn(dst)
-    try:
+    with Connection(src, timeout=5) as source, Connection(dst, timeout=5) as target:
         for i in range(0, len(items), batch):
             chunk = items[i : i + batch]
-            source.send(b"gets " + b" ".join(it.key for it in chunk) + b"\r\n")
-            values = {}
-            while (line := source.line()) != b"END":
-                _, key, flags, size, _cas = line.split(b" ")
-                values[key] = (int(flags), source.exact(int(size)))
+            (reply,) = source.request(protocol.get([it.key for it in chunk]), (protocol.VALUES,))
+            if isinstance(reply, ReplyError):
+                raise RuntimeError(f"{src}: {reply}")
+            values = {key: (flags, data) for key, flags, data, _ in reply}
             requests = []
             for it in chunk:
                 if it.key not in values:
@@ -104,17 +55,10 @@ def copy_items(src: Server, dst: Server, items: list[Item], batch: int = 100) ->
                 flags, data = values[it.key]
                 # An absolute expiry time is what memcached takes for values above 30 days.
                 exptime = 0 if it.exp == -1 else max(it.exp, REALTIME_MAXDELTA + 1)
-                requests.append(
-                    b"add %s %d %d %d\r\n%s\r\n" % (it.key, flags, exptime, len(data), data)
-                )
+                requests.append(protocol.store(b"add", it.key, flags, exptime, data))
             if requests:
-                target.send(b"".join(requests))
-                for _ in requests:
-                    if target.line() == b"STORED":
-                        added += 1
-    finally:
-        source.close()
-        target.close()
+                replies = target.request(b"".join(requests), (protocol.STATUS,) * len(requests))
+                added += sum(r == b"STORED" for r in replies)
     return added
 
 
@@ -123,37 +67,26 @@ def cluster_version(servers: list[Server]) -> int:
     best = 0
     for server in servers:
         try:
-            conn = Conn(server, timeout=2)
-        except OSError:
+            with Connection(server, timeout=2) as conn:
+                (reply,) = conn.request(protocol.CONFIG_GET, (protocol.CONFIG,))
+        except (OSError, RingcacheError):
             continue
-        try:
-            conn.send(b"config get cluster\r\n")
-            head = conn.line()
-            if head.startswith(b"CONFIG cluster"):
-                body = conn.exact(int(head.split()[3]))
-                best = max(best, int(body.split(b"\n", 1)[0]))
-                conn.line()  # END
-        except (OSError, ValueError, IndexError):
-            pass
-        finally:
-            conn.close()
+        if isinstance(reply, ClusterConfig):
+            best = max(best, reply.version)
     return best
 
 
 def publish(servers: list[Server], members: list[Server], version: int) -> list[Server]:
     """Tell every server the membership; returns the servers that refused or failed."""
-    entries = b" ".join(b"%s|%s|%d" % (m.host.encode(), m.host.encode(), m.port) for m in members)
+    request = protocol.config_set(version, members)
     failed = []
     for server in servers:
         try:
-            conn = Conn(server, timeout=2)
-            try:
-                conn.send(b"config set cluster version=%d %s\r\n" % (version, entries))
-                if conn.line() != b"OK":
-                    failed.append(server)
-            finally:
-                conn.close()
-        except OSError:
+            with Connection(server, timeout=2) as conn:
+                (reply,) = conn.request(request, (protocol.STATUS,))
+        except (OSError, RingcacheError):
+            reply = None
+        if reply != b"OK":
             failed.append(server)
     return failed
 
@@ -162,7 +95,7 @@ def publish(servers: list[Server], members: list[Server], version: int) -> list[
 class Move:
     src: Server
     dst: Server
-    items: list[Item]
+    items: list[DumpEntry]
 
 
 def plan(old: list[Server], new: list[Server]) -> list[Move]:

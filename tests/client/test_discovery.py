@@ -8,7 +8,6 @@ import trio
 from pymemcache.client.base import Client as PymemcacheClient
 
 from ringcache.client import AsyncClient, Client
-from ringcache.client.client import parse_cluster_config
 from tests.conftest import RawClient
 
 FAST = {"connect_timeout": 0.3, "timeout": 0.3, "discovery": True, "discovery_interval": 0.1}
@@ -22,15 +21,6 @@ def publish(nodes, members, version: int | None = None) -> None:
             RawClient(n.port).call(f"config set cluster {prefix}{entries}\r\n".encode())
             == b"OK\r\n"
         )
-
-
-def test_parse_cluster_config():
-    body = b"12\nh1|10.0.0.1|11211 |10.0.0.2|11212\n"
-    reply = b"CONFIG cluster 0 %d\r\n%s\r\nEND\r\n" % (len(body), body)
-    version, servers = parse_cluster_config(reply)
-    assert version == 12
-    assert [str(s) for s in servers] == ["h1:11211", "10.0.0.2:11212"]
-    assert parse_cluster_config(b"ERROR\r\n") is None
 
 
 def test_sync_client_adopts_a_new_member(nodes):

@@ -1,0 +1,874 @@
+"""The cluster engine: every rule of the client, written once, with no I/O.
+
+This module owns what a client call means for the cluster: key validation, routing (each key
+to the first usable server of its ring order), the failover TTL of writes that land on a
+stand-in, replication (reads fall back copy by copy, writes reach every copy, a conditional
+write or an arithmetic result is decided by the first copy and copied to the others with the
+TTL it has), warm-up from the previous owner while a membership change is in progress,
+membership views, health accounting, probing, discovery and the meta-protocol support of
+each node (detected once, from the first ``ERROR`` a node answers to a meta command).
+
+Each public operation is a generator (an ``Op``): it yields a *step* — a list of ``Call``s,
+"send these bytes to this node and read replies of these kinds" — and receives the same
+calls back with their ``replies`` (or the ``error`` that broke the connection) filled in by a
+driver. ``client.Client`` runs steps on blocking sockets, ``aio.AsyncClient`` on trio streams;
+neither holds a rule of its own. The bytes and the replies are ``protocol``'s.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Generator, Iterable, Mapping
+from dataclasses import dataclass
+from hashlib import md5
+from typing import Any, TypeVar
+
+from pymemcache.serde import pickle_serde
+
+from . import protocol
+from .errors import (
+    IllegalInputError,
+    NoServerAvailable,
+    ReplyError,
+    UnknownCommandError,
+)
+from .health import NodeHealth
+from .protocol import CONFIG, META, STATS, STATUS, VALUES, ClusterConfig, Meta
+from .ring import Ring, Server, parse_location
+
+log = logging.getLogger("ringcache.client")
+
+T = TypeVar("T")
+REALTIME_MAXDELTA = 60 * 60 * 24 * 30
+KEY_MAX_LENGTH = 250
+U64_MAX = 2**64 - 1
+
+_BAD_KEY_BYTE = re.compile(rb"[\x00-\x20\x7f]")
+_ONE_VALUES = (VALUES,)
+_ONE_STATUS = (STATUS,)
+_STORED = b"STORED"
+# What each storage reply means to the caller (pymemcache's contract).
+_STORE_RESULT = {b"STORED": True, b"NOT_STORED": False, b"EXISTS": False, b"NOT_FOUND": None}
+_FAILED: Any = object()
+
+
+def validate_key(key: str | bytes, key_prefix: bytes = b"") -> bytes:
+    """The key as bytes, or ``IllegalInputError``: memcached's rules (at most 250 bytes, no
+    spaces or control characters)."""
+    if isinstance(key, str):
+        key = key.encode("utf-8")
+    elif not isinstance(key, bytes):
+        raise IllegalInputError(f"key must be str or bytes, not {type(key).__name__}")
+    if key_prefix:
+        key = key_prefix + key
+    if not key:
+        raise IllegalInputError("empty key")
+    if len(key) > KEY_MAX_LENGTH:
+        raise IllegalInputError(f"key is longer than 250 bytes: {key[:40]!r}...")
+    if _BAD_KEY_BYTE.search(key):
+        raise IllegalInputError(f"key contains a space or control character: {key!r}")
+    return key
+
+
+def _check_int(value: Any, what: str, low: int = 0, high: int = U64_MAX) -> int:
+    if type(value) is not int or not low <= value <= high:
+        raise IllegalInputError(f"{what} must be an integer in [{low}, {high}], not {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A value read with what a copy of it needs: ``get_entry``'s result.
+
+    ``ttl`` is the remaining time to live as ``set`` takes it (0 = never expires), or None
+    when the server cannot say (a memcached without the meta protocol); ``cas`` is the CAS
+    token for ``cas``/``delete(cas=…)``.
+    """
+
+    value: Any
+    ttl: int | None
+    cas: bytes | None
+
+
+class Node:
+    """One server: its health (which counts its failures), its idle connections, and whether
+    it speaks the meta protocol (None until it has said)."""
+
+    __slots__ = ("_idle", "health", "meta", "pool_size", "server")
+
+    def __init__(self, server: Server, owner: Engine) -> None:
+        self.server = server
+        self.health = NodeHealth(
+            owner.failure_limit, owner.probe_interval, owner.probe_max_interval, owner.clock
+        )
+        self.pool_size = owner.pool_size
+        self.meta: bool | None = None
+        self._idle: list = []
+
+    def take(self) -> Any:
+        """An idle connection, or None (list.pop is atomic: no lock on the hot path)."""
+        try:
+            return self._idle.pop()
+        except IndexError:
+            return None
+
+    def give(self, conn: Any) -> bool:
+        """Keep ``conn`` for reuse; False when the pool is full (the caller closes it)."""
+        if len(self._idle) < self.pool_size:
+            self._idle.append(conn)
+            return True
+        return False
+
+    def drain(self) -> list:
+        idle = []
+        while (conn := self.take()) is not None:
+            idle.append(conn)
+        return idle
+
+    def __repr__(self) -> str:
+        return f"Node({self.server})"
+
+
+class Call:
+    """One node's share of a step: the bytes to send and the kinds of the replies to read.
+
+    The driver fills in ``replies`` (one per kind; an error line is a ``ReplyError``) or
+    ``error`` (the connection failed or the stream broke). ``fresh`` asks for a connection of
+    its own that is closed afterwards and counts nothing against the node (probes).
+    """
+
+    __slots__ = ("data", "error", "fresh", "keys", "kinds", "node", "replies", "what")
+
+    def __init__(
+        self,
+        node: Node,
+        data: bytes,
+        kinds: tuple[int, ...],
+        what: str,
+        keys: list[bytes] | None = None,
+        fresh: bool = False,
+    ) -> None:
+        self.node = node
+        self.keys = keys
+        self.data = data
+        self.kinds = kinds
+        self.what = what
+        self.fresh = fresh
+        self.replies: list | None = None
+        self.error: BaseException | None = None
+
+
+# An operation: yields steps, receives them back executed, returns the call's result.
+Op = Generator[list[Call], list[Call], T]
+
+
+class _View:
+    """One membership: servers, their ring and nodes, and the point → node table."""
+
+    __slots__ = ("node_list", "node_of_point", "nodes", "points", "ring", "servers")
+
+    def __init__(self, servers: list[Server], owner: Engine, previous: _View | None) -> None:
+        self.servers = servers
+        self.ring = Ring(servers)
+        kept = previous.nodes if previous is not None else {}
+        # A server that stays keeps its node: health, pool and counters carry over.
+        self.nodes = {s.name: kept.get(s.name) or Node(s, owner) for s in servers}
+        self.node_list = [self.nodes[s.name] for s in servers]  # ring index -> node
+        # The node of every continuum point, plus the first again so that a hash past the
+        # last point needs no wrap-around test.
+        owners = self.ring._owner_index
+        self.node_of_point = [self.node_list[i] for i in [*owners, owners[0]]]
+        self.points = self.ring._points
+
+
+class Engine:
+    """Options, membership, routing, health and every operation, for both drivers."""
+
+    def __init__(
+        self,
+        location: str | Iterable | Mapping,
+        *,
+        connect_timeout: float = 0.5,
+        timeout: float = 0.5,
+        failure_limit: int = 2,
+        probe_interval: float = 0.25,
+        probe_max_interval: float = 4.0,
+        failover_ttl: int = 30,
+        raise_on_error: bool = False,
+        pool_size: int = 8,
+        serde: Any = None,
+        key_prefix: str | bytes = b"",
+        clock: Callable[[], float] = time.monotonic,
+        discovery: bool = False,
+        discovery_interval: float = 5.0,
+        replicas: int = 1,
+    ) -> None:
+        if replicas < 1:
+            raise ValueError("replicas must be at least 1")
+        self.connect_timeout = connect_timeout
+        self.timeout = timeout
+        self.failure_limit = failure_limit
+        self.probe_interval = probe_interval
+        self.probe_max_interval = probe_max_interval
+        self.failover_ttl = failover_ttl
+        self.raise_on_error = raise_on_error
+        self.pool_size = pool_size
+        self.serde = serde or pickle_serde
+        self.key_prefix = key_prefix.encode() if isinstance(key_prefix, str) else key_prefix
+        self.clock = clock
+        self.discovery = discovery
+        self.discovery_interval = discovery_interval
+        self.replicas = replicas
+        self.cluster_version = 0
+        self._view = _View(parse_location(location), self, None)
+        # While keys move to their new owners, a miss on the new owner is read from the
+        # previous membership's owner and copied forward (warm-up), until the next version.
+        self._previous: _View | None = None
+
+    # -- the driver's side -----------------------------------------------------------------
+    def _node_ejected(self, node: Node) -> None:
+        """Called when ``node`` is ejected: the driver starts its prober."""
+        raise NotImplementedError
+
+    def _settle(self, step: list[Call]) -> None:
+        """Count each executed call for or against its node."""
+        for call in step:
+            if call.fresh:
+                continue
+            if call.error is None:
+                if call.node.health.consecutive_failures:
+                    call.node.health.succeeded()
+            elif call.node.health.failed():
+                log.warning(
+                    "ejected %s after %d failures (%s: %r)",
+                    call.node.server,
+                    call.node.health.failure_limit,
+                    call.what,
+                    call.error,
+                )
+                self._node_ejected(call.node)
+            else:
+                log.info("%s failed on %s: %r", call.what, call.node.server, call.error)
+
+    def _reply(self, call: Call, index: int = 0) -> Any:
+        """Reply ``index`` of ``call``; ``_FAILED`` for a failed call or an error reply, which
+        are raised instead with ``raise_on_error``: the one place that decides it."""
+        error = call.error
+        if error is None:
+            reply = call.replies[index]  # type: ignore[index]
+            if not isinstance(reply, ReplyError):
+                return reply
+            error = reply
+        if self.raise_on_error:
+            raise error
+        return _FAILED
+
+    # -- membership ------------------------------------------------------------------------
+    # A discovered change swaps the whole view in one assignment, and every operation reads
+    # ``self._view`` once, so it never mixes two memberships.
+    @property
+    def servers(self) -> list[Server]:
+        return self._view.servers
+
+    @property
+    def ring(self) -> Ring:
+        return self._view.ring
+
+    @property
+    def nodes(self) -> dict[str, Node]:
+        return self._view.nodes
+
+    def _apply_cluster_config(self, version: int, servers: list[Server]) -> bool:
+        """Adopt a newer membership (from ``config get cluster``); False when not newer."""
+        if version <= self.cluster_version or not servers:
+            return False
+        old = self._view
+        new = _View(servers, self, old)
+        # A new membership starts a warm-up from the old one; the same members again under a
+        # newer version mean the move is complete.
+        self._previous = None if set(new.nodes) == set(old.nodes) else old
+        self._view = new
+        self.cluster_version = version
+        for name, node in old.nodes.items():
+            if name not in new.nodes:
+                for conn in node.drain():
+                    conn.close()
+        log.warning("membership version %d: %s", version, ", ".join(map(str, servers)))
+        return True
+
+    def _discover(self) -> Op[bool]:
+        """Ask one usable node for the membership; adopt it when it is newer."""
+        node = next((n for n in self._view.node_list if n.health.usable), None)
+        if node is None:
+            return False
+        call = Call(node, protocol.CONFIG_GET, (CONFIG,), "discovery")
+        yield [call]
+        reply = call.replies[0] if call.error is None else None  # type: ignore[index]
+        if isinstance(reply, ClusterConfig):
+            return self._apply_cluster_config(reply.version, reply.servers)
+        return False
+
+    # -- probing ---------------------------------------------------------------------------
+    def _probe_round(self) -> Op[bool]:
+        """Probe every ejected node that is due (a real round trip on a fresh connection, at
+        once); True while some node is still out of the ring."""
+        nodes = self.nodes.values()
+        due = [n for n in nodes if n.health.probe_due()]
+        if due:
+            calls = [Call(n, protocol.VERSION, _ONE_STATUS, "probe", fresh=True) for n in due]
+            yield calls
+            for call in calls:
+                reply = call.replies[0] if call.error is None else None  # type: ignore[index]
+                ok = isinstance(reply, bytes) and reply.startswith(b"VERSION ")
+                call.node.health.probe_result(ok)
+                if ok:
+                    log.warning("re-admitted %s after a successful probe", call.node.server)
+        return any(not n.health.usable for n in nodes)
+
+    # -- keys and routing ------------------------------------------------------------------
+    def key(self, key: str | bytes) -> bytes:
+        """The validated key as sent, prefix included."""
+        if type(key) is str and not self.key_prefix:
+            k = key.encode()
+            if 0 < len(k) <= KEY_MAX_LENGTH and not _BAD_KEY_BYTE.search(k):
+                return k
+        return validate_key(key, self.key_prefix)
+
+    def server_for(self, key: str | bytes) -> Server:
+        """The server that owns ``key`` on the ring (whatever its health)."""
+        return self.ring.get(self.key(key))
+
+    def _route(self, key: bytes) -> tuple[Node | None, bool]:
+        """The node a request for ``key`` goes to, and whether it stands in for the owner."""
+        view = self._view
+        point = bisect_left(view.points, int.from_bytes(md5(key).digest()[:4], "little"))
+        node = view.node_of_point[point]
+        if node.health.usable:
+            return node, False
+        for i in view.ring.candidate_indices(key):
+            node = view.node_list[i]
+            if node.health.usable:
+                return node, True
+        if self.raise_on_error:
+            raise NoServerAvailable("every server is ejected")
+        return None, True
+
+    def _copies(self, key: bytes) -> tuple[list[Node], bool]:
+        """The usable nodes that hold ``key``'s copies (owner first), and whether the owner
+        itself is missing from them (its copies then get the failover TTL)."""
+        if self.replicas == 1:
+            node, standin = self._route(key)
+            return ([node] if node is not None else []), standin
+        view = self._view
+        nodes = []
+        for i in view.ring.candidate_indices(key):
+            node = view.node_list[i]
+            if node.health.usable:
+                nodes.append(node)
+                if len(nodes) == self.replicas:
+                    break
+        if not nodes and self.raise_on_error:
+            raise NoServerAvailable("every server is ejected")
+        owner = view.node_list[view.ring.index_of(key)]
+        return nodes, bool(nodes) and nodes[0] is not owner
+
+    def _group(self, keys: Iterable) -> tuple[dict[Node, list[bytes]], dict[bytes, Any], list]:
+        """Keys grouped by the node they go to; the original key of each; keys with no node.
+
+        This is the hot loop of every multi-key call, so validation, hashing and the ring
+        lookup of ``key``/``_route`` are inlined here for the common case.
+        """
+        groups: dict[Node, list[bytes]] = {}
+        originals: dict[bytes, Any] = {}
+        unrouted: list[bytes] = []
+        prefix = self.key_prefix
+        bad = _BAD_KEY_BYTE.search
+        view = self._view
+        points = view.points
+        node_of_point = view.node_of_point
+        for key in keys:
+            if type(key) is str:
+                k = key.encode()
+            elif type(key) is bytes:
+                k = key
+            else:
+                k = validate_key(key, prefix)
+            if prefix:
+                k = prefix + k
+            if not k or len(k) > KEY_MAX_LENGTH or bad(k):
+                validate_key(key, prefix)  # raises with the precise reason
+            originals[k] = key
+            node = node_of_point[bisect_left(points, int.from_bytes(md5(k).digest()[:4], "little"))]
+            if not node.health.usable:
+                node, _ = self._route(k)
+                if node is None:
+                    unrouted.append(k)
+                    continue
+            group = groups.get(node)
+            if group is None:
+                groups[node] = [k]
+            else:
+                group.append(k)
+        return groups, originals, unrouted
+
+    def _group_copies(self, keys: Iterable[bytes]) -> dict[Node, list[bytes]]:
+        """Every copy of every key, by node (the writes of ``set_many``/``delete_many``)."""
+        groups: dict[Node, list[bytes]] = {}
+        for k in keys:
+            for node in self._copies(k)[0]:
+                groups.setdefault(node, []).append(k)
+        return groups
+
+    def _ttl_for(self, key: bytes, node: Node, expire: int) -> int:
+        """``expire``, capped when ``node`` is not the key's owner (a stand-in)."""
+        if self._view.ring.get(key).name == node.server.name:
+            return expire
+        return self._failover_expire(expire)
+
+    def _failover_expire(self, expire: int) -> int:
+        """Cap the TTL of a write that lands on a stand-in for an ejected owner."""
+        cap = self.failover_ttl
+        if expire < 0 or not cap:
+            return expire
+        if expire == 0:
+            return cap
+        if expire > REALTIME_MAXDELTA:
+            remaining = int(expire - time.time())
+            return min(max(remaining, -1), cap) if remaining < cap else cap
+        return min(expire, cap)
+
+    def _previous_owners(self, keys: list[bytes]) -> dict[Node, list[bytes]]:
+        """During a membership change: the keys whose previous owner differs, by that owner."""
+        previous = self._previous
+        if previous is None:
+            return {}
+        view = self._view
+        groups: dict[Node, list[bytes]] = {}
+        for k in keys:
+            old = previous.node_list[previous.ring.index_of(k)]
+            if old is not view.node_list[view.ring.index_of(k)] and old.health.usable:
+                groups.setdefault(old, []).append(k)
+        return groups
+
+    # -- values ----------------------------------------------------------------------------
+    def _serialize(self, key: bytes, value: Any, flags: int | None) -> tuple[bytes, int]:
+        data, serde_flags = self.serde.serialize(key, value)
+        if isinstance(data, str):
+            data = data.encode()
+        if flags is None:
+            flags = serde_flags
+        return data, _check_int(flags, "flags", 0, 2**32 - 1)
+
+    def _deserialize(self, key: bytes, data: bytes, flags: int) -> Any:
+        # Called for flags 0 too, as pymemcache calls it: a serde may tag values that way.
+        return self.serde.deserialize(key, data, flags)
+
+    def _copy_expire(self, ttl: int | None, standin: bool) -> int | None:
+        """The TTL a copy of a value gets: its own remaining TTL (capped on a stand-in), the
+        failover TTL when it is unknown, None (no copy) when there is no bound to give it."""
+        if ttl is None:
+            return self.failover_ttl or None
+        return self._failover_expire(ttl) if standin else ttl
+
+    def _entries(self, groups: dict[Node, list[bytes]], what: str) -> Op[dict]:
+        """Keys read with their flags, remaining TTL and CAS token in one round trip:
+        ``mg k v f t c`` where the node speaks meta, ``gets`` (TTL None: unknown) where it
+        does not. ``{key: (flags, data, ttl, cas)}``, ttl as ``set`` takes it (0 = never)."""
+        found: dict[bytes, tuple[int, bytes, int | None, bytes | None]] = {}
+        while groups:
+            calls = []
+            for node, ks in groups.items():
+                if node.meta is False:
+                    calls.append(Call(node, protocol.get(ks, cas=True), _ONE_VALUES, what, ks))
+                else:
+                    data = b"".join([protocol.meta_get(k) for k in ks])
+                    calls.append(Call(node, data, (META,) * len(ks), what, ks))
+            yield calls
+            groups = {}
+            for call in calls:
+                node, ks = call.node, call.keys or []
+                if call.kinds[0] == VALUES:
+                    values = self._reply(call)
+                    for key, flags, data, cas in () if values is _FAILED else values:
+                        found[key] = (flags, data, None, cas)
+                elif call.error is None and isinstance(call.replies[0], UnknownCommandError):  # type: ignore[index]
+                    node.meta = False  # an older memcached: once per node, then gets
+                    log.info("%s does not speak the meta protocol: gets from now on", node.server)
+                    groups[node] = ks
+                else:
+                    for i, key in enumerate(ks):
+                        reply = self._reply(call, i)
+                        if reply is _FAILED:
+                            break
+                        node.meta = True
+                        ttl = _meta_ttl(reply) if reply.code == b"VA" else None
+                        if ttl is not None:
+                            flags = reply.number("f") or 0
+                            found[key] = (flags, reply.value, ttl, reply.flags.get("c"))
+        return found
+
+    # -- reads -----------------------------------------------------------------------------
+    def _read(self, first: dict[Node, list[bytes]], keys: list[bytes], cas: bool) -> Op[dict]:
+        """``get``/``gets`` of ``keys``: ``first`` groups them by the node of their first copy;
+        keys a copy does not have are asked of the next copy, then (during a membership
+        change, without CAS) of their previous owner. ``{key: (flags, data, cas)}``."""
+        found: dict[bytes, tuple[int, bytes, bytes | None]] = {}
+        groups = first
+        # Each key's copies, fixed before the first read: a copy that fails and is ejected
+        # meanwhile must not shift the others.
+        copies = {k: self._copies(k)[0] for k in keys} if self.replicas > 1 else {}
+        for copy in range(self.replicas):
+            if copy:
+                groups = {}
+                for k in keys:
+                    if k not in found and len(copies[k]) > copy:
+                        groups.setdefault(copies[k][copy], []).append(k)
+            if not groups:
+                break
+            calls = [
+                Call(node, protocol.get(ks, cas), _ONE_VALUES, "gets" if cas else "get")
+                for node, ks in groups.items()
+            ]
+            yield calls
+            for call in calls:
+                values = self._reply(call)
+                if values is not _FAILED:
+                    for key, flags, data, token in values:
+                        found[key] = (flags, data, token)
+            if len(found) == len(keys):
+                return found
+        if not cas and self._previous is not None and len(found) < len(keys):
+            found.update((yield from self._warm_up([k for k in keys if k not in found])))
+        return found
+
+    def _warm_up(self, keys: list[bytes]) -> Op[dict]:
+        """Keys that missed, read from their previous owners with their remaining TTL and
+        copied forward with ``add`` (a newer value already there is kept) and that TTL."""
+        groups = self._previous_owners(keys)
+        if not groups:
+            return {}
+        entries = yield from self._entries(groups, "warm-up")
+        adds: dict[Node, list[bytes]] = {}
+        found = {}
+        for k, (flags, data, ttl, _) in entries.items():
+            found[k] = (flags, data, None)
+            nodes, standin = self._copies(k)
+            expire = self._copy_expire(ttl, standin)
+            if expire is not None:
+                for node in nodes:
+                    adds.setdefault(node, []).append(protocol.store(b"add", k, flags, expire, data))
+        if adds:
+            yield [
+                Call(node, b"".join(reqs), (STATUS,) * len(reqs), "warm-up add")
+                for node, reqs in adds.items()
+            ]
+        return found
+
+    def _first_copy(self, key: bytes) -> dict[Node, list[bytes]]:
+        node, _ = self._route(key)
+        return {} if node is None else {node: [key]}
+
+    def _get(self, key: str | bytes, default: Any) -> Op[Any]:
+        k = self.key(key)
+        if self.replicas == 1 and self._previous is None:
+            # The common case in one step, without the copy and warm-up machinery.
+            node, _ = self._route(k)
+            if node is None:
+                return default
+            call = Call(node, b"get " + k + b"\r\n", _ONE_VALUES, "get")
+            yield [call]
+            values = self._reply(call)
+            if values is _FAILED or not values:
+                return default
+            _, flags, data, _ = values[0]
+            return self.serde.deserialize(k, data, flags)
+        found = yield from self._read(self._first_copy(k), [k], False)
+        hit = found.get(k)
+        return default if hit is None else self._deserialize(k, hit[1], hit[0])
+
+    def _gets(self, key: str | bytes, default: Any, cas_default: Any) -> Op[tuple[Any, Any]]:
+        k = self.key(key)
+        found = yield from self._read(self._first_copy(k), [k], True)
+        hit = found.get(k)
+        if hit is None:
+            return default, cas_default
+        return self._deserialize(k, hit[1], hit[0]), hit[2]
+
+    def _get_many(self, keys: Iterable, cas: bool) -> Op[dict]:
+        groups, originals, _ = self._group(keys)
+        found = yield from self._read(groups, list(originals), cas)
+        deserialize = self.serde.deserialize
+        if cas:
+            return {
+                originals[k]: (deserialize(k, data, flags), token)
+                for k, (flags, data, token) in found.items()
+            }
+        return {originals[k]: deserialize(k, data, flags) for k, (flags, data, _) in found.items()}
+
+    def _get_entry(self, key: str | bytes) -> Op[Entry | None]:
+        k = self.key(key)
+        for node in self._copies(k)[0]:
+            entries = yield from self._entries({node: [k]}, "get_entry")
+            if k in entries:
+                flags, data, ttl, cas = entries[k]
+                return Entry(self._deserialize(k, data, flags), ttl, cas)
+        return None
+
+    # -- writes ----------------------------------------------------------------------------
+    def _store(
+        self,
+        command: bytes,
+        key: str | bytes,
+        value: Any,
+        expire: int,
+        noreply: bool | None,
+        flags: int | None,
+        cas: int | bytes | None = None,
+    ) -> Op[bool | None]:
+        k = self.key(key)
+        data, flags = self._serialize(k, value, flags)
+        if cas is not None:
+            cas = _check_cas(cas)
+        nodes, standin = self._copies(k)
+        if not nodes:
+            return False
+        ttl = self._failover_expire(expire) if standin else expire
+        if command == b"set" or len(nodes) == 1:
+            # Every copy gets a plain set; a conditional write goes to its only copy.
+            kinds = () if noreply else _ONE_STATUS
+            request = protocol.store(command, k, flags, ttl, data, cas, bool(noreply))
+            calls = [Call(node, request, kinds, command.decode()) for node in nodes]
+            yield calls
+            if noreply:
+                return all(call.error is None for call in calls)
+            if len(calls) == 1:
+                return self._store_result(calls[0])
+            results = [self._store_result(call) for call in calls]
+            return next((r for r in results if r), results[0])
+        # A conditional write is decided by the first copy; what it wrote is then copied.
+        request = protocol.store(command, k, flags, ttl, data, cas)
+        call = Call(nodes[0], request, _ONE_STATUS, command.decode())
+        yield [call]
+        result = self._store_result(call)
+        if result:
+            if command in (b"append", b"prepend"):
+                yield from self._sync_copies(k, nodes, standin)
+            else:  # add, replace, cas: the value and TTL written are known
+                request = protocol.store(b"set", k, flags, ttl, data)
+                yield [Call(node, request, _ONE_STATUS, "replica set") for node in nodes[1:]]
+        return result
+
+    def _store_result(self, call: Call) -> bool | None:
+        reply = self._reply(call)
+        return False if reply is _FAILED else _STORE_RESULT.get(reply, False)
+
+    def _sync_copies(self, k: bytes, nodes: list[Node], standin: bool) -> Op[None]:
+        """After the first copy changed in place (append, incr, …): read it back with its
+        TTL and write it to the other copies; delete them when that cannot be done."""
+        entries = yield from self._entries({nodes[0]: [k]}, "replica read")
+        entry = entries.get(k)
+        expire = None if entry is None else self._copy_expire(entry[2], standin)
+        if entry is None or expire is None or entry[2] is None:
+            request = protocol.delete(k)
+            what = "replica delete"
+        else:
+            request = protocol.store(b"set", k, entry[0], expire, entry[1])
+            what = "replica set"
+        yield [Call(node, request, _ONE_STATUS, what) for node in nodes[1:]]
+
+    def _delta(
+        self, command: bytes, key: str | bytes, amount: int, noreply: bool
+    ) -> Op[int | None]:
+        k = self.key(key)
+        _check_int(amount, "delta")
+        nodes, standin = self._copies(k)
+        if not nodes:
+            return None
+        noreply = bool(noreply) and len(nodes) == 1
+        request = protocol.delta(command, k, amount, noreply)
+        call = Call(nodes[0], request, () if noreply else _ONE_STATUS, command.decode())
+        yield [call]
+        if noreply:
+            return None
+        reply = self._reply(call)
+        if reply is _FAILED or reply == b"NOT_FOUND":
+            return None
+        result = int(reply)
+        if len(nodes) > 1:
+            yield from self._sync_copies(k, nodes, standin)
+        return result
+
+    def _touch(self, key: str | bytes, expire: int, noreply: bool | None) -> Op[bool]:
+        k = self.key(key)
+        nodes, standin = self._copies(k)
+        ttl = self._failover_expire(expire) if standin else expire
+        kinds = () if noreply else _ONE_STATUS
+        calls = [Call(n, protocol.touch(k, ttl, bool(noreply)), kinds, "touch") for n in nodes]
+        if not calls:
+            return False
+        yield calls
+        if noreply:
+            return all(call.error is None for call in calls)
+        return any([self._reply(call) == b"TOUCHED" for call in calls])
+
+    def _delete(
+        self, key: str | bytes, noreply: bool | None, cas: int | bytes | None
+    ) -> Op[bool | None]:
+        k = self.key(key)
+        nodes, _ = self._copies(k)
+        if not nodes:
+            return False
+        if cas is not None:
+            result = yield from self._delete_if_unchanged(nodes[0], k, _check_cas(cas))
+            if result and len(nodes) > 1:
+                yield [Call(n, protocol.delete(k), _ONE_STATUS, "delete") for n in nodes[1:]]
+            return result
+        kinds = () if noreply else _ONE_STATUS
+        calls = [Call(n, protocol.delete(k, bool(noreply)), kinds, "delete") for n in nodes]
+        yield calls
+        if noreply:
+            return all(call.error is None for call in calls)
+        return any([self._reply(call) == b"DELETED" for call in calls])
+
+    def _delete_if_unchanged(self, node: Node, k: bytes, cas: bytes) -> Op[bool | None]:
+        """Delete ``k`` only if its CAS token is still ``cas``: True when deleted, False when
+        it changed, None when it is not there. ``md k C<cas>`` where the node speaks meta;
+        elsewhere a ``cas`` that stores an already-expired empty value (exptime -1), which
+        memcached treats exactly as a conditional delete."""
+        if node.meta is not False:
+            call = Call(node, protocol.meta_delete(k, b"C" + cas), (META,), "delete")
+            yield [call]
+            first = call.replies[0] if call.error is None else None  # type: ignore[index]
+            if not isinstance(first, UnknownCommandError):
+                reply = self._reply(call)
+                if reply is _FAILED:
+                    return False
+                node.meta = True
+                return {b"HD": True, b"EX": False}.get(reply.code)  # NF: None
+            node.meta = False
+        call = Call(node, protocol.store(b"cas", k, 0, -1, b"", cas), _ONE_STATUS, "delete")
+        yield [call]
+        return self._store_result(call)
+
+    # -- multi-key writes ------------------------------------------------------------------
+    def _write_groups(self, keys: Iterable) -> tuple[dict[Node, list[bytes]], dict, list]:
+        """Every copy's node with its keys; the original key of each; keys with no node."""
+        if self.replicas == 1:
+            return self._group(keys)
+        originals = {self.key(key): key for key in keys}
+        groups = self._group_copies(originals)
+        placed = {k for ks in groups.values() for k in ks}
+        return groups, originals, [k for k in originals if k not in placed]
+
+    def _set_many(self, values: Mapping, expire: int, noreply: bool | None) -> Op[list]:
+        """Store every value; returns the keys that were not stored (pymemcache's contract)."""
+        groups, originals, unrouted = self._write_groups(values)
+        if unrouted and self.raise_on_error:
+            raise NoServerAvailable("every server is ejected")
+        serialized = {k: self._serialize(k, values[originals[k]], None) for k in originals}
+        calls = []
+        for node, ks in groups.items():
+            parts = []
+            for k in ks:
+                data, flags = serialized[k]
+                ttl = self._ttl_for(k, node, expire)
+                parts.append(protocol.store(b"set", k, flags, ttl, data, None, bool(noreply)))
+            calls.append(
+                Call(node, b"".join(parts), () if noreply else (STATUS,) * len(ks), "set_many", ks)
+            )
+        yield calls
+        stored = set()
+        for call in calls:
+            if noreply:
+                if call.error is None:
+                    stored.update(call.keys or ())
+                continue
+            for i, k in enumerate(call.keys or ()):
+                if self._reply(call, i) == _STORED:
+                    stored.add(k)
+        return [original for k, original in originals.items() if k not in stored]
+
+    def _delete_many(self, keys: Iterable, noreply: bool | None) -> Op[bool]:
+        groups, _, unrouted = self._write_groups(keys)
+        if unrouted and self.raise_on_error:
+            raise NoServerAvailable("every server is ejected")
+        kinds = () if noreply else None
+        calls = [
+            Call(
+                node,
+                b"".join([protocol.delete(k, bool(noreply)) for k in ks]),
+                kinds if kinds is not None else (STATUS,) * len(ks),
+                "delete_many",
+                ks,
+            )
+            for node, ks in groups.items()
+        ]
+        if calls:
+            yield calls
+        ok = not unrouted
+        for call in calls:
+            if call.error is not None:
+                self._reply(call)
+                ok = False
+            elif not noreply:
+                for i in range(len(call.kinds)):
+                    if self._reply(call, i) is _FAILED:
+                        ok = False
+        return ok
+
+    # -- every node ------------------------------------------------------------------------
+    def _each(self, what: str, request: bytes, kind: int) -> Op[dict[str, Any]]:
+        """``request`` to every usable node at once: ``{"host:port": reply}`` of those that
+        answered."""
+        calls = [Call(n, request, (kind,), what) for n in self.nodes.values() if n.health.usable]
+        if calls:
+            yield calls
+        out = {}
+        for call in calls:
+            reply = self._reply(call)
+            if reply is not _FAILED:
+                out[str(call.node.server)] = reply
+        return out
+
+    def _stats(self, args: tuple[str, ...]) -> Op[dict[str, dict[bytes, Any]]]:
+        replies = yield from self._each("stats", protocol.stats(*args), STATS)
+        return {name: protocol.typed_stats(stats) for name, stats in replies.items()}
+
+    def _version(self) -> Op[dict[str, bytes]]:
+        replies = yield from self._each("version", protocol.VERSION, STATUS)
+        return {name: line.removeprefix(b"VERSION ") for name, line in replies.items()}
+
+    def _flush_all(self, delay: int, noreply: bool | None) -> Op[bool]:
+        """Flush every node; True when every node (usable or not) confirmed."""
+        done = yield from self._each("flush_all", protocol.flush_all(delay), STATUS)
+        return len(done) == len(self.nodes) and all(r == b"OK" for r in done.values())
+
+    def node_stats(self) -> dict[str, dict[str, Any]]:
+        """What this client saw of each node: state, failures, ejections, meta support."""
+        return {
+            str(n.server): {
+                "state": n.health.state.value,
+                "failures": n.health.failures,
+                "ejections": n.health.ejections,
+                "meta": n.meta,
+            }
+            for n in self.nodes.values()
+        }
+
+
+def _check_cas(cas: int | bytes) -> bytes:
+    if isinstance(cas, bytes) and cas.isdigit():
+        return cas
+    return b"%d" % _check_int(cas, "cas")
+
+
+def _meta_ttl(reply: Meta) -> int | None:
+    """The remaining TTL of a meta hit as ``set`` takes it (0 = never); None when the value
+    expires within the second (no copy of it is worth making)."""
+    t = reply.number("t")
+    if t is None or t == -1:
+        return 0
+    return t if t > 0 else None
