@@ -36,6 +36,13 @@ def _io_error(exc: BaseException, call: Call) -> BaseException:
         error: BaseException = TimeoutError(f"{call.what} on {call.node.server} timed out")
     elif isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError):
         error = ConnectionResetError(f"{call.what} on {call.node.server}: {exc!r}")
+    elif isinstance(exc, OSError) and exc.errno is None and exc.__cause__ is not None:
+        # open_tcp_stream's "all attempts to connect failed": the first attempt's own error
+        # (ConnectionRefusedError, …), as a blocking connect raises it.
+        cause = exc.__cause__
+        while isinstance(cause, BaseExceptionGroup):
+            cause = cause.exceptions[0]
+        return cause if isinstance(cause, OSError) else exc
     else:
         return exc
     error.__cause__ = exc

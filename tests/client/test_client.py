@@ -1,4 +1,5 @@
-"""The sync client against real node processes and Debian's memcached, healthy and failing."""
+"""Both clients (every test here runs on the sync and the trio driver) against real node
+processes and Debian's memcached, healthy and failing."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from urllib.parse import quote
 
 import pytest
 from pymemcache.client.base import Client as PymemcacheClient
-from pymemcache.exceptions import MemcacheIllegalInputError
+from pymemcache.exceptions import MemcacheIllegalInputError, MemcacheServerError
 
-from ringcache.client import Client, NoServerAvailable
+from ringcache.client import Client, NoServerAvailable, RingcacheError, ServerError
 from tests.conftest import RawClient, ServerProcess
 from tests.proxy import Proxy
 
@@ -22,10 +23,8 @@ FAST = {"connect_timeout": 0.3, "timeout": 0.3, "probe_interval": 0.1, "probe_ma
 
 
 @pytest.fixture
-def client(nodes):
-    c = Client([n.location for n in nodes], **FAST)
-    yield c
-    c.close()
+def client(nodes, make_client):
+    return make_client([n.location for n in nodes], **FAST)
 
 
 def direct(server: ServerProcess) -> PymemcacheClient:
@@ -53,7 +52,8 @@ def test_operations(client):
     assert client.set("s", "text") and client.get("s") == "text"
     assert client.set("i", 42) and client.get("i") == 42
     assert set(client.version().values()) == {b"1.6.18"}
-    assert len(client.stats()) == 3
+    stats = client.stats()
+    assert len(stats) == 3 and all(isinstance(s[b"curr_items"], int) for s in stats.values())
     assert client.flush_all() and client.get("n") is None
 
 
@@ -81,12 +81,12 @@ def test_multi_key(client):
     assert len(client.get_many(values)) == 200
 
 
-def test_multi_key_requests_reach_every_node_before_any_reply_is_read(nodes):
+def test_multi_key_requests_reach_every_node_before_any_reply_is_read(nodes, make_client):
     """Each node answers only after all of them have their request: a serial client would
     need the sum of the delays, the fan-out needs about the largest one."""
     proxies = [Proxy(n.port, delay=0.3) for n in nodes]
     try:
-        c = Client([f"127.0.0.1:{p.port}" for p in proxies], timeout=3, connect_timeout=3)
+        c = make_client([f"127.0.0.1:{p.port}" for p in proxies], timeout=3, connect_timeout=3)
         keys = [f"k{i}" for i in range(60)]
         c.set_many(dict.fromkeys(keys, 1))
         for p in proxies:
@@ -95,7 +95,6 @@ def test_multi_key_requests_reach_every_node_before_any_reply_is_read(nodes):
         assert len(c.get_many(keys)) == 60
         elapsed = time.monotonic() - started
         assert elapsed < 0.8, f"get_many took {elapsed:.2f}s with three 0.3s nodes"
-        c.close()
     finally:
         for p in proxies:
             p.close()
@@ -111,14 +110,13 @@ def test_key_validation(client):
     assert client.set("ünïcode", b"v") and client.get("ünïcode") == b"v"
 
 
-def test_against_real_memcached(memcached, nodes):
-    c = Client([memcached.location, nodes[0].location], **FAST)
+def test_against_real_memcached(memcached, nodes, make_client):
+    c = make_client([memcached.location, nodes[0].location], **FAST)
     keys = {f"k{i}": i for i in range(100)}
     assert c.set_many(keys) == []
     assert c.get_many(keys) == keys
     on_memcached = [k for k in keys if str(c.server_for(k)) == memcached.location]
     assert on_memcached and all(direct(memcached).get(k) is not None for k in on_memcached)
-    c.close()
 
 
 def test_thread_safety(client):
@@ -179,8 +177,8 @@ def test_killed_node_costs_no_exceptions_and_recovers_within_a_second(client, no
     assert 0 < expires - time.time() <= 31
 
 
-def test_all_nodes_down_is_fast_misses(nodes):
-    c = Client([n.location for n in nodes], **FAST)
+def test_all_nodes_down_is_fast_misses(nodes, make_client):
+    c = make_client([n.location for n in nodes], **FAST)
     for n in nodes:
         os.kill(n.pid, signal.SIGKILL)
         n.proc.wait(5)
@@ -194,16 +192,22 @@ def test_all_nodes_down_is_fast_misses(nodes):
     c.raise_on_error = True
     with pytest.raises(NoServerAvailable):
         c.get("x")
-    c.close()
 
 
-def test_raise_on_error_raises_pymemcache_exceptions(nodes):
-    c = Client([nodes[0].location], raise_on_error=True, **FAST)
+def test_raise_on_error_raises_the_errors_that_happened(nodes, make_client):
+    c = make_client([nodes[0].location], raise_on_error=True, **FAST)
+    with pytest.raises(ServerError) as raised:
+        c.set("big", b"x" * (2 << 20))  # SERVER_ERROR object too large for cache
+    assert isinstance(raised.value, MemcacheServerError) and isinstance(
+        raised.value, RingcacheError
+    )
+    assert c.get("k") is None  # the node answered: healthy, the connection still in step
+    assert c.node_stats()[nodes[0].location]["failures"] == 0
     os.kill(nodes[0].pid, signal.SIGKILL)
     nodes[0].proc.wait(5)
+    time.sleep(0.05)  # the pooled connection, idle since before the kill, is checked and dropped
     with pytest.raises(ConnectionRefusedError):
         c.get("k")
-    c.close()
 
 
 def test_hung_node_costs_no_exceptions_and_no_long_operation(client, nodes):
@@ -262,8 +266,8 @@ def start_node_on_port(port: int) -> ServerProcess:
     return ServerProcess(argv, port, proc, Path(os.devnull))
 
 
-def test_failover_writes_get_a_capped_ttl(nodes):
-    c = Client([n.location for n in nodes], failover_ttl=1, **FAST)
+def test_failover_writes_get_a_capped_ttl(nodes, make_client):
+    c = make_client([n.location for n in nodes], failover_ttl=1, **FAST)
     victim = nodes[0]
     keys = keys_owned_by(c, victim, 3)
     os.kill(victim.pid, signal.SIGKILL)
@@ -274,22 +278,20 @@ def test_failover_writes_get_a_capped_ttl(nodes):
     assert c.get(keys[1]) == b"v"
     time.sleep(2.1)
     assert c.get(keys[1]) is None  # the stand-in's copy expired with the failover TTL
-    c.close()
 
 
-def test_a_memcached_peer_as_stand_in(memcached, nodes):
-    c = Client([nodes[0].location, memcached.location], **FAST)
+def test_a_memcached_peer_as_stand_in(memcached, nodes, make_client):
+    c = make_client([nodes[0].location, memcached.location], **FAST)
     keys = keys_owned_by(c, nodes[0], 5)
     os.kill(nodes[0].pid, signal.SIGKILL)
     nodes[0].proc.wait(5)
     for k in keys:
         c.get(k)
     assert c.set(keys[0], b"v") and direct(memcached).get(keys[0]) == b"v"
-    c.close()
 
 
 @pytest.mark.skipif(shutil.which("memcached") is None, reason="Debian's memcached is not installed")
-def test_unix_socket_location(tmp_path):
+def test_unix_socket_location(tmp_path, make_client):
     path = tmp_path / "mc.sock"
     extra = ["-u", "root"] if os.geteuid() == 0 else []
     proc = subprocess.Popen(["memcached", "-s", str(path), "-U", "0", *extra])
@@ -297,22 +299,21 @@ def test_unix_socket_location(tmp_path):
         deadline = time.monotonic() + 10
         while not path.exists() and time.monotonic() < deadline:
             time.sleep(0.02)
-        c = Client(f"unix:{path}", **FAST)
+        c = make_client(f"unix:{path}", **FAST)
         assert c.set("k", b"v") and c.get("k") == b"v"
         assert c.get_many(["k", "x"]) == {"k": b"v"}
-        c.close()
     finally:
         proc.terminate()
         proc.wait(10)
 
 
-def test_values_interoperate_with_python_memcached_and_pymemcache(nodes):
+def test_values_interoperate_with_python_memcached_and_pymemcache(nodes, make_client):
     import memcache
     from pymemcache.client.hash import HashClient
     from pymemcache.serde import pickle_serde
 
     values = {"int": 42, "str": "text", "bytes": b"\x00raw", "dict": {"a": [1, 2]}, "big": 2**70}
-    ours = Client([nodes[0].location], **FAST)
+    ours = make_client([nodes[0].location], **FAST)
     python_memcached = memcache.Client([nodes[0].location])
     pymemcache = HashClient([nodes[0].address], serde=pickle_serde)
     for key, value in values.items():
@@ -321,5 +322,4 @@ def test_values_interoperate_with_python_memcached_and_pymemcache(nodes):
         assert pymemcache.get(key) == value
         assert python_memcached.set(key + "-theirs", value)
         assert ours.get(key + "-theirs") == value
-    ours.close()
     python_memcached.disconnect_all()

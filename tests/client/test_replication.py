@@ -1,4 +1,5 @@
-"""replicas=2: every value on two nodes, reads fall back, killing any one node loses nothing."""
+"""replicas=2 on both drivers: every value on two nodes, reads fall back, killing any one
+node loses nothing."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ def holders(nodes, key: str) -> list[str]:
     return [n.location for n in nodes if Plain(n.address).get(key) is not None]
 
 
-def test_writes_reach_owner_and_next_node(nodes):
-    c = Client([n.location for n in nodes], replicas=2, **FAST)
+def test_writes_reach_owner_and_next_node(nodes, make_client):
+    c = make_client([n.location for n in nodes], replicas=2, **FAST)
     keys = [f"k{i}" for i in range(60)]
     assert c.set_many(dict.fromkeys(keys, b"v")) == []
     for k in keys:
@@ -27,11 +28,10 @@ def test_writes_reach_owner_and_next_node(nodes):
     assert c.delete("k1") and holders(nodes, "k1") == []
     c.delete_many(keys[2:10])
     assert all(holders(nodes, k) == [] for k in keys[2:10])
-    c.close()
 
 
-def test_arithmetic_and_conditional_writes_keep_copies_equal(nodes):
-    c = Client([n.location for n in nodes], replicas=2, **FAST)
+def test_arithmetic_and_conditional_writes_keep_copies_equal(nodes, make_client):
+    c = make_client([n.location for n in nodes], replicas=2, **FAST)
     assert c.set("n", 10)
     assert c.incr("n", 5) == 15
     assert c.add("a", b"1") and not c.add("a", b"2")
@@ -39,38 +39,20 @@ def test_arithmetic_and_conditional_writes_keep_copies_equal(nodes):
     for key, expected in (("n", b"15"), ("a", b"1x")):
         copies = [Plain(n.address).get(key) for n in nodes]
         assert sorted(v for v in copies if v is not None) == [expected, expected]
-    c.close()
 
 
 @pytest.mark.parametrize("victim", [0, 1, 2])
-def test_killing_any_one_node_loses_no_value(nodes, victim):
-    c = Client([n.location for n in nodes], replicas=2, **FAST)
+def test_killing_any_one_node_loses_no_value(nodes, victim, make_client):
+    c = make_client([n.location for n in nodes], replicas=2, **FAST)
     values = {f"user:{i}": i for i in range(300)}
     assert c.set_many(values) == []
     os.kill(nodes[victim].pid, signal.SIGKILL)
     nodes[victim].proc.wait(5)
     assert all(c.get(k) == v for k, v in values.items())  # every value, no exception
     assert c.get_many(values) == values
-    c.close()
+    assert c.delete("user:1") and c.get("user:1") is None
 
 
 def test_replicas_must_be_positive(nodes):
     with pytest.raises(ValueError):
         Client([nodes[0].location], replicas=0)
-
-
-async def test_trio_client_replicates_and_falls_back(nodes):
-    from ringcache.client import AsyncClient
-
-    async with AsyncClient([n.location for n in nodes], replicas=2, **FAST) as c:
-        values = {f"t{i}": i for i in range(100)}
-        assert await c.set_many(values) == []
-        assert await c.set("n", b"1") and await c.incr("n", 4) == 5
-        copies = [Plain(n.address).get("n") for n in nodes]
-        assert sorted(v for v in copies if v is not None) == [b"5", b"5"]
-        os.kill(nodes[1].pid, signal.SIGKILL)
-        nodes[1].proc.wait(5)
-        assert await c.get_many(values) == values
-        assert all([await c.get(k) == v for k, v in values.items()])
-        assert await c.delete("n")
-        assert all(Plain(n.address).get("n") is None for n in (nodes[0], nodes[2]))
