@@ -44,6 +44,7 @@ log = logging.getLogger("ringcache.client")
 T = TypeVar("T")
 REALTIME_MAXDELTA = 60 * 60 * 24 * 30
 KEY_MAX_LENGTH = 250
+ROUTE_CACHE_SIZE = 32768
 U64_MAX = 2**64 - 1
 
 _BAD_KEY_BYTE = re.compile(rb"[\x00-\x20\x7f]")
@@ -168,7 +169,7 @@ Op = Generator[list[Call], list[Call], T]
 class _View:
     """One membership: servers, their ring and nodes, and the point → node table."""
 
-    __slots__ = ("node_list", "node_of_point", "nodes", "points", "ring", "servers")
+    __slots__ = ("node_list", "node_of_point", "nodes", "points", "ring", "routes", "servers")
 
     def __init__(self, servers: list[Server], owner: Engine, previous: _View | None) -> None:
         self.servers = servers
@@ -182,6 +183,9 @@ class _View:
         owners = self.ring._owner_index
         self.node_of_point = [self.node_list[i] for i in [*owners, owners[0]]]
         self.points = self.ring._points
+        # Key as the application gave it -> (key as sent, owner node): hot keys skip
+        # validation, MD5 and the ring search. Emptied when full, so it follows the hot set.
+        self.routes: dict[Any, tuple[bytes, Node]] = {}
 
 
 class Engine:
@@ -337,6 +341,23 @@ class Engine:
                 return k
         return validate_key(key, self.key_prefix)
 
+    def _owner(self, key: str | bytes) -> tuple[bytes, Node]:
+        """The key as sent and the node that owns it on the ring (whatever its health)."""
+        routes = self._view.routes
+        try:
+            hit = routes.get(key)
+        except TypeError:  # unhashable: validate_key names the problem
+            hit = None
+        if hit is None:
+            k = self.key(key)
+            view = self._view
+            point = bisect_left(view.points, int.from_bytes(md5(k).digest()[:4], "little"))
+            hit = (k, view.node_of_point[point])
+            if len(routes) >= ROUTE_CACHE_SIZE:
+                routes.clear()
+            routes[key] = hit
+        return hit
+
     def server_for(self, key: str | bytes) -> Server:
         """The server that owns ``key`` on the ring (whatever its health)."""
         return self.ring.get(self.key(key))
@@ -387,21 +408,33 @@ class Engine:
         prefix = self.key_prefix
         bad = _BAD_KEY_BYTE.search
         view = self._view
+        routes = view.routes
         points = view.points
         node_of_point = view.node_of_point
         for key in keys:
-            if type(key) is str:
-                k = key.encode()
-            elif type(key) is bytes:
-                k = key
+            try:
+                hit = routes.get(key)
+            except TypeError:
+                hit = None
+            if hit is None:
+                if type(key) is str:
+                    k = key.encode()
+                elif type(key) is bytes:
+                    k = key
+                else:
+                    k = validate_key(key, prefix)
+                if prefix:
+                    k = prefix + k
+                if not k or len(k) > KEY_MAX_LENGTH or bad(k):
+                    validate_key(key, prefix)  # raises with the precise reason
+                point = bisect_left(points, int.from_bytes(md5(k).digest()[:4], "little"))
+                node = node_of_point[point]
+                if len(routes) >= ROUTE_CACHE_SIZE:
+                    routes.clear()
+                routes[key] = (k, node)
             else:
-                k = validate_key(key, prefix)
-            if prefix:
-                k = prefix + k
-            if not k or len(k) > KEY_MAX_LENGTH or bad(k):
-                validate_key(key, prefix)  # raises with the precise reason
+                k, node = hit
             originals[k] = key
-            node = node_of_point[bisect_left(points, int.from_bytes(md5(k).digest()[:4], "little"))]
             if not node.health.usable:
                 node, _ = self._route(k)
                 if node is None:
@@ -514,8 +547,9 @@ class Engine:
     def _read(self, first: dict[Node, list[bytes]], keys: list[bytes], cas: bool) -> Op[dict]:
         """``get``/``gets`` of ``keys``: ``first`` groups them by the node of their first copy;
         keys a copy does not have are asked of the next copy, then (during a membership
-        change, without CAS) of their previous owner. ``{key: (flags, data, cas)}``."""
-        found: dict[bytes, tuple[int, bytes, bytes | None]] = {}
+        change, without CAS) of their previous owner. ``{key: (key, flags, data, cas)}``, the
+        reader's own tuples."""
+        found: dict[bytes, tuple[bytes, int, bytes, bytes | None]] = {}
         groups = first
         # Each key's copies, fixed before the first read: a copy that fails and is ejected
         # meanwhile must not shift the others.
@@ -536,8 +570,8 @@ class Engine:
             for call in calls:
                 values = self._reply(call)
                 if values is not _FAILED:
-                    for key, flags, data, token in values:
-                        found[key] = (flags, data, token)
+                    for item in values:
+                        found[item[0]] = item
             if len(found) == len(keys):
                 return found
         if not cas and self._previous is not None and len(found) < len(keys):
@@ -554,7 +588,7 @@ class Engine:
         adds: dict[Node, list[bytes]] = {}
         found = {}
         for k, (flags, data, ttl, _) in entries.items():
-            found[k] = (flags, data, None)
+            found[k] = (k, flags, data, None)
             nodes, standin = self._copies(k)
             expire = self._copy_expire(ttl, standin)
             if expire is not None:
@@ -572,12 +606,13 @@ class Engine:
         return {} if node is None else {node: [key]}
 
     def _get(self, key: str | bytes, default: Any) -> Op[Any]:
-        k = self.key(key)
+        k, node = self._owner(key)
         if self.replicas == 1 and self._previous is None:
             # The common case in one step, without the copy and warm-up machinery.
-            node, _ = self._route(k)
-            if node is None:
-                return default
+            if not node.health.usable:
+                node, _ = self._route(k)
+                if node is None:
+                    return default
             call = Call(node, b"get " + k + b"\r\n", _ONE_VALUES, "get")
             yield [call]
             values = self._reply(call)
@@ -587,7 +622,7 @@ class Engine:
             return self.serde.deserialize(k, data, flags)
         found = yield from self._read(self._first_copy(k), [k], False)
         hit = found.get(k)
-        return default if hit is None else self._deserialize(k, hit[1], hit[0])
+        return default if hit is None else self._deserialize(k, hit[2], hit[1])
 
     def _gets(self, key: str | bytes, default: Any, cas_default: Any) -> Op[tuple[Any, Any]]:
         k = self.key(key)
@@ -595,18 +630,19 @@ class Engine:
         hit = found.get(k)
         if hit is None:
             return default, cas_default
-        return self._deserialize(k, hit[1], hit[0]), hit[2]
+        return self._deserialize(k, hit[2], hit[1]), hit[3]
 
     def _get_many(self, keys: Iterable, cas: bool) -> Op[dict]:
         groups, originals, _ = self._group(keys)
         found = yield from self._read(groups, list(originals), cas)
         deserialize = self.serde.deserialize
-        if cas:
-            return {
-                originals[k]: (deserialize(k, data, flags), token)
-                for k, (flags, data, token) in found.items()
-            }
-        return {originals[k]: deserialize(k, data, flags) for k, (flags, data, _) in found.items()}
+        # pickle_serde gives flags-0 data back as it is: skip the call for the default serde.
+        plain = self.serde is pickle_serde
+        out = {}
+        for k, flags, data, token in found.values():
+            value = data if plain and flags == 0 else deserialize(k, data, flags)
+            out[originals[k]] = (value, token) if cas else value
+        return out
 
     def _get_entry(self, key: str | bytes) -> Op[Entry | None]:
         k = self.key(key)
@@ -628,13 +664,20 @@ class Engine:
         flags: int | None,
         cas: int | bytes | None = None,
     ) -> Op[bool | None]:
-        k = self.key(key)
-        data, flags = self._serialize(k, value, flags)
+        k, owner = self._owner(key)
+        if flags is None and type(value) is bytes and self.serde is pickle_serde:
+            data = value  # what pickle_serde makes of bytes, without the call
+            flags = 0
+        else:
+            data, flags = self._serialize(k, value, flags)
         if cas is not None:
             cas = _check_cas(cas)
-        nodes, standin = self._copies(k)
-        if not nodes:
-            return False
+        if self.replicas == 1 and owner.health.usable:
+            nodes, standin = [owner], False
+        else:
+            nodes, standin = self._copies(k)
+            if not nodes:
+                return False
         ttl = self._failover_expire(expire) if standin else expire
         if command == b"set" or len(nodes) == 1:
             # Every copy gets a plain set; a conditional write goes to its only copy.

@@ -257,11 +257,14 @@ class Reader:
 
     def _status(self) -> Any:
         pos = self._pos
-        eol = self._eol(pos)
+        eol = self._buf.find(b"\r\n", pos)
         if eol < 0:
+            self._eol(pos)  # raises for an endless line
             return self._more(0)
         line = self._buf[pos:eol]
-        self._done(eol + 2)
+        self._size -= eol + 2 - pos
+        self._pos = eol + 2
+        self._need = 1
         if line in _STATUS_WORDS:
             return line
         return reply_error(line) or line
