@@ -52,11 +52,12 @@ def _io_error(exc: BaseException, call: Call) -> BaseException:
 class _Conn:
     """One trio connection to a node, with its reply reader."""
 
-    __slots__ = ("reader", "stream")
+    __slots__ = ("idle_since", "reader", "stream")
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
         self.reader = Reader()
+        self.idle_since = 0.0
 
     async def read(self, kind: int) -> Any:
         reader = self.reader
@@ -170,8 +171,7 @@ class AsyncClient(Engine):
         try:
             with trio.fail_after(self.connect_timeout + self.timeout):
                 if not call.fresh:
-                    while (conn := node.take()) is not None and conn.stale():
-                        conn.close()
+                    conn = node.take()
                 if conn is None:
                     address = node.server.address
                     if isinstance(address, str):

@@ -15,7 +15,6 @@ import socket
 import struct
 import threading
 from collections.abc import Iterable, Iterator, Mapping
-from time import monotonic
 from typing import Any
 
 from . import protocol
@@ -30,7 +29,6 @@ __all__ = ["Client", "Connection", "NoServerAvailable", "validate_key"]
 # connection can break, be refused or time out (socket timeouts are OSErrors), and a byte
 # stream that is no longer memcached's protocol.
 CONNECTION_ERRORS = (OSError, ConnectionBroken)
-STALE_CHECK_AFTER = 0.01
 
 
 class Connection:
@@ -103,12 +101,6 @@ class Connection:
         restart), or bytes nobody asked for. Either way it must not carry a request."""
         return bool(self.reader.buffered or self._poll.poll(0))
 
-    def reusable(self, now: float) -> bool:
-        """Whether a pooled connection may carry a request. Only one idle for more than
-        ``STALE_CHECK_AFTER`` is checked (a system call): the server that closed one idle for
-        less died within that time, and a request to it fails whatever the connection."""
-        return now - self.idle_since < STALE_CHECK_AFTER or not self.stale()
-
     def close(self) -> None:
         self.sock.close()
 
@@ -158,11 +150,7 @@ class Client(Engine):
         node = call.node
         conn = None
         try:
-            now = monotonic()
-            while (conn := node.take()) is not None and not conn.reusable(now):
-                conn.close()
-            if conn is None:
-                conn = Connection(node.server, self.connect_timeout, self.timeout)
+            conn = node.take() or Connection(node.server, self.connect_timeout, self.timeout)
             conn.send(call.data)
             read = conn.read
             call.replies = [read(kind) for kind in call.kinds]
@@ -175,22 +163,15 @@ class Client(Engine):
             if conn is not None:
                 conn.close()
             raise
-        conn.idle_since = monotonic()
         if not node.give(conn):
             conn.close()
 
     def _checkout(self, call: Call) -> Connection:
         node = call.node
-        if not call.fresh:
-            now = monotonic()
-            while (conn := node.take()) is not None:
-                if conn.reusable(now):
-                    return conn
-                conn.close()
-        return Connection(node.server, self.connect_timeout, self.timeout)
+        conn = None if call.fresh else node.take()
+        return conn or Connection(node.server, self.connect_timeout, self.timeout)
 
     def _checkin(self, call: Call, conn: Connection) -> None:
-        conn.idle_since = monotonic()
         if call.fresh or not call.node.give(conn):
             conn.close()
 

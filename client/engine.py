@@ -24,6 +24,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from hashlib import md5
+from time import monotonic
 from typing import Any, TypeVar
 
 from pymemcache.serde import pickle_serde
@@ -45,6 +46,7 @@ T = TypeVar("T")
 REALTIME_MAXDELTA = 60 * 60 * 24 * 30
 KEY_MAX_LENGTH = 250
 ROUTE_CACHE_SIZE = 32768
+STALE_CHECK_AFTER = 0.01  # seconds a pooled connection may sit idle before use checks it
 U64_MAX = 2**64 - 1
 
 _BAD_KEY_BYTE = re.compile(rb"[\x00-\x20\x7f]")
@@ -110,14 +112,27 @@ class Node:
         self._idle: list = []
 
     def take(self) -> Any:
-        """An idle connection, or None (list.pop is atomic: no lock on the hot path)."""
-        try:
-            return self._idle.pop()
-        except IndexError:
-            return None
+        """An idle connection that may carry a request, or None (list.pop is atomic: no lock
+        on the hot path).
+
+        One idle for more than ``STALE_CHECK_AFTER`` is checked first (``conn.stale()``, a
+        system call) and closed if the server closed it meanwhile: a restarted node's old
+        connections are replaced, not counted as its failures. One idle for less is not: the
+        server that closed it died within that time, and a request to it fails anyway.
+        """
+        now = monotonic()
+        while True:
+            try:
+                conn = self._idle.pop()
+            except IndexError:
+                return None
+            if now - conn.idle_since < STALE_CHECK_AFTER or not conn.stale():
+                return conn
+            conn.close()
 
     def give(self, conn: Any) -> bool:
         """Keep ``conn`` for reuse; False when the pool is full (the caller closes it)."""
+        conn.idle_since = monotonic()
         if len(self._idle) < self.pool_size:
             self._idle.append(conn)
             return True
@@ -125,8 +140,11 @@ class Node:
 
     def drain(self) -> list:
         idle = []
-        while (conn := self.take()) is not None:
-            idle.append(conn)
+        while self._idle:
+            try:
+                idle.append(self._idle.pop())
+            except IndexError:
+                break
         return idle
 
     def __repr__(self) -> str:
