@@ -152,8 +152,12 @@ class Client(Engine):
         try:
             conn = node.take() or Connection(node.server, self.connect_timeout, self.timeout)
             conn.send(call.data)
-            read = conn.read
-            call.replies = [read(kind) for kind in call.kinds]
+            kinds = call.kinds
+            if len(kinds) == 1:
+                call.replies = [conn.read(kinds[0])]
+            else:
+                read = conn.read
+                call.replies = [read(kind) for kind in kinds]
         except CONNECTION_ERRORS as exc:
             if conn is not None:
                 conn.close()

@@ -56,6 +56,7 @@ _STORED = b"STORED"
 # What each storage reply means to the caller (pymemcache's contract).
 _STORE_RESULT = {b"STORED": True, b"NOT_STORED": False, b"EXISTS": False, b"NOT_FOUND": None}
 _FAILED: Any = object()
+_WHAT = {b"set": "set", b"add": "add", b"replace": "replace", b"cas": "cas"}
 
 
 def validate_key(key: str | bytes, key_prefix: bytes = b"") -> bytes:
@@ -701,12 +702,19 @@ class Engine:
             # Every copy gets a plain set; a conditional write goes to its only copy.
             kinds = () if noreply else _ONE_STATUS
             request = protocol.store(command, k, flags, ttl, data, cas, bool(noreply))
-            calls = [Call(node, request, kinds, command.decode()) for node in nodes]
+            what = _WHAT.get(command) or command.decode()
+            if len(nodes) == 1:
+                call = Call(nodes[0], request, kinds, what)
+                yield [call]
+                if noreply:
+                    return call.error is None
+                if call.error is None and type(reply := call.replies[0]) is bytes:  # type: ignore[index]
+                    return _STORE_RESULT.get(reply, False)
+                return self._store_result(call)
+            calls = [Call(node, request, kinds, what) for node in nodes]
             yield calls
             if noreply:
                 return all(call.error is None for call in calls)
-            if len(calls) == 1:
-                return self._store_result(calls[0])
             results = [self._store_result(call) for call in calls]
             return next((r for r in results if r), results[0])
         # A conditional write is decided by the first copy; what it wrote is then copied.
