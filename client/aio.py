@@ -164,6 +164,8 @@ class AsyncClient(Engine):
                 step = op.send(step)
         except StopIteration as stop:
             return stop.value
+        finally:
+            op.close()  # a cancelled operation still releases what it holds
 
     async def _perform(self, call: Call) -> None:
         conn: _Conn | None = None

@@ -144,6 +144,8 @@ class Client(Engine):
                 step = op.send(step)
         except StopIteration as stop:
             return stop.value
+        finally:
+            op.close()  # an interrupted operation still releases what it holds
 
     def _execute_one(self, call: Call) -> None:
         """The hot path: one request on a pooled connection."""

@@ -17,8 +17,10 @@ neither holds a rule of its own. The bytes and the replies are ``protocol``'s.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
+import threading
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Generator, Iterable, Mapping
@@ -56,6 +58,7 @@ _STORED = b"STORED"
 # What each storage reply means to the caller (pymemcache's contract).
 _STORE_RESULT = {b"STORED": True, b"NOT_STORED": False, b"EXISTS": False, b"NOT_FOUND": None}
 _FAILED: Any = object()
+_REPLAYED = frozenset((b"DELETED", b"NOT_FOUND", b"OK"))
 _WHAT = {b"set": "set", b"add": "add", b"replace": "replace", b"cas": "cas"}
 
 
@@ -101,7 +104,19 @@ class Node:
     """One server: its health (which counts its failures), its idle connections, and whether
     it speaks the meta protocol (None until it has said)."""
 
-    __slots__ = ("_idle", "health", "meta", "pool_size", "server")
+    __slots__ = (
+        "_idle",
+        "fenced",
+        "health",
+        "journal",
+        "journal_flushes",
+        "journal_overflow",
+        "journal_size",
+        "lock",
+        "meta",
+        "pool_size",
+        "server",
+    )
 
     def __init__(self, server: Server, owner: Engine) -> None:
         self.server = server
@@ -111,6 +126,33 @@ class Node:
         self.pool_size = owner.pool_size
         self.meta: bool | None = None
         self._idle: list = []
+        # The recovery journal: keys this client wrote or deleted elsewhere on this node's
+        # behalf while it was out (with the stand-ins that got them), or whose write to it
+        # failed (it may still apply it late). Replayed as deletes on the node and on those
+        # stand-ins before the node takes traffic again; past ``journal_size`` keys the node is
+        # flushed instead. ``fenced`` counts such writes still in flight: the node is not
+        # re-admitted while any is. ``lock`` makes "is it out? then journal the key" and
+        # "journal empty, nothing in flight? then re-admit" exclusive.
+        self.journal: dict[bytes, set[Node]] = {}
+        self.journal_size = owner.journal_size
+        self.journal_overflow = False
+        self.journal_flushes = 0
+        self.fenced = 0
+        self.lock = threading.Lock()
+
+    def record(self, keys: Iterable[bytes], standins: Iterable[Node] = ()) -> None:
+        """Journal ``keys``, written on ``standins`` (call with ``lock`` held)."""
+        if self.journal_overflow:
+            return
+        journal = self.journal
+        for k in keys:
+            got = journal.get(k)
+            if got is None:
+                journal[k] = got = set()
+            got.update(standins)
+        if len(journal) > self.journal_size:
+            journal.clear()
+            self.journal_overflow = True
 
     def take(self) -> Any:
         """An idle connection that may carry a request, or None (list.pop is atomic: no lock
@@ -160,7 +202,7 @@ class Call:
     its own that is closed afterwards and counts nothing against the node (probes).
     """
 
-    __slots__ = ("data", "error", "fresh", "keys", "kinds", "node", "replies", "what")
+    __slots__ = ("data", "error", "fresh", "keys", "kinds", "node", "replies", "what", "writes")
 
     def __init__(
         self,
@@ -179,6 +221,9 @@ class Call:
         self.fresh = fresh
         self.replies: list | None = None
         self.error: BaseException | None = None
+        # Keys this call writes or deletes: journaled for the node if the call fails, since the
+        # node may still carry it out later (a request queued behind a stall).
+        self.writes: list[bytes] | None = None
 
 
 # An operation: yields steps, receives them back executed, returns the call's result.
@@ -228,6 +273,7 @@ class Engine:
         discovery: bool = False,
         discovery_interval: float = 5.0,
         replicas: int = 1,
+        journal_size: int = 10000,
     ) -> None:
         if replicas < 1:
             raise ValueError("replicas must be at least 1")
@@ -245,6 +291,7 @@ class Engine:
         self.discovery = discovery
         self.discovery_interval = discovery_interval
         self.replicas = replicas
+        self.journal_size = journal_size
         self.cluster_version = 0
         self._view = _View(parse_location(location), self, None)
         # While keys move to their new owners, a miss on the new owner is read from the
@@ -264,7 +311,11 @@ class Engine:
             if call.error is None:
                 if call.node.health.consecutive_failures:
                     call.node.health.succeeded()
-            elif call.node.health.failed():
+                continue
+            if call.writes:
+                with call.node.lock:
+                    call.node.record(call.writes)
+            if call.node.health.failed():
                 log.warning(
                     "ejected %s after %d failures (%s: %r)",
                     call.node.server,
@@ -343,13 +394,108 @@ class Engine:
         if due:
             calls = [Call(n, protocol.VERSION, _ONE_STATUS, "probe", fresh=True) for n in due]
             yield calls
+            answered = []
             for call in calls:
                 reply = call.replies[0] if call.error is None else None  # type: ignore[index]
-                ok = isinstance(reply, bytes) and reply.startswith(b"VERSION ")
-                call.node.health.probe_result(ok)
-                if ok:
-                    log.warning("re-admitted %s after a successful probe", call.node.server)
+                if isinstance(reply, bytes) and reply.startswith(b"VERSION "):
+                    answered.append(call.node)
+                else:
+                    call.node.health.probe_result(False)
+            if answered:
+                yield from self._readmit(answered)
         return any(not n.health.usable for n in nodes)
+
+    def _readmit(self, nodes: list[Node]) -> Op[None]:
+        """Nodes that answered a probe take traffic again once neither they nor the stand-ins
+        that took writes on their behalf hold anything this client replaced or deleted
+        meanwhile: the journal's keys are deleted on the node and on those stand-ins (or, if
+        it overflowed, the node is flushed), again for what was journaled meanwhile, and a
+        node is re-admitted only with an empty journal and no write in flight on its behalf,
+        both checked under its lock, which every write that journals for it takes too."""
+        pending = nodes
+        while pending:
+            calls: list[Call] = []
+            taken: dict[Node, tuple[dict[bytes, set[Node]], bool, list[Call]]] = {}
+            for node in pending:
+                with node.lock:
+                    journal, overflow = node.journal, node.journal_overflow
+                    if not journal and not overflow:
+                        if node.fenced:
+                            node.health.probe_again()  # a write on its behalf is in flight
+                        else:
+                            node.health.probe_result(True)
+                            log.warning("re-admitted %s after a successful probe", node.server)
+                        continue
+                    node.journal, node.journal_overflow = {}, False
+                own: list[Call] = []
+                if overflow:
+                    own.append(Call(node, protocol.flush_all(), _ONE_STATUS, "flush", fresh=True))
+                by_node: dict[Node, list[bytes]] = {} if overflow else {node: list(journal)}
+                for k, standins in journal.items():
+                    for standin in standins:
+                        if standin is node:
+                            continue
+                        if standin.health.usable:
+                            by_node.setdefault(standin, []).append(k)
+                        else:  # out too: its own journal takes the copy it holds
+                            with standin.lock:
+                                standin.record((k,))
+                for target, ks in by_node.items():
+                    data = b"".join([protocol.delete(k) for k in ks])
+                    own.append(Call(target, data, (STATUS,) * len(ks), "replay", ks, fresh=True))
+                taken[node] = (journal, overflow, own)
+                calls += own
+            if not calls:
+                return
+            yield calls
+            pending = []
+            for node, (journal, overflow, own) in taken.items():
+                if all(c.error is None and all(r in _REPLAYED for r in c.replies) for c in own):  # type: ignore[union-attr]
+                    if overflow:
+                        node.journal_flushes += 1
+                        log.warning("flushed %s: its recovery journal overflowed", node.server)
+                    pending.append(node)
+                    continue
+                with node.lock:  # not replayed: kept for the next probe
+                    node.journal_overflow = node.journal_overflow or overflow
+                    for k, standins in journal.items():
+                        node.record((k,), standins)
+                node.health.probe_result(False)
+
+    def _fence(self, placed: dict[bytes, list[Node]]) -> list[Node] | None:
+        """Before writing keys (``{key: the nodes it goes to}``) elsewhere than where they
+        belong: journal each for every node that should hold it and is out, with the nodes
+        that get it instead, and count the write as in flight on its behalf (``_unfence`` when
+        done). None when such a node came back meanwhile: route again."""
+        view = self._view
+        fenced: list[Node] = []
+        if all(n.health.usable for n in view.node_list):
+            return fenced
+        for k, targets in placed.items():
+            if self.replicas == 1:
+                holders = [view.node_list[view.ring.index_of(k)]]
+            else:
+                holders = [
+                    view.node_list[i]
+                    for i in itertools.islice(view.ring.candidate_indices(k), self.replicas)
+                ]
+            for node in holders:
+                if node.health.usable:
+                    continue
+                with node.lock:
+                    if node.health.usable:
+                        self._unfence(fenced)
+                        return None
+                    node.record((k,), targets)
+                    node.fenced += 1
+                fenced.append(node)
+        return fenced
+
+    @staticmethod
+    def _unfence(fenced: list[Node]) -> None:
+        for node in fenced:
+            with node.lock:
+                node.fenced -= 1
 
     # -- keys and routing ------------------------------------------------------------------
     def key(self, key: str | bytes) -> bytes:
@@ -673,6 +819,30 @@ class Engine:
         return None
 
     # -- writes ----------------------------------------------------------------------------
+    def _write(self, k: bytes, body: Callable[[list[Node], bool], Op[T]]) -> Op[T]:
+        """Run the write ``body`` on ``k``'s copies (usable nodes, owner first, and whether the
+        owner is out): journaled for every node it should reach and cannot (``_fence``), and
+        each of its calls journaled for its node if it fails."""
+        while True:
+            nodes, standin = self._copies(k)
+            fenced = self._fence({k: nodes}) if standin or self.replicas > 1 else []
+            if fenced is not None:
+                break
+        writes = [k]
+        op = body(nodes, standin)
+        try:
+            step = next(op)
+            while True:
+                for call in step:
+                    call.writes = writes
+                step = op.send((yield step))
+        except StopIteration as stop:
+            return stop.value
+        finally:
+            op.close()
+            if fenced:
+                self._unfence(fenced)
+
     def _store(
         self,
         command: bytes,
@@ -692,43 +862,48 @@ class Engine:
         if cas is not None:
             cas = _check_cas(cas)
         if self.replicas == 1 and owner.health.usable:
-            nodes, standin = [owner], False
-        else:
-            nodes, standin = self._copies(k)
+            # The common case in one step.
+            kinds = () if noreply else _ONE_STATUS
+            request = protocol.store(command, k, flags, expire, data, cas, bool(noreply))
+            call = Call(owner, request, kinds, _WHAT.get(command) or command.decode())
+            call.writes = [k]
+            yield [call]
+            if noreply:
+                return call.error is None
+            if call.error is None and type(reply := call.replies[0]) is bytes:  # type: ignore[index]
+                return _STORE_RESULT.get(reply, False)
+            return self._store_result(call)
+
+        def body(nodes: list[Node], standin: bool) -> Op[bool | None]:
             if not nodes:
                 return False
-        ttl = self._failover_expire(expire) if standin else expire
-        if command == b"set" or len(nodes) == 1:
-            # Every copy gets a plain set; a conditional write goes to its only copy.
-            kinds = () if noreply else _ONE_STATUS
-            request = protocol.store(command, k, flags, ttl, data, cas, bool(noreply))
+            ttl = self._failover_expire(expire) if standin else expire
             what = _WHAT.get(command) or command.decode()
-            if len(nodes) == 1:
-                call = Call(nodes[0], request, kinds, what)
-                yield [call]
+            if command == b"set" or len(nodes) == 1:
+                # Every copy gets a plain set; a conditional write goes to its only copy.
+                kinds = () if noreply else _ONE_STATUS
+                request = protocol.store(command, k, flags, ttl, data, cas, bool(noreply))
+                calls = [Call(node, request, kinds, what) for node in nodes]
+                yield calls
                 if noreply:
-                    return call.error is None
-                if call.error is None and type(reply := call.replies[0]) is bytes:  # type: ignore[index]
-                    return _STORE_RESULT.get(reply, False)
-                return self._store_result(call)
-            calls = [Call(node, request, kinds, what) for node in nodes]
-            yield calls
-            if noreply:
-                return all(call.error is None for call in calls)
-            results = [self._store_result(call) for call in calls]
-            return next((r for r in results if r), results[0])
-        # A conditional write is decided by the first copy; what it wrote is then copied.
-        request = protocol.store(command, k, flags, ttl, data, cas)
-        call = Call(nodes[0], request, _ONE_STATUS, command.decode())
-        yield [call]
-        result = self._store_result(call)
-        if result:
-            if command in (b"append", b"prepend"):
-                yield from self._sync_copies(k, nodes, standin)
-            else:  # add, replace, cas: the value and TTL written are known
-                request = protocol.store(b"set", k, flags, ttl, data)
-                yield [Call(node, request, _ONE_STATUS, "replica set") for node in nodes[1:]]
-        return result
+                    return all(call.error is None for call in calls)
+                results = [self._store_result(call) for call in calls]
+                return next((r for r in results if r), results[0])
+            # A conditional write is decided by the first copy; what it wrote is then copied.
+            call = Call(
+                nodes[0], protocol.store(command, k, flags, ttl, data, cas), _ONE_STATUS, what
+            )
+            yield [call]
+            result = self._store_result(call)
+            if result:
+                if command in (b"append", b"prepend"):
+                    yield from self._sync_copies(k, nodes, standin)
+                else:  # add, replace, cas: the value and TTL written are known
+                    request = protocol.store(b"set", k, flags, ttl, data)
+                    yield [Call(node, request, _ONE_STATUS, "replica set") for node in nodes[1:]]
+            return result
+
+        return (yield from self._write(k, body))
 
     def _store_result(self, call: Call) -> bool | None:
         reply = self._reply(call)
@@ -753,54 +928,66 @@ class Engine:
     ) -> Op[int | None]:
         k = self.key(key)
         _check_int(amount, "delta")
-        nodes, standin = self._copies(k)
-        if not nodes:
-            return None
-        noreply = bool(noreply) and len(nodes) == 1
-        request = protocol.delta(command, k, amount, noreply)
-        call = Call(nodes[0], request, () if noreply else _ONE_STATUS, command.decode())
-        yield [call]
-        if noreply:
-            return None
-        reply = self._reply(call)
-        if reply is _FAILED or reply == b"NOT_FOUND":
-            return None
-        result = int(reply)
-        if len(nodes) > 1:
-            yield from self._sync_copies(k, nodes, standin)
-        return result
+
+        def body(nodes: list[Node], standin: bool) -> Op[int | None]:
+            if not nodes:
+                return None
+            quiet = bool(noreply) and len(nodes) == 1
+            request = protocol.delta(command, k, amount, quiet)
+            call = Call(nodes[0], request, () if quiet else _ONE_STATUS, command.decode())
+            yield [call]
+            if quiet:
+                return None
+            reply = self._reply(call)
+            if reply is _FAILED or reply == b"NOT_FOUND":
+                return None
+            result = int(reply)
+            if len(nodes) > 1:
+                yield from self._sync_copies(k, nodes, standin)
+            return result
+
+        return (yield from self._write(k, body))
 
     def _touch(self, key: str | bytes, expire: int, noreply: bool | None) -> Op[bool]:
         k = self.key(key)
-        nodes, standin = self._copies(k)
-        ttl = self._failover_expire(expire) if standin else expire
-        kinds = () if noreply else _ONE_STATUS
-        calls = [Call(n, protocol.touch(k, ttl, bool(noreply)), kinds, "touch") for n in nodes]
-        if not calls:
-            return False
-        yield calls
-        if noreply:
-            return all(call.error is None for call in calls)
-        return any([self._reply(call) == b"TOUCHED" for call in calls])
+
+        def body(nodes: list[Node], standin: bool) -> Op[bool]:
+            ttl = self._failover_expire(expire) if standin else expire
+            kinds = () if noreply else _ONE_STATUS
+            request = protocol.touch(k, ttl, bool(noreply))
+            calls = [Call(n, request, kinds, "touch") for n in nodes]
+            if not calls:
+                return False
+            yield calls
+            if noreply:
+                return all(call.error is None for call in calls)
+            return any([self._reply(call) == b"TOUCHED" for call in calls])
+
+        return (yield from self._write(k, body))
 
     def _delete(
         self, key: str | bytes, noreply: bool | None, cas: int | bytes | None
     ) -> Op[bool | None]:
         k = self.key(key)
-        nodes, _ = self._copies(k)
-        if not nodes:
-            return False
-        if cas is not None:
-            result = yield from self._delete_if_unchanged(nodes[0], k, _check_cas(cas))
-            if result and len(nodes) > 1:
-                yield [Call(n, protocol.delete(k), _ONE_STATUS, "delete") for n in nodes[1:]]
-            return result
-        kinds = () if noreply else _ONE_STATUS
-        calls = [Call(n, protocol.delete(k, bool(noreply)), kinds, "delete") for n in nodes]
-        yield calls
-        if noreply:
-            return all(call.error is None for call in calls)
-        return any([self._reply(call) == b"DELETED" for call in calls])
+        token = None if cas is None else _check_cas(cas)
+
+        def body(nodes: list[Node], standin: bool) -> Op[bool | None]:
+            if not nodes:
+                return False
+            if token is not None:
+                result = yield from self._delete_if_unchanged(nodes[0], k, token)
+                if result and len(nodes) > 1:
+                    yield [Call(n, protocol.delete(k), _ONE_STATUS, "delete") for n in nodes[1:]]
+                return result
+            kinds = () if noreply else _ONE_STATUS
+            request = protocol.delete(k, bool(noreply))
+            calls = [Call(n, request, kinds, "delete") for n in nodes]
+            yield calls
+            if noreply:
+                return all(call.error is None for call in calls)
+            return any([self._reply(call) == b"DELETED" for call in calls])
+
+        return (yield from self._write(k, body))
 
     def _delete_if_unchanged(self, node: Node, k: bytes, cas: bytes) -> Op[bool | None]:
         """Delete ``k`` only if its CAS token is still ``cas``: True when deleted, False when
@@ -823,32 +1010,51 @@ class Engine:
         return self._store_result(call)
 
     # -- multi-key writes ------------------------------------------------------------------
-    def _write_groups(self, keys: Iterable) -> tuple[dict[Node, list[bytes]], dict, list]:
-        """Every copy's node with its keys; the original key of each; keys with no node."""
-        if self.replicas == 1:
-            return self._group(keys)
-        originals = {self.key(key): key for key in keys}
-        groups = self._group_copies(originals)
-        placed = {k for ks in groups.values() for k in ks}
-        return groups, originals, [k for k in originals if k not in placed]
+    def _write_groups(
+        self, keys: Iterable
+    ) -> tuple[dict[Node, list[bytes]], dict, list, list[Node]]:
+        """Every copy's node with its keys; the original key of each; keys with no node; the
+        nodes fenced for this write (see ``_fence``; ``_unfence`` them when done)."""
+        keys = list(keys)
+        while True:
+            if self.replicas == 1:
+                groups, originals, unrouted = self._group(keys)
+            else:
+                originals = {self.key(key): key for key in keys}
+                groups = self._group_copies(originals)
+                placed = {k for ks in groups.values() for k in ks}
+                unrouted = [k for k in originals if k not in placed]
+            if all(n.health.usable for n in self._view.node_list):
+                return groups, originals, unrouted, []
+            placed: dict[bytes, list[Node]] = {}
+            for node, ks in groups.items():
+                for k in ks:
+                    placed.setdefault(k, []).append(node)
+            fenced = self._fence(placed)
+            if fenced is not None:
+                return groups, originals, unrouted, fenced
 
     def _set_many(self, values: Mapping, expire: int, noreply: bool | None) -> Op[list]:
         """Store every value; returns the keys that were not stored (pymemcache's contract)."""
-        groups, originals, unrouted = self._write_groups(values)
-        if unrouted and self.raise_on_error:
-            raise NoServerAvailable("every server is ejected")
-        serialized = {k: self._serialize(k, values[originals[k]], None) for k in originals}
-        calls = []
-        for node, ks in groups.items():
-            parts = []
-            for k in ks:
-                data, flags = serialized[k]
-                ttl = self._ttl_for(k, node, expire)
-                parts.append(protocol.store(b"set", k, flags, ttl, data, None, bool(noreply)))
-            calls.append(
-                Call(node, b"".join(parts), () if noreply else (STATUS,) * len(ks), "set_many", ks)
-            )
-        yield calls
+        groups, originals, unrouted, fenced = self._write_groups(values)
+        try:
+            if unrouted and self.raise_on_error:
+                raise NoServerAvailable("every server is ejected")
+            serialized = {k: self._serialize(k, values[originals[k]], None) for k in originals}
+            calls = []
+            for node, ks in groups.items():
+                parts = []
+                for k in ks:
+                    data, flags = serialized[k]
+                    ttl = self._ttl_for(k, node, expire)
+                    parts.append(protocol.store(b"set", k, flags, ttl, data, None, bool(noreply)))
+                kinds = () if noreply else (STATUS,) * len(ks)
+                call = Call(node, b"".join(parts), kinds, "set_many", ks)
+                call.writes = ks
+                calls.append(call)
+            yield calls
+        finally:
+            self._unfence(fenced)
         stored = set()
         for call in calls:
             if noreply:
@@ -861,22 +1067,20 @@ class Engine:
         return [original for k, original in originals.items() if k not in stored]
 
     def _delete_many(self, keys: Iterable, noreply: bool | None) -> Op[bool]:
-        groups, _, unrouted = self._write_groups(keys)
-        if unrouted and self.raise_on_error:
-            raise NoServerAvailable("every server is ejected")
-        kinds = () if noreply else None
-        calls = [
-            Call(
-                node,
-                b"".join([protocol.delete(k, bool(noreply)) for k in ks]),
-                kinds if kinds is not None else (STATUS,) * len(ks),
-                "delete_many",
-                ks,
-            )
-            for node, ks in groups.items()
-        ]
-        if calls:
-            yield calls
+        groups, _, unrouted, fenced = self._write_groups(keys)
+        try:
+            if unrouted and self.raise_on_error:
+                raise NoServerAvailable("every server is ejected")
+            calls = []
+            for node, ks in groups.items():
+                data = b"".join([protocol.delete(k, bool(noreply)) for k in ks])
+                call = Call(node, data, () if noreply else (STATUS,) * len(ks), "delete_many", ks)
+                call.writes = ks
+                calls.append(call)
+            if calls:
+                yield calls
+        finally:
+            self._unfence(fenced)
         ok = not unrouted
         for call in calls:
             if call.error is not None:
@@ -916,13 +1120,16 @@ class Engine:
         return len(done) == len(self.nodes) and all(r == b"OK" for r in done.values())
 
     def node_stats(self) -> dict[str, dict[str, Any]]:
-        """What this client saw of each node: state, failures, ejections, meta support."""
+        """What this client saw of each node: state, failures, ejections, meta support, keys in
+        its recovery journal, and how often it was flushed because the journal overflowed."""
         return {
             str(n.server): {
                 "state": n.health.state.value,
                 "failures": n.health.failures,
                 "ejections": n.health.ejections,
                 "meta": n.meta,
+                "journal": len(n.journal),
+                "journal_flushes": n.journal_flushes,
             }
             for n in self.nodes.values()
         }

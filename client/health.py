@@ -86,6 +86,14 @@ class NodeHealth:
             self.state = State.PROBING
             return True
 
+    def probe_again(self) -> None:
+        """A probe succeeded but the node may not take traffic yet (writes made on its behalf
+        are still in flight): probe again at once, without backing off."""
+        with self._lock:
+            if self.state is State.PROBING:
+                self.state = State.EJECTED
+                self.next_probe = self.clock()
+
     def probe_result(self, ok: bool) -> None:
         with self._lock:
             if self.state is not State.PROBING:

@@ -1,0 +1,170 @@
+"""Traffic that checks every read against what it last wrote: the "cache never lies" oracle.
+
+A sync thread and a trio task each own a key space and, until stopped, read, overwrite (some
+writes with a 2-second TTL), delete and multi-get their own keys with values never used twice.
+Each key's model is the set of values a read may return: after a write that succeeded, only
+that value (until its TTL has passed); after a write or delete whose outcome is unknown (it
+returned False: a failure, or for a delete also "not found"), the old possibilities plus the
+new one. A miss is always allowed (a cache may forget); a hit with any other value, or with a
+value past its TTL, is a wrong read.
+
+Loops are bounded by a deadline and by ``stop``; nothing here talks to anything but the
+127.0.0.1 servers a test started.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from ringcache.client import AsyncClient, Client
+from tests.failover.harness import OPTIONS
+
+# memcached counts whole seconds: a value written with TTL t can be served until about t + 1 s.
+TTL_SLACK = 1.5
+FOREVER = float("inf")
+
+
+@dataclass
+class Model:
+    """What each key may hold: value → the time after which it must not be served."""
+
+    allowed: dict[str, dict[Any, float]] = field(default_factory=dict)
+    reads: int = 0
+    hits: int = 0
+    wrong: list[tuple[str, Any, float]] = field(default_factory=list)
+
+    def wrote(self, key: str, value: Any, ttl: int, ok: bool, ended: float) -> None:
+        deadline = ended + ttl + TTL_SLACK if ttl else FOREVER
+        if ok:
+            self.allowed[key] = {value: deadline}
+        else:
+            self.allowed.setdefault(key, {})[value] = deadline
+
+    def deleted(self, key: str, ok: bool) -> None:
+        if ok:
+            self.allowed[key] = {}
+
+    def read(self, key: str, value: Any, started: float) -> None:
+        self.reads += 1
+        if value is None:
+            return
+        self.hits += 1
+        deadline = self.allowed.get(key, {}).get(value)
+        if deadline is None or started > deadline:
+            self.wrong.append((key, value, started))
+
+
+class CheckedTraffic:
+    """``with CheckedTraffic(location) as t: ...fault...``; then ``t.wrong_reads()``."""
+
+    def __init__(self, location: list[str], keys: int = 150, seed: int = 7, **options: Any):
+        self.location = location
+        self.keys = keys
+        self.seed = seed
+        self.options = {**OPTIONS, **options}
+        self.stop = threading.Event()
+        self.models = {"sync": Model(), "trio": Model()}
+        self.errors: list[BaseException] = []
+        self.clients: list[Any] = []
+        self._threads = [
+            threading.Thread(target=self._sync_loop, daemon=True),
+            threading.Thread(target=lambda: trio.run(self._trio_loop), daemon=True),
+        ]
+
+    def __enter__(self) -> CheckedTraffic:
+        for t in self._threads:
+            t.start()
+        time.sleep(0.5)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self._threads:
+            t.join(20)
+
+    def wrong_reads(self) -> int:
+        return sum(len(m.wrong) for m in self.models.values())
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            name: {"reads": m.reads, "hits": m.hits, "wrong": len(m.wrong), "first": m.wrong[:3]}
+            for name, m in self.models.items()
+        }
+
+    def _plan(self, label: str, rng: random.Random, counter: int) -> tuple[str, Any]:
+        key = f"{label}:{rng.randrange(self.keys)}"
+        roll = rng.random()
+        if roll < 0.45:
+            return "get", key
+        if roll < 0.75:
+            return "set", (key, f"{label}-{counter}", rng.choice((0, 0, 0, 2)))
+        if roll < 0.9:
+            return "delete", key
+        return "get_many", [f"{label}:{rng.randrange(self.keys)}" for _ in range(5)]
+
+    def _sync_loop(self, limit: float = 60.0) -> None:
+        client = Client(self.location, **self.options)
+        self.clients.append(client)
+        try:
+            self._drive("sync", lambda name, *a: getattr(client, name)(*a), limit)
+        finally:
+            client.close()
+
+    def _drive(self, label: str, call: Any, limit: float) -> None:
+        model = self.models[label]
+        rng = random.Random(f"{self.seed}{label}")
+        deadline = time.monotonic() + limit
+        counter = 0
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            counter += 1
+            what, arg = self._plan(label, rng, counter)
+            started = time.monotonic()
+            try:
+                if what == "get":
+                    model.read(arg, call("get", arg), started)
+                elif what == "get_many":
+                    found = call("get_many", arg)
+                    for key in arg:
+                        model.read(key, found.get(key), started)
+                elif what == "set":
+                    key, value, ttl = arg
+                    ok = call("set", key, value, ttl)
+                    model.wrote(key, value, ttl, bool(ok), time.monotonic())
+                else:
+                    model.deleted(arg, bool(call("delete", arg)))
+            except Exception as exc:  # none may reach the application
+                self.errors.append(exc)
+
+    async def _trio_loop(self, limit: float = 60.0) -> None:
+        async with AsyncClient(self.location, **self.options) as client:
+            self.clients.append(client)
+            model = self.models["trio"]
+            rng = random.Random(f"{self.seed}trio")
+            deadline = time.monotonic() + limit
+            counter = 0
+            while not self.stop.is_set() and time.monotonic() < deadline:
+                counter += 1
+                what, arg = self._plan("trio", rng, counter)
+                started = time.monotonic()
+                try:
+                    if what == "get":
+                        model.read(arg, await client.get(arg), started)
+                    elif what == "get_many":
+                        found = await client.get_many(arg)
+                        for key in arg:
+                            model.read(key, found.get(key), started)
+                    elif what == "set":
+                        key, value, ttl = arg
+                        ok = await client.set(key, value, ttl)
+                        model.wrote(key, value, ttl, bool(ok), time.monotonic())
+                    else:
+                        model.deleted(arg, bool(await client.delete(arg)))
+                except Exception as exc:
+                    self.errors.append(exc)
+                await trio.sleep(0)
