@@ -294,8 +294,10 @@ class Engine:
         self.journal_size = journal_size
         self.cluster_version = 0
         self._view = _View(parse_location(location), self, None)
-        # While keys move to their new owners, a miss on the new owner is read from the
-        # previous membership's owner and copied forward (warm-up), until the next version.
+        # While keys move to their new owners (an odd membership version), a miss on the new
+        # owner is read from the owner in the last settled membership (even version, or the
+        # LOCATION), and writes delete the key there; an even version ends the move.
+        self._settled = self._view
         self._previous: _View | None = None
 
     # -- the driver's side -----------------------------------------------------------------
@@ -361,9 +363,12 @@ class Engine:
             return False
         old = self._view
         new = _View(servers, self, old)
-        # A new membership starts a warm-up from the old one; the same members again under a
-        # newer version mean the move is complete.
-        self._previous = None if set(new.nodes) == set(old.nodes) else old
+        if version % 2:  # moving: from the last settled membership, however often re-published
+            settled = self._settled
+            self._previous = None if set(settled.nodes) == set(new.nodes) else settled
+        else:
+            self._previous = None
+            self._settled = new
         self._view = new
         self.cluster_version = version
         for name, node in old.nodes.items():
@@ -744,27 +749,60 @@ class Engine:
         return found
 
     def _warm_up(self, keys: list[bytes]) -> Op[dict]:
-        """Keys that missed, read from their previous owners with their remaining TTL and
-        copied forward with ``add`` (a newer value already there is kept) and that TTL."""
+        """During a membership change: keys that missed, read from their previous owners.
+
+        Nothing is copied forward: the mover copies (and checks that its source did not change
+        meanwhile), and every write or delete of this client removes the key from its previous
+        owner (``_invalidate_previous``), so a value read here was not replaced or deleted by
+        this client. ``{key: (key, flags, data, None)}``."""
         groups = self._previous_owners(keys)
         if not groups:
             return {}
-        entries = yield from self._entries(groups, "warm-up")
-        adds: dict[Node, list[bytes]] = {}
+        calls = [
+            Call(node, protocol.get(ks), _ONE_VALUES, "warm-up") for node, ks in groups.items()
+        ]
+        yield calls
         found = {}
-        for k, (flags, data, ttl, _) in entries.items():
-            found[k] = (k, flags, data, None)
-            nodes, standin = self._copies(k)
-            expire = self._copy_expire(ttl, standin)
-            if expire is not None:
-                for node in nodes:
-                    adds.setdefault(node, []).append(protocol.store(b"add", k, flags, expire, data))
-        if adds:
-            yield [
-                Call(node, b"".join(reqs), (STATUS,) * len(reqs), "warm-up add")
-                for node, reqs in adds.items()
-            ]
+        for call in calls:
+            values = self._reply(call)
+            if values is not _FAILED:
+                for key, flags, data, _ in values:
+                    found[key] = (key, flags, data, None)
         return found
+
+    def _invalidate_previous(self, keys: Iterable[bytes]) -> Op[set[bytes]]:
+        """During a membership change: delete written or deleted keys from their previous
+        owners, so that neither a warm-up read nor a later move can bring the old value back
+        (a previous owner that is out journals them instead). Returns the keys it deleted."""
+        previous = self._previous
+        gone: set[bytes] = set()
+        if previous is None:
+            return gone
+        view = self._view
+        groups: dict[Node, list[bytes]] = {}
+        for k in keys:
+            old = previous.node_list[previous.ring.index_of(k)]
+            if old is view.node_list[view.ring.index_of(k)]:
+                continue
+            if old.health.usable:
+                groups.setdefault(old, []).append(k)
+            else:
+                with old.lock:
+                    old.record((k,))
+        if groups:
+            calls = []
+            for node, ks in groups.items():
+                data = b"".join([protocol.delete(k) for k in ks])
+                call = Call(node, data, (STATUS,) * len(ks), "invalidate previous owner", ks)
+                call.writes = ks
+                calls.append(call)
+            yield calls
+            for call in calls:
+                if call.error is None:
+                    gone.update(
+                        k for k, r in zip(call.keys, call.replies, strict=True) if r == b"DELETED"
+                    )  # type: ignore[arg-type]
+        return gone
 
     def _first_copy(self, key: bytes) -> dict[Node, list[bytes]]:
         node, _ = self._route(key)
@@ -819,7 +857,9 @@ class Engine:
         return None
 
     # -- writes ----------------------------------------------------------------------------
-    def _write(self, k: bytes, body: Callable[[list[Node], bool], Op[T]]) -> Op[T]:
+    def _write(
+        self, k: bytes, body: Callable[[list[Node], bool], Op[T]], delete: bool = False
+    ) -> Op[T]:
         """Run the write ``body`` on ``k``'s copies (usable nodes, owner first, and whether the
         owner is out): journaled for every node it should reach and cannot (``_fence``), and
         each of its calls journaled for its node if it fails."""
@@ -831,13 +871,19 @@ class Engine:
         writes = [k]
         op = body(nodes, standin)
         try:
-            step = next(op)
-            while True:
-                for call in step:
-                    call.writes = writes
-                step = op.send((yield step))
-        except StopIteration as stop:
-            return stop.value
+            try:
+                step = next(op)
+                while True:
+                    for call in step:
+                        call.writes = writes
+                    step = op.send((yield step))
+            except StopIteration as stop:
+                result = stop.value
+            if self._previous is not None:
+                gone = yield from self._invalidate_previous(writes)
+                if delete and result is False and k in gone:
+                    result = True  # it lived on its previous owner, and was deleted there
+            return result
         finally:
             op.close()
             if fenced:
@@ -861,7 +907,7 @@ class Engine:
             data, flags = self._serialize(k, value, flags)
         if cas is not None:
             cas = _check_cas(cas)
-        if self.replicas == 1 and owner.health.usable:
+        if self.replicas == 1 and owner.health.usable and self._previous is None:
             # The common case in one step.
             kinds = () if noreply else _ONE_STATUS
             request = protocol.store(command, k, flags, expire, data, cas, bool(noreply))
@@ -987,7 +1033,7 @@ class Engine:
                 return all(call.error is None for call in calls)
             return any([self._reply(call) == b"DELETED" for call in calls])
 
-        return (yield from self._write(k, body))
+        return (yield from self._write(k, body, delete=token is None))
 
     def _delete_if_unchanged(self, node: Node, k: bytes, cas: bytes) -> Op[bool | None]:
         """Delete ``k`` only if its CAS token is still ``cas``: True when deleted, False when
@@ -1053,6 +1099,7 @@ class Engine:
                 call.writes = ks
                 calls.append(call)
             yield calls
+            yield from self._invalidate_previous(originals)
         finally:
             self._unfence(fenced)
         stored = set()
@@ -1067,7 +1114,7 @@ class Engine:
         return [original for k, original in originals.items() if k not in stored]
 
     def _delete_many(self, keys: Iterable, noreply: bool | None) -> Op[bool]:
-        groups, _, unrouted, fenced = self._write_groups(keys)
+        groups, originals, unrouted, fenced = self._write_groups(keys)
         try:
             if unrouted and self.raise_on_error:
                 raise NoServerAvailable("every server is ejected")
@@ -1079,6 +1126,7 @@ class Engine:
                 calls.append(call)
             if calls:
                 yield calls
+            yield from self._invalidate_previous(originals)
         finally:
             self._unfence(fenced)
         ok = not unrouted

@@ -216,10 +216,10 @@ def ring(obj: Context) -> None:
     console.print(table)
 
 
-def _rebalance(old: list[Server], new: list[Server]) -> dict[str, int]:
+def _rebalance(old: list[Server], new: list[Server]) -> dict:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from .rebalance import rebalance
+    from .rebalance import PublishError, rebalance
 
     with Progress(
         "[progress.description]{task.description}",
@@ -234,7 +234,16 @@ def _rebalance(old: list[Server], new: list[Server]) -> dict[str, int]:
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        result = rebalance(old, new, progress)
+        try:
+            result = rebalance(old, new, progress)
+        except PublishError as exc:
+            console.print(f"[red]error:[/] {exc}; the move did not complete, run it again")
+            sys.exit(1)
+    for server in result["skipped"]:
+        console.print(
+            f"note: {server} did not answer: nothing was moved from it (its keys are misses "
+            "until written again)"
+        )
     console.print(
         f"moved {result['copied']} of {result['planned']} keys that changed owner; "
         f"membership version {result['version']}: {';'.join(map(str, new))}"

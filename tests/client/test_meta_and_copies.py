@@ -125,28 +125,34 @@ def test_replica_copies_keep_the_ttl_they_were_written_with(nodes, make_client):
     ] * 2  # a decr to 0 reaches the replica too, with its flags (2: an int)
 
 
-def test_warm_up_copies_keep_the_ttl(nodes, make_client):
-    """During a move a miss on the new owner is read from the previous one and copied forward
-    with the remaining TTL it had there, not forever."""
+def test_warm_up_reads_the_previous_owner_copies_nothing_and_honours_the_ttl(nodes, make_client):
+    """During a move a miss on the new owner is read from the previous one; nothing is copied
+    forward (an old value must not outlive a later write, delete or its TTL), writes and
+    deletes remove the key from the previous owner, and a value past its TTL is gone."""
     old, new = nodes[:2], nodes
     publish(nodes, old, version=2)
     c = make_client([n.location for n in old], discovery=True, discovery_interval=0.05, **FAST)
     sync_view = Client([n.location for n in new])
     moving = [
         k
-        for k in (f"code:{i}" for i in range(200))
+        for k in (f"code:{i}" for i in range(300))
         if str(sync_view.server_for(k)) == nodes[2].location
     ]
     sync_view.close()
-    assert moving and all(c.set(k, b"123456", expire=30) for k in moving)
+    assert len(moving) > 10 and all(c.set(k, b"123456", expire=2) for k in moving)
     publish(nodes, new, version=3)  # a move begins: nothing has been copied yet
     deadline = time.monotonic() + 5
     while c.cluster_version < 3 and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert c.get(moving[0]) == b"123456"  # read from the previous owner, copied forward
-    assert 0 < remaining_ttl(nodes[2], moving[0]) <= 30
-    assert c.get_many(moving[1:]) == dict.fromkeys(moving[1:], b"123456")
-    assert all(0 < remaining_ttl(nodes[2], k) <= 30 for k in moving[1:])
+    assert c.get(moving[0]) == b"123456"  # read from the previous owner
+    assert c.get_many(moving[1:5]) == dict.fromkeys(moving[1:5], b"123456")
+    assert remaining_ttl(nodes[2], moving[0]) is None  # no copy forward
+    assert c.delete(moving[5]) and c.get(moving[5]) is None  # gone from both owners
+    assert remaining_ttl(nodes[0], moving[5]) is None and remaining_ttl(nodes[1], moving[5]) is None
+    assert c.set(moving[6], b"new", expire=60) and c.get(moving[6]) == b"new"
+    assert [remaining_ttl(n, moving[6]) is not None for n in nodes] == [False, False, True]
+    time.sleep(3.2)
+    assert c.get(moving[7]) is None and c.get_many(moving[8:10]) == {}  # past their TTL
 
 
 def test_a_pooled_connection_the_restarted_node_closed_is_replaced(nodes, make_client):

@@ -6,14 +6,19 @@ Zero wrong reads in every scenario, and no exception reaching the application.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import pytest
 
-from ringcache.client import Client
+from ringcache.client import Client, Ring, parse_location
+from ringcache.cluster.rebalance import PublishError, metadump, published, rebalance
 from tests.failover.checked import CheckedTraffic
 from tests.failover.harness import OPTIONS
 from tests.proxy import Proxy
+
+RINGCACHE = [sys.executable, "-m", "ringcache.cluster.cli"]
 
 pytestmark = pytest.mark.failover
 
@@ -128,3 +133,83 @@ def test_a_returning_nodes_untouched_keys_keep_hitting(local_cluster):
     assert all(client.get(k) is None for k in touched)
     assert still == len(untouched)
     client.close()
+
+
+def fill(locations: list[str], n: int) -> None:
+    """``n`` keys that nobody reads, so that a move takes seconds."""
+    client = Client(locations, **OPTIONS)
+    for i in range(0, n, 1000):
+        assert client.set_many({f"filler:{j}": b"x" * 200 for j in range(i, i + 1000)}) == []
+    client.close()
+
+
+def test_a_slow_add_then_remove_under_overwrites_and_deletes(local_cluster):
+    lc, _ = local_cluster
+    old = parse_location(lc.locations())
+    fill(lc.locations(), 30000)
+    with CheckedTraffic(lc.locations(), discovery=True, discovery_interval=0.1) as t:
+        time.sleep(1.0)
+        member = lc.add()
+        new = [*old, parse_location(member.location)[0]]
+        started = time.monotonic()
+        added = rebalance(old, new)
+        add_s = time.monotonic() - started
+        time.sleep(1.0)
+        started = time.monotonic()
+        removed = rebalance(new, old)
+        remove_s = time.monotonic() - started
+        time.sleep(1.0)
+    print(f"\n[never lies] add: {added} in {add_s:.1f}s; remove: {removed} in {remove_s:.1f}s")
+    check(t, "slow add then remove")
+    assert added["copied"] > 5000 and removed["copied"] > 5000
+
+
+def test_an_interrupted_move_re_run_completes_without_a_lie(local_cluster):
+    lc, _ = local_cluster
+    old = parse_location(lc.locations())
+    fill(lc.locations(), 30000)
+    with CheckedTraffic(lc.locations(), discovery=True, discovery_interval=0.1) as t:
+        member = lc.add()
+        new = [*old, parse_location(member.location)[0]]
+        mover = subprocess.Popen(
+            [*RINGCACHE, "--location", ";".join(map(str, old)), "rebalance",
+             "--to", ";".join(map(str, new))],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while Client([member.location]).stats()[member.location][b"curr_items"] < 1000:
+            assert time.monotonic() < deadline and mover.poll() is None
+            time.sleep(0.05)
+        mover.kill()  # mid-copy: the moving membership is published, half the keys moved
+        mover.wait(10)
+        time.sleep(1.0)
+        result = rebalance(old, new)
+        time.sleep(1.0)
+    print(f"\n[never lies] re-run after the mover was killed: {result}")
+    check(t, "interrupted move, re-run")
+    ring = Ring(new)
+    for server in old:  # nothing left behind on a server that no longer owns it
+        assert all(ring.get(e.key).name == server.name for e in metadump(server))
+
+
+def test_remove_of_a_dead_node(local_cluster):
+    lc, base = local_cluster
+    fill(lc.locations(), 3000)
+    lc.kill(base + 1)
+    result = subprocess.run(
+        [*RINGCACHE, "--run-dir", str(lc.run_dir), "remove", f"127.0.0.1:{base + 1}"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"127.0.0.1:{base + 1} did not answer" in result.stdout
+    config = published(parse_location(lc.locations()))
+    assert config is not None and len(config.servers) == 2
+
+
+def test_a_refused_publish_is_an_error_naming_the_node(local_cluster, memcached):
+    lc, _ = local_cluster
+    old = parse_location(lc.locations())
+    new = [*old, parse_location(memcached.location)[0]]  # memcached refuses config set
+    with pytest.raises(PublishError) as raised:
+        rebalance(old, new)
+    assert raised.value.servers == [new[-1]] and memcached.location in str(raised.value)
