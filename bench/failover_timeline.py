@@ -62,7 +62,7 @@ def main() -> int:
             events.append((time.monotonic(), "add a node"))
             old = parse_location(cluster.locations())
             member = cluster.add()
-            rebalance(old, [*old, parse_location(member.location)[0]])
+            rebalance(old, [*old, parse_location(member.location)[0]], grace=0.5)
             time.sleep(2.5)
             end = time.monotonic()
     finally:

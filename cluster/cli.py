@@ -216,7 +216,17 @@ def ring(obj: Context) -> None:
     console.print(table)
 
 
-def _rebalance(old: list[Server], new: list[Server]) -> dict:
+GRACE = click.option(
+    "--grace",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Seconds between publishing the moving membership and copying; at least the "
+    "clients' discovery_interval.",
+)
+
+
+def _rebalance(old: list[Server], new: list[Server], grace: float) -> dict:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from .rebalance import PublishError, rebalance
@@ -235,7 +245,7 @@ def _rebalance(old: list[Server], new: list[Server]) -> dict:
             bar.update(task, completed=done, total=total)
 
         try:
-            result = rebalance(old, new, progress)
+            result = rebalance(old, new, progress, grace=grace)
         except PublishError as exc:
             console.print(f"[red]error:[/] {exc}; the move did not complete, run it again")
             sys.exit(1)
@@ -253,8 +263,9 @@ def _rebalance(old: list[Server], new: list[Server]) -> dict:
 
 @main.command()
 @click.argument("server", required=False)
+@GRACE
 @click.pass_obj
-def add(obj: Context, server: str | None) -> None:
+def add(obj: Context, server: str | None, grace: float) -> None:
     """Add SERVER (host:port) to the cluster and move the keys it now owns.
 
     Without --location a new local node is started (SERVER is then its optional port)."""
@@ -271,13 +282,14 @@ def add(obj: Context, server: str | None) -> None:
         new_server = parse_location(member.location)[0]
     if new_server.name in {s.name for s in old}:
         raise click.UsageError(f"{new_server} is already a member")
-    _rebalance(old, [*old, new_server])
+    _rebalance(old, [*old, new_server], grace)
 
 
 @main.command()
 @click.argument("server")
+@GRACE
 @click.pass_obj
-def remove(obj: Context, server: str) -> None:
+def remove(obj: Context, server: str, grace: float) -> None:
     """Move SERVER's keys to their new owners, then drop it (a local node is stopped)."""
     old = obj.servers()
     gone = parse_location(server)[0]
@@ -286,17 +298,18 @@ def remove(obj: Context, server: str) -> None:
     remaining = [s for s in old if s.name != gone.name]
     if not remaining:
         raise click.UsageError("cannot remove the last server")
-    _rebalance(old, remaining)
+    _rebalance(old, remaining, grace)
     if not obj._location:
         obj.local.remove(gone.port)
 
 
 @main.command("rebalance")
 @click.option("--to", "target", required=True, help="The new membership, as a LOCATION.")
+@GRACE
 @click.pass_obj
-def rebalance_command(obj: Context, target: str) -> None:
+def rebalance_command(obj: Context, target: str, grace: float) -> None:
     """Move from the current membership (--location) to --to, copying keys that change owner."""
-    _rebalance(obj.servers(), parse_location(target))
+    _rebalance(obj.servers(), parse_location(target), grace)
 
 
 @main.command()

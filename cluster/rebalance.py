@@ -14,6 +14,7 @@ raises the version.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -140,6 +141,10 @@ class Move:
     items: list[DumpEntry]
 
 
+# The clients' default discovery_interval: every client that discovers has switched by then.
+DISCOVERY_GRACE = 5.0
+
+
 class PublishError(RuntimeError):
     """Members of the new membership refused it or could not be reached."""
 
@@ -178,6 +183,7 @@ def rebalance(
     new: list[Server],
     progress: Callable[[int, int], None] | None = None,
     passes: int = 3,
+    grace: float = DISCOVERY_GRACE,
 ) -> dict[str, Any]:
     """Move from membership ``old`` to ``new`` without a miss storm and without a lie.
 
@@ -186,7 +192,10 @@ def rebalance(
     2. Unless ``new`` is already published (a re-run), delete the planned keys from their
        new owners: a leftover of an earlier membership must not win over the moved value.
     3. Publish ``new`` as moving (an odd version): clients write to the new owners, delete
-       the key from the previous owner, and read the previous owner on a miss.
+       the key from the previous owner, and read the previous owner on a miss. Then wait
+       ``grace`` seconds, at least the clients' ``discovery_interval``, so that no client still
+       writes to an old owner once copying starts (such a write could land after the copy and
+       be hidden behind it).
     4. Copy (``copy_items``), then look again (up to ``passes`` times) for keys that still sit
        on a server that no longer owns them (written by a client that had not switched yet).
     5. Publish ``new`` again (the next, even, version): the move is complete.
@@ -208,6 +217,7 @@ def rebalance(
         for move in moves:
             clear(move.dst, [it.key for it in move.items])
     _publish(everyone, new, version, members)
+    time.sleep(grace)
     total = sum(len(m.items) for m in moves)
     done = copied = 0
     sources = [s for s in old if s not in skipped]

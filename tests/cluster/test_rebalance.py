@@ -40,7 +40,7 @@ def test_add_keeps_the_hit_ratio(local_cluster):
     ) / len(values)
     assert plain_ring_loss > 0.15  # what a ring change alone would cost
     result = subprocess.run(
-        [*RINGCACHE, "--run-dir", str(lc.run_dir), "add"],
+        [*RINGCACHE, "--run-dir", str(lc.run_dir), "add", "--grace", "0"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -57,7 +57,15 @@ def test_remove_keeps_the_hit_ratio(local_cluster):
     lc, base = local_cluster
     values = fill(lc.locations())
     result = subprocess.run(
-        [*RINGCACHE, "--run-dir", str(lc.run_dir), "remove", f"127.0.0.1:{base + 1}"],
+        [
+            *RINGCACHE,
+            "--run-dir",
+            str(lc.run_dir),
+            "remove",
+            f"127.0.0.1:{base + 1}",
+            "--grace",
+            "0",
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -83,14 +91,14 @@ def test_ttl_and_flags_move_with_the_key_and_leftovers_do_not_win(local_cluster)
     # A copy left on the new owner by an earlier membership: the value the application last
     # wrote (on the current owner) must win over it, not the other way round.
     Plain(("127.0.0.1", new_member.port)).set(moving[1], b"leftover")
-    result = rebalance(old, new)
+    result = rebalance(old, new, grace=0)
     assert result["planned"] >= 2
     assert Client([str(s) for s in new]).get(moving[1]) == "old value"
     assert all(Plain(s.address).get(moving[1]) is None for s in old)  # nothing left behind
     assert Client([str(s) for s in new]).get(moving[0]) == 12345
     exp = {i.key: i.exp for i in metadump(new[-1])}[moving[0].encode()]
     assert 990 <= exp - time.time() <= 1001
-    again = rebalance(old, new)  # re-running after an interruption is harmless
+    again = rebalance(old, new, grace=0)  # re-running after an interruption is harmless
     assert again["copied"] == 0
 
 

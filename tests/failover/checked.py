@@ -23,8 +23,13 @@ from typing import Any
 import trio
 
 from ringcache.client import AsyncClient, Client
-from tests.failover.harness import OPTIONS
 
+OPTIONS = {
+    "connect_timeout": 0.25,
+    "timeout": 0.25,
+    "probe_interval": 0.1,
+    "probe_max_interval": 0.5,
+}
 # memcached counts whole seconds: a value written with TTL t can be served until about t + 1 s.
 TTL_SLACK = 1.5
 FOREVER = float("inf")

@@ -1,5 +1,6 @@
-"""Traffic for the failover suite: a sync and a trio client hammer a key space while a
-scenario injects a fault; every operation's outcome and latency is recorded with its time.
+"""Traffic for the failover suite: a sync and a trio client hammer a key space each while a
+scenario injects a fault; every operation's outcome and latency is recorded with its time, and
+every hit is checked against what that client last wrote (``checked.Model``).
 
 Loops are bounded by a deadline and by ``stop``; nothing here sends traffic anywhere but the
 127.0.0.1 servers a test started.
@@ -15,15 +16,9 @@ from dataclasses import dataclass, field
 import trio
 
 from ringcache.client import AsyncClient, Client
+from tests.failover.checked import OPTIONS, Model
 
 log = logging.getLogger("ringcache.failover")
-
-OPTIONS = {
-    "connect_timeout": 0.25,
-    "timeout": 0.25,
-    "probe_interval": 0.1,
-    "probe_max_interval": 0.5,
-}
 
 
 @dataclass
@@ -69,6 +64,7 @@ class Traffic:
     def __init__(self, location: list[str], keys: int = 200, **options) -> None:
         self.location = location
         self.keys = [f"key:{i}" for i in range(keys)]
+        self.models = {"sync": Model(), "trio": Model()}
         self.options = {**OPTIONS, **options}
         self.stop = threading.Event()
         self.sync = Record()
@@ -96,18 +92,22 @@ class Traffic:
         deadline = time.monotonic() + limit
         i = 0
         try:
+            model = self.models["sync"]
             while not self.stop.is_set() and time.monotonic() < deadline:
-                key = self.keys[i % len(self.keys)]
+                key = "sync:" + self.keys[i % len(self.keys)]
                 i += 1
                 try:
                     started = time.monotonic()
                     value = client.get(key)
+                    model.read(key, value, started)
                     self.sync.ops.append(
                         Op(started, "miss" if value is None else "hit", time.monotonic() - started)
                     )
                     if value is None:
                         started = time.monotonic()
-                        kind = "stored" if client.set(key, i) else "not_stored"
+                        ok = client.set(key, i)
+                        model.wrote(key, i, 0, ok, time.monotonic())
+                        kind = "stored" if ok else "not_stored"
                         self.sync.ops.append(Op(started, kind, time.monotonic() - started))
                 except Exception as exc:  # the point of the suite: none may reach us
                     self.sync.errors.append(exc)
@@ -119,18 +119,21 @@ class Traffic:
         async with AsyncClient(self.location, **self.options) as client:
             deadline = time.monotonic() + limit
             i = 0
+            model = self.models["trio"]
             while not self.stop.is_set() and time.monotonic() < deadline:
-                key = self.keys[(i * 7) % len(self.keys)]
+                key = "trio:" + self.keys[(i * 7) % len(self.keys)]
                 i += 1
                 try:
                     started = time.monotonic()
                     value = await client.get(key)
+                    model.read(key, value, started)
                     self.trio.ops.append(
                         Op(started, "miss" if value is None else "hit", time.monotonic() - started)
                     )
                     if value is None:
                         started = time.monotonic()
                         stored = await client.set(key, i)
+                        model.wrote(key, i, 0, stored, time.monotonic())
                         kind = "stored" if stored else "not_stored"
                         self.trio.ops.append(Op(started, kind, time.monotonic() - started))
                 except Exception as exc:
@@ -148,6 +151,7 @@ class Traffic:
             figures[f"{label}_recovery_s"] = (
                 None if recovered is None else round(recovered - fault_at, 3)
             )
+            figures[f"{label}_wrong_reads"] = len(self.models[label].wrong)
         log.warning("%s: %s", name, figures)
         print(f"\n[failover] {name}: {figures}")
         return figures

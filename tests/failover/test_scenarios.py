@@ -22,7 +22,9 @@ pytestmark = pytest.mark.failover
 
 
 def no_errors(traffic: Traffic) -> None:
+    """No exception reached the application, and no read returned what it had replaced."""
     assert traffic.sync.errors == [] and traffic.trio.errors == []
+    assert [len(m.wrong) for m in traffic.models.values()] == [0, 0], traffic.models
 
 
 def test_kill_9(local_cluster):
@@ -145,7 +147,7 @@ def test_add_a_node_under_load(local_cluster):
         before = t.sync.hit_ratio(time.monotonic() - 0.5, time.monotonic())
         member = lc.add()
         fault = time.monotonic()
-        result = rebalance(old, [*old, parse_location(member.location)[0]])
+        result = rebalance(old, [*old, parse_location(member.location)[0]], grace=0.5)
         time.sleep(1.5)
     t.report("add under load", fault)
     no_errors(t)
@@ -160,7 +162,7 @@ def test_remove_a_node_under_load(local_cluster):
     with Traffic(lc.locations(), keys=500, discovery=True, discovery_interval=0.1) as t:
         time.sleep(1.0)
         fault = time.monotonic()
-        result = rebalance(old, [s for s in old if s.port != base + 2])
+        result = rebalance(old, [s for s in old if s.port != base + 2], grace=0.5)
         time.sleep(0.5)  # clients adopt the settled membership
         lc.remove(base + 2)
         time.sleep(1.5)
