@@ -4,9 +4,13 @@ This module owns what a client call means for the cluster: key validation, routi
 to the first usable server of its ring order), the failover TTL of writes that land on a
 stand-in, replication (reads fall back copy by copy, writes reach every copy, a conditional
 write or an arithmetic result is decided by the first copy and copied to the others with the
-TTL it has), warm-up from the previous owner while a membership change is in progress,
-membership views, health accounting, probing, discovery and the meta-protocol support of
-each node (detected once, from the first ``ERROR`` a node answers to a meta command).
+TTL it has), membership views and moves (a miss is read from the previous owner, a write or
+delete also removes the key there), health accounting, probing and the recovery journal (what
+was written on an out node's behalf is deleted from it and from its stand-ins before it is
+re-admitted), discovery and the meta-protocol support of each node (detected once, from the
+first ``ERROR`` a node answers to a meta command). These are the rules of "the cache never
+lies" in the README: a value may be forgotten, never served after it was replaced, deleted or
+expired.
 
 Each public operation is a generator (an ``Op``): it yields a *step* — a list of ``Call``s,
 "send these bytes to this node and read replies of these kinds" — and receives the same
