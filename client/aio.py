@@ -11,13 +11,14 @@ connection. Every rule of the client is ``engine.Engine``'s.
 
 from __future__ import annotations
 
+import inspect
 import select
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import trio
 
-from .engine import Call, Engine, Entry, Op
+from .engine import NO_FALLBACK, Call, Engine, Entry, Op, Pause
 from .errors import ConnectionBroken, RingcacheError, UnexpectedCloseError
 from .protocol import NEED_DATA, Reader
 
@@ -154,14 +155,27 @@ class AsyncClient(Engine):
         try:
             step = next(op)
             while True:
-                if len(step) == 1:
-                    await self._perform(step[0])
-                else:
-                    async with trio.open_nursery() as nursery:
-                        for call in step:
-                            nursery.start_soon(self._perform, call)
-                self._settle(step)
-                step = op.send(step)
+                if step.__class__ is list:
+                    if len(step) == 1:
+                        await self._perform(step[0])
+                    else:
+                        async with trio.open_nursery() as nursery:
+                            for call in step:
+                                nursery.start_soon(self._perform, call)
+                    self._settle(step)
+                    step = op.send(step)
+                elif step.__class__ is Pause:
+                    await trio.sleep(step.seconds)
+                    step = op.send(None)
+                else:  # Compute: a plain or an async callable
+                    try:
+                        value = step.fn()
+                        if inspect.isawaitable(value):
+                            value = await value
+                    except BaseException as exc:
+                        step = op.throw(exc)
+                    else:
+                        step = op.send(value)
         except StopIteration as stop:
             return stop.value
         finally:
@@ -298,11 +312,34 @@ class AsyncClient(Engine):
         return await self._run(self._store(b"cas", key, value, expire, noreply, flags, cas))
 
     async def delete(
-        self, key: str | bytes, noreply: bool | None = None, cas: int | bytes | None = None
+        self,
+        key: str | bytes,
+        noreply: bool | None = None,
+        cas: int | bytes | None = None,
+        stale: bool = False,
     ) -> bool | None:
         """True when deleted. With ``cas``: only if unchanged since that token was read (False
-        when it changed, None when absent)."""
-        return await self._run(self._delete(key, noreply, cas))
+        when it changed, None when absent). With ``stale=True`` (servers with meta): the value
+        is only marked stale, still served by ``get_or_set`` until one caller refreshes it."""
+        return await self._run(self._delete(key, noreply, cas, stale))
+
+    async def get_or_set(
+        self,
+        key: str | bytes,
+        default: Any,
+        expire: int = 0,
+        *,
+        lease: int = 30,
+        recache: int | None = None,
+        wait: float = 5.0,
+        fallback: Any = NO_FALLBACK,
+    ) -> Any:
+        """The value of ``key``; when it is missing, ``default()`` (or ``default``) computed by
+        exactly one caller across every process and stored with ``expire``, while the others
+        wait for it (at most ``wait`` seconds) or get ``fallback``. See the README."""
+        return await self._run(
+            self._get_or_set(key, default, expire, lease, recache, wait, fallback)
+        )
 
     async def incr(self, key: str | bytes, value: int, noreply: bool | None = False) -> int | None:
         return await self._run(self._delta(b"incr", key, value, bool(noreply)))

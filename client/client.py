@@ -14,11 +14,12 @@ import select
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from . import protocol
-from .engine import Call, Engine, Entry, Op, validate_key
+from .engine import NO_FALLBACK, Call, Engine, Entry, Op, Pause, validate_key
 from .errors import ConnectionBroken, NoServerAvailable, UnexpectedCloseError
 from .protocol import LINE, NEED_DATA
 from .ring import Server
@@ -136,12 +137,23 @@ class Client(Engine):
         try:
             step = next(op)
             while True:
-                if len(step) == 1 and not step[0].fresh:
-                    self._execute_one(step[0])
-                else:
-                    self._execute(step)
-                self._settle(step)
-                step = op.send(step)
+                if step.__class__ is list:
+                    if len(step) == 1 and not step[0].fresh:
+                        self._execute_one(step[0])
+                    else:
+                        self._execute(step)
+                    self._settle(step)
+                    step = op.send(step)
+                elif step.__class__ is Pause:
+                    time.sleep(step.seconds)
+                    step = op.send(None)
+                else:  # Compute
+                    try:
+                        value = step.fn()
+                    except BaseException as exc:
+                        step = op.throw(exc)
+                    else:
+                        step = op.send(value)
         except StopIteration as stop:
             return stop.value
         finally:
@@ -317,11 +329,32 @@ class Client(Engine):
         return self._run(self._store(b"cas", key, value, expire, noreply, flags, cas))
 
     def delete(
-        self, key: str | bytes, noreply: bool | None = None, cas: int | bytes | None = None
+        self,
+        key: str | bytes,
+        noreply: bool | None = None,
+        cas: int | bytes | None = None,
+        stale: bool = False,
     ) -> bool | None:
         """True when deleted. With ``cas``: only if unchanged since that token was read (False
-        when it changed, None when absent)."""
-        return self._run(self._delete(key, noreply, cas))
+        when it changed, None when absent). With ``stale=True`` (servers with meta): the value
+        is only marked stale, still served by ``get_or_set`` until one caller refreshes it."""
+        return self._run(self._delete(key, noreply, cas, stale))
+
+    def get_or_set(
+        self,
+        key: str | bytes,
+        default: Any,
+        expire: int = 0,
+        *,
+        lease: int = 30,
+        recache: int | None = None,
+        wait: float = 5.0,
+        fallback: Any = NO_FALLBACK,
+    ) -> Any:
+        """The value of ``key``; when it is missing, ``default()`` (or ``default``) computed by
+        exactly one caller across every process and stored with ``expire``, while the others
+        wait for it (at most ``wait`` seconds) or get ``fallback``. See the README."""
+        return self._run(self._get_or_set(key, default, expire, lease, recache, wait, fallback))
 
     def incr(self, key: str | bytes, value: int, noreply: bool | None = False) -> int | None:
         return self._run(self._delta(b"incr", key, value, bool(noreply)))

@@ -14,6 +14,7 @@ behaviour Django's memcached backends have, it has too.
 
 from __future__ import annotations
 
+from django.core.cache.backends.base import DEFAULT_TIMEOUT
 from django.core.cache.backends.memcached import BaseMemcachedCache
 from django.utils.functional import cached_property
 
@@ -31,6 +32,19 @@ class RingCache(BaseMemcachedCache):
     @cached_property
     def _cache(self) -> Client:
         return Client(self._servers, **self._options)
+
+    def get_or_set(self, key, default, timeout=DEFAULT_TIMEOUT, version=None):
+        """Django's ``get_or_set``, stampede-safe: on a miss exactly one caller (across threads
+        and processes) computes ``default``; the others wait for its value
+        (``Client.get_or_set``)."""
+        key = self.make_and_validate_key(key, version=version)
+        return self._cache.get_or_set(key, default, self.get_backend_timeout(timeout))
+
+    def delete(self, key, version=None, stale=False):
+        """Django's ``delete``; ``stale=True`` marks the value stale instead: ``get_or_set``
+        callers keep getting it while one of them recomputes it."""
+        key = self.make_and_validate_key(key, version=version)
+        return bool(self._cache.delete(key, stale=stale))
 
     def close(self, **kwargs) -> None:
         # Django calls close() after every request. The client's pools are thread-safe and

@@ -62,6 +62,8 @@ _STORED = b"STORED"
 # What each storage reply means to the caller (pymemcache's contract).
 _STORE_RESULT = {b"STORED": True, b"NOT_STORED": False, b"EXISTS": False, b"NOT_FOUND": None}
 _FAILED: Any = object()
+_MISS: Any = object()
+NO_FALLBACK: Any = _MISS  # get_or_set without a fallback: wait for the lease's winner
 _REPLAYED = frozenset((b"DELETED", b"NOT_FOUND", b"OK"))
 _WHAT = {b"set": "set", b"add": "add", b"replace": "replace", b"cas": "cas"}
 
@@ -116,6 +118,7 @@ class Node:
         "journal_flushes",
         "journal_overflow",
         "journal_size",
+        "leases",
         "lock",
         "meta",
         "pool_size",
@@ -143,6 +146,8 @@ class Node:
         self.journal_flushes = 0
         self.fenced = 0
         self.lock = threading.Lock()
+        # get_or_set's leases on this node: won, waits, seconds waited, fallbacks served.
+        self.leases = {"won": 0, "waits": 0, "wait_seconds": 0.0, "fallbacks": 0}
 
     def record(self, keys: Iterable[bytes], standins: Iterable[Node] = ()) -> None:
         """Journal ``keys``, written on ``standins`` (call with ``lock`` held)."""
@@ -231,7 +236,29 @@ class Call:
 
 
 # An operation: yields steps, receives them back executed, returns the call's result.
-Op = Generator[list[Call], list[Call], T]
+class Pause:
+    """A step that asks the driver to wait ``seconds`` (``time.sleep`` or ``trio.sleep``)."""
+
+    __slots__ = ("seconds",)
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+
+class Compute:
+    """A step that asks the driver to call ``fn()`` (and await it in the trio driver when it
+    returns an awaitable) and send back its result; an exception it raises is thrown into the
+    operation."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+
+
+# An operation: yields steps (calls to nodes, or a pause, or a computation), receives them back
+# executed (or the computed value), returns the call's result.
+Op = Generator[Any, Any, T]
 
 
 class _View:
@@ -860,6 +887,86 @@ class Engine:
                 return Entry(self._deserialize(k, data, flags), ttl, cas)
         return None
 
+    def _get_or_set(
+        self,
+        key: str | bytes,
+        default: Any,
+        expire: int,
+        lease: int,
+        recache: int | None,
+        wait: float,
+        fallback: Any,
+    ) -> Op[Any]:
+        """The value of ``key``, computed by exactly one caller when it is missing.
+
+        Against a node that speaks meta: ``mg k v f c N<lease>`` vivifies a miss into a lease;
+        the caller that wins (``W``) computes ``default()`` and stores it; every other caller
+        (``Z``) waits for it, polling with short bounded sleeps for at most ``wait`` seconds
+        (or gets ``fallback`` at once, when one is given), then computes itself. A winner that
+        raises releases its lease (``md k C<cas>``); one that dies leaves it to expire after
+        ``lease`` seconds. With ``recache``, a hit whose remaining TTL is below that many
+        seconds gives one caller ``W`` to refresh it while everyone keeps reading the current
+        value; after ``delete(key, stale=True)`` readers get the stale value while one
+        refreshes it. Against a server without meta, or with replicas: get, then compute and
+        set on a miss (no herd protection)."""
+        k = self.key(key)
+        compute = default if callable(default) else (lambda: default)
+        node, _ = self._route(k)
+        if node is None or node.meta is False or self.replicas > 1 or self._previous is not None:
+            value = yield from self._get(key, _MISS)
+            if value is not _MISS:
+                return value
+            value = yield Compute(compute)
+            yield from self._store(b"set", key, value, expire, None, None)
+            return value
+        flags = b"v f c N%d" % lease + (b" R%d" % recache if recache else b"")
+        waited = 0.0
+        pause = 0.01
+        while True:
+            call = Call(node, protocol.meta_get(k, flags), (META,), "get_or_set")
+            yield [call]
+            reply = call.replies[0] if call.error is None else None  # type: ignore[index]
+            if isinstance(reply, UnknownCommandError):
+                node.meta = False
+                return (
+                    yield from self._get_or_set(
+                        key, default, expire, lease, recache, wait, fallback
+                    )
+                )
+            if not isinstance(reply, Meta) or reply.code != b"VA":
+                self._reply(call)  # raises with raise_on_error
+                value = yield Compute(compute)  # the node failed: compute, cache if we can
+                yield from self._store(b"set", key, value, expire, None, None)
+                return value
+            node.meta = True
+            held = reply.flags
+            pending = "Z" in held and not reply.value and "X" not in held
+            if "W" in held:  # this caller computes
+                node.leases["won"] += 1
+                try:
+                    value = yield Compute(compute)
+                except BaseException:
+                    yield [
+                        Call(node, protocol.meta_delete(k, b"C" + held["c"]), (META,), "release")
+                    ]
+                    raise
+                yield from self._store(b"set", key, value, expire, None, None)
+                return value
+            if not pending:
+                return self._deserialize(k, reply.value, reply.number("f") or 0)
+            if fallback is not _MISS:
+                node.leases["fallbacks"] += 1
+                return fallback
+            if waited >= wait:  # the winner is late: compute without the lease
+                value = yield Compute(compute)
+                yield from self._store(b"add", key, value, expire, None, None)
+                return value
+            node.leases["waits"] += 1
+            yield Pause(pause)
+            node.leases["wait_seconds"] += pause
+            waited += pause
+            pause = min(pause * 2, 0.1)
+
     # -- writes ----------------------------------------------------------------------------
     def _write(
         self, k: bytes, body: Callable[[list[Node], bool], Op[T]], delete: bool = False
@@ -1016,7 +1123,7 @@ class Engine:
         return (yield from self._write(k, body))
 
     def _delete(
-        self, key: str | bytes, noreply: bool | None, cas: int | bytes | None
+        self, key: str | bytes, noreply: bool | None, cas: int | bytes | None, stale: bool = False
     ) -> Op[bool | None]:
         k = self.key(key)
         token = None if cas is None else _check_cas(cas)
@@ -1024,6 +1131,17 @@ class Engine:
         def body(nodes: list[Node], standin: bool) -> Op[bool | None]:
             if not nodes:
                 return False
+            if stale and nodes[0].meta is not False:
+                # Serve-stale: the value stays readable (marked stale) until one caller of
+                # get_or_set refreshes it, for at most 30 s.
+                calls = [
+                    Call(n, protocol.meta_delete(k, b"I T30"), (META,), "delete") for n in nodes
+                ]
+                yield calls
+                replies = [c.replies[0] if c.error is None else None for c in calls]  # type: ignore[index]
+                if not any(isinstance(r, UnknownCommandError) for r in replies):
+                    return any(isinstance(r, Meta) and r.code == b"HD" for r in replies)
+                nodes[0].meta = False  # fall through: a plain delete
             if token is not None:
                 result = yield from self._delete_if_unchanged(nodes[0], k, token)
                 if result and len(nodes) > 1:
@@ -1182,6 +1300,7 @@ class Engine:
                 "meta": n.meta,
                 "journal": len(n.journal),
                 "journal_flushes": n.journal_flushes,
+                "leases": dict(n.leases),
             }
             for n in self.nodes.values()
         }

@@ -15,6 +15,7 @@ import trio
 
 from ringcache.client import AsyncClient, Client
 from tests.conftest import start_node
+from tests.proxy import NoMeta, Proxy
 
 
 @pytest.fixture
@@ -74,6 +75,23 @@ class TrioDriven:
         self._thread.join(10)
         if self._error is not None:
             raise self._error
+
+
+@pytest.fixture(params=["node", "memcached", "memcached without meta"])
+def server(request, nodes):
+    """A node, Debian's memcached, and that memcached behind a proxy that turns every meta
+    command into an unknown one (what a memcached older than 1.6 answers)."""
+    if request.param == "node":
+        yield nodes[0]
+        return
+    memcached = request.getfixturevalue("memcached")
+    if request.param == "memcached":
+        yield memcached
+        return
+    NoMeta.seen = 0
+    proxy = Proxy(memcached.port, requests=NoMeta)
+    yield proxy
+    proxy.close()
 
 
 @pytest.fixture(params=["sync", "trio"])

@@ -10,8 +10,6 @@ import os
 import signal
 import time
 
-import pytest
-
 from ringcache.client import AsyncClient, Client
 from tests.client.test_client import FAST, start_node_on_port
 from tests.client.test_discovery import publish
@@ -26,23 +24,6 @@ def remaining_ttl(server: ServerProcess | Proxy, key: str) -> int | None:
         return None
     assert reply.startswith(b"HD t"), reply
     return int(reply.split()[1][1:])
-
-
-@pytest.fixture(params=["node", "memcached", "memcached without meta"])
-def server(request, nodes):
-    """A node, Debian's memcached, and that memcached behind a proxy that turns every meta
-    command into an unknown one (what a memcached older than 1.6 answers)."""
-    if request.param == "node":
-        yield nodes[0]
-        return
-    memcached = request.getfixturevalue("memcached")
-    if request.param == "memcached":
-        yield memcached
-        return
-    NoMeta.seen = 0
-    proxy = Proxy(memcached.port, requests=NoMeta)
-    yield proxy
-    proxy.close()
 
 
 def test_get_entry_reads_value_ttl_and_cas_in_one_round_trip(server, make_client):

@@ -1,0 +1,154 @@
+"""get_or_set without a thundering herd: leases (``mg … N``), early recache (``R``) and
+serve-stale (``md I``), on both drivers and in Django, against nodes and Debian's memcached,
+and its plain fallback against a server without the meta protocol."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import trio
+
+from ringcache.client import AsyncClient, Client
+from tests.client.test_client import FAST
+
+
+class Counting:
+    """A slow computation that counts how often it ran."""
+
+    def __init__(self, value="computed", delay: float = 0.3) -> None:
+        self.value = value
+        self.delay = delay
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def __call__(self):
+        with self.lock:
+            self.calls += 1
+        time.sleep(self.delay)
+        return self.value
+
+
+def herd(n: int, fn) -> list:
+    results: list = [None] * n
+    errors: list = []
+
+    def run(i: int) -> None:
+        try:
+            results[i] = fn(i)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    return results
+
+
+@pytest.mark.parametrize("server", ["node", "memcached"], indirect=True)
+def test_a_herd_of_clients_computes_once(server):
+    clients = [Client([server.location], **FAST) for _ in range(40)]  # as 40 processes would
+    compute = Counting()
+    started = time.monotonic()
+    results = herd(40, lambda i: clients[i].get_or_set("hot", compute, 60))
+    elapsed = time.monotonic() - started
+    assert compute.calls == 1
+    assert results == ["computed"] * 40
+    assert elapsed < 3.0
+    won = sum(c.node_stats()[server.location]["leases"]["won"] for c in clients)
+    waits = sum(c.node_stats()[server.location]["leases"]["waits"] for c in clients)
+    assert won == 1 and waits > 0
+    for c in clients:
+        c.close()
+
+
+async def test_a_herd_of_trio_tasks_computes_once(nodes):
+    calls = 0
+
+    async def compute():
+        nonlocal calls
+        calls += 1
+        await trio.sleep(0.3)
+        return {"v": 1}
+
+    results = []
+    async with AsyncClient([n.location for n in nodes], **FAST) as c:
+
+        async def one() -> None:
+            results.append(await c.get_or_set("hot", compute, 60))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(40):
+                nursery.start_soon(one)
+    assert calls == 1 and results == [{"v": 1}] * 40
+
+
+def test_a_herd_of_django_workers_computes_once(nodes):
+    from django.conf import settings
+
+    if not settings.configured:
+        settings.configure(CACHES={})
+    from ringcache.client.django import RingCache
+
+    location = [n.location for n in nodes]
+    caches = [RingCache(location, {"OPTIONS": FAST}) for _ in range(40)]  # one per thread
+    compute = Counting(value=[1, 2, 3])
+    results = herd(40, lambda i: caches[i].get_or_set("page", compute, 60))
+    assert compute.calls == 1 and results == [[1, 2, 3]] * 40
+    assert caches[0].get("page") == [1, 2, 3]
+
+
+def test_a_winner_that_raises_releases_its_lease(nodes, make_client):
+    c = make_client([nodes[0].location], **FAST)
+
+    def broken():
+        raise ValueError("backend down")
+
+    with pytest.raises(ValueError):
+        c.get_or_set("k", broken, 60)
+    started = time.monotonic()
+    assert c.get_or_set("k", lambda: "second", 60) == "second"  # a new winner at once
+    assert time.monotonic() - started < 1.0
+    assert c.get("k") == "second"
+
+
+def test_waiters_can_take_a_fallback(nodes):
+    winner = Client([nodes[0].location], **FAST)
+    other = Client([nodes[0].location], **FAST)
+    slow = Counting(delay=1.0)
+    thread = threading.Thread(target=winner.get_or_set, args=("k", slow, 60))
+    thread.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    assert other.get_or_set("k", Counting(), 60, fallback="placeholder") == "placeholder"
+    assert time.monotonic() - started < 0.2
+    thread.join(5)
+    assert other.get_or_set("k", Counting(), 60) == "computed" and slow.calls == 1
+    assert other.node_stats()[nodes[0].location]["leases"]["fallbacks"] == 1
+    winner.close()
+    other.close()
+
+
+def test_serve_stale_and_early_recache(nodes, make_client):
+    c = make_client([nodes[0].location], **FAST)
+    assert c.set("k", "v1", expire=60)
+    assert c.delete("k", stale=True)
+    refresh = Counting(value="v2", delay=0)
+    assert c.get_or_set("k", refresh, 60) == "v2"  # the one caller that refreshes
+    assert refresh.calls == 1 and c.get("k") == "v2"
+    assert c.set("r", "old", expire=3)
+    again = Counting(value="new", delay=0)
+    assert c.get_or_set("r", again, 60, recache=10) == "new"  # TTL below 10 s: refreshed
+    assert c.get_or_set("r", again, 60, recache=10) == "new" and again.calls == 1
+
+
+def test_degrades_to_get_then_set_without_meta(server, make_client):
+    c = make_client([server.location], **FAST)
+    compute = Counting(delay=0)
+    assert c.get_or_set("k", compute, 60) == "computed"
+    assert c.get_or_set("k", compute, 60) == "computed" and compute.calls == 1
+    assert c.delete("k", stale=True) and c.get("k") in (None, "computed")
