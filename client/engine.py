@@ -62,6 +62,9 @@ _STORED = b"STORED"
 # What each storage reply means to the caller (pymemcache's contract).
 _STORE_RESULT = {b"STORED": True, b"NOT_STORED": False, b"EXISTS": False, b"NOT_FOUND": None}
 _FAILED: Any = object()
+# A value with client flags 0 and no bytes is what a get_or_set lease (``mg … N``) looks like to
+# every read, classic ones included; the client reads it as a miss, so a lease never surfaces as
+# a value (and an empty ``bytes`` value reads as a miss too: a cache may always forget).
 _MISS: Any = object()
 NO_FALLBACK: Any = _MISS  # get_or_set without a fallback: wait for the lease's winner
 _REPLAYED = frozenset((b"DELETED", b"NOT_FOUND", b"OK"))
@@ -739,8 +742,8 @@ class Engine:
                             break
                         node.meta = True
                         ttl = _meta_ttl(reply) if reply.code == b"VA" else None
-                        if ttl is not None:
-                            flags = reply.number("f") or 0
+                        flags = reply.number("f") or 0
+                        if ttl is not None and (reply.value or flags):  # not a lease
                             found[key] = (flags, reply.value, ttl, reply.flags.get("c"))
         return found
 
@@ -772,7 +775,8 @@ class Engine:
                 values = self._reply(call)
                 if values is not _FAILED:
                     for item in values:
-                        found[item[0]] = item
+                        if item[2] or item[1]:  # an empty flags-0 value is a lease: a miss
+                            found[item[0]] = item
             if len(found) == len(keys):
                 return found
         if not cas and self._previous is not None and len(found) < len(keys):
@@ -853,6 +857,8 @@ class Engine:
             if values is _FAILED or not values:
                 return default
             _, flags, data, _ = values[0]
+            if not data and not flags:
+                return default  # a lease's placeholder (get_or_set), not a value
             return self.serde.deserialize(k, data, flags)
         found = yield from self._read(self._first_copy(k), [k], False)
         hit = found.get(k)

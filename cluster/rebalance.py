@@ -59,6 +59,8 @@ def copy_items(src: Server, dst: Server, items: list[DumpEntry], batch: int = 20
                 if t is None or t == 0 or t < -1:
                     continue  # gone meanwhile (deleted, expired, evicted) or expiring now
                 flags = reply.flags.get("f", b"0")
+                if not reply.value and flags == b"0":
+                    continue  # a get_or_set lease, not a value: it is not moved
                 found.append(
                     (key, reply.value, flags, b"0" if t == -1 else b"%d" % t, reply.flags["c"])
                 )

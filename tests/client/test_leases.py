@@ -152,3 +152,18 @@ def test_degrades_to_get_then_set_without_meta(server, make_client):
     assert c.get_or_set("k", compute, 60) == "computed"
     assert c.get_or_set("k", compute, 60) == "computed" and compute.calls == 1
     assert c.delete("k", stale=True) and c.get("k") in (None, "computed")
+
+
+def test_a_lease_never_reads_as_a_value(nodes, make_client):
+    """While a winner computes, the lease's placeholder is an empty item on the node; plain
+    reads (get, get_many, get_entry) must miss, not return it."""
+    winner = Client([nodes[0].location], **FAST)
+    reader = make_client([nodes[0].location], **FAST)
+    thread = threading.Thread(target=winner.get_or_set, args=("k", Counting(delay=0.8), 60))
+    thread.start()
+    time.sleep(0.2)
+    assert reader.get("k") is None
+    assert reader.get_many(["k"]) == {} and reader.get_entry("k") is None
+    thread.join(5)
+    assert reader.get("k") == "computed"
+    winner.close()
