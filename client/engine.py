@@ -914,11 +914,16 @@ class Engine:
         seconds gives one caller ``W`` to refresh it while everyone keeps reading the current
         value; after ``delete(key, stale=True)`` readers get the stale value while one
         refreshes it. Against a server without meta, or with replicas: get, then compute and
-        set on a miss (no herd protection)."""
+        set on a miss (no herd protection).
+
+        The lease lives on the key's first usable copy (a stand-in while the owner is out); the
+        winner stores through ``set``, so replication, the recovery journal and move
+        invalidation apply to it. During a move the winner first reads the previous owner and,
+        on a hit, returns that value and releases the lease instead of computing."""
         k = self.key(key)
         compute = default if callable(default) else (lambda: default)
         node, _ = self._route(k)
-        if node is None or node.meta is False or self.replicas > 1 or self._previous is not None:
+        if node is None or node.meta is False:
             value = yield from self._get(key, _MISS)
             if value is not _MISS:
                 return value
@@ -949,12 +954,17 @@ class Engine:
             pending = "Z" in held and not reply.value and "X" not in held
             if "W" in held:  # this caller computes
                 node.leases["won"] += 1
+                release = Call(node, protocol.meta_delete(k, b"C" + held["c"]), (META,), "release")
+                if not reply.value and self._previous is not None:
+                    moved = yield from self._warm_up([k])
+                    if k in moved:  # still on its previous owner: no computation needed
+                        yield [release]
+                        _, flags, data, _ = moved[k]
+                        return self._deserialize(k, data, flags)
                 try:
                     value = yield Compute(compute)
                 except BaseException:
-                    yield [
-                        Call(node, protocol.meta_delete(k, b"C" + held["c"]), (META,), "release")
-                    ]
+                    yield [release]
                     raise
                 yield from self._store(b"set", key, value, expire, None, None)
                 return value

@@ -167,3 +167,78 @@ def test_a_lease_never_reads_as_a_value(nodes, make_client):
     thread.join(5)
     assert reader.get("k") == "computed"
     winner.close()
+
+
+def test_leases_with_replicas_on_a_stand_in_and_during_a_move(nodes):
+    import os
+    import signal
+
+    from tests.client.test_client import keys_owned_by
+    from tests.client.test_discovery import publish
+
+    location = [n.location for n in nodes]
+    clients = [Client(location, replicas=2, **FAST) for _ in range(20)]
+    compute = Counting()
+    assert herd(20, lambda i: clients[i].get_or_set("rep", compute, 60)) == ["computed"] * 20
+    assert compute.calls == 1
+    holders = [n for n in nodes if Client([n.location]).get("rep") == "computed"]
+    assert len(holders) == 2  # the winner's set reached both copies
+
+    # The owner out: the lease lives on its stand-in, still one computation.
+    victim = nodes[1]
+    key = keys_owned_by(clients[0], victim, 1)[0]
+    os.kill(victim.pid, signal.SIGSTOP)
+    try:
+        plain = [Client(location, **FAST) for _ in range(20)]
+        for c in plain:
+            c.get(key)
+            c.get(key)  # ejected in every client
+        compute = Counting()
+        assert herd(20, lambda i: plain[i].get_or_set(key, compute, 60)) == ["computed"] * 20
+        assert compute.calls == 1
+    finally:
+        os.kill(victim.pid, signal.SIGCONT)
+
+    # During a move the value still on its previous owner is returned, not recomputed.
+    publish(nodes, nodes[:2], version=2)
+    mover = Client([n.location for n in nodes[:2]], discovery=True, discovery_interval=0.05, **FAST)
+    view = Client(location)
+    moving = next(
+        k for k in (f"m{i}" for i in range(500)) if view.server_for(k).port == nodes[2].port
+    )
+    assert mover.set(moving, "kept", expire=60)
+    publish(nodes, nodes, version=3)
+    deadline = time.monotonic() + 5
+    while mover.cluster_version < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    compute = Counting()
+    assert mover.get_or_set(moving, compute, 60) == "kept" and compute.calls == 0
+    for c in [*clients, *plain, mover, view]:
+        c.close()
+
+
+def test_early_recache_keeps_a_hot_key_from_ever_missing(nodes):
+    """A key with a 3 s TTL read in a loop by 8 threads for 5 s with recache=2: one caller
+    refreshes it in its last 2 s (memcached counts whole seconds: recache=1 would only ever see
+    a remaining TTL of 0), so it never expires and no caller ever waits."""
+    clients = [Client([nodes[0].location], **FAST) for _ in range(8)]
+    compute = Counting(value="fresh", delay=0.05)
+    clients[0].set("hot", "fresh", expire=3)
+    stop = time.monotonic() + 5.0
+    results: list = []
+
+    def loop(i: int) -> int:
+        n = 0
+        while time.monotonic() < stop:
+            results.append(clients[i].get_or_set("hot", compute, 3, recache=2))
+            n += 1
+        return n
+
+    herd(8, loop)
+    waits = sum(c.node_stats()[nodes[0].location]["leases"]["waits"] for c in clients)
+    print(f"\n[leases] recache: {len(results)} reads, {compute.calls} refreshes, {waits} waits")
+    assert set(results) == {"fresh"} and waits == 0
+    assert 1 <= compute.calls <= 6  # about one refresh per TTL, never a herd
+    for c in clients:
+        c.close()
