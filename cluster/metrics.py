@@ -1,6 +1,7 @@
-"""Prometheus exposition of a cluster's ``stats``: scraped from the nodes on every request.
+"""Prometheus exposition: a cluster's ``stats`` (scraped from the nodes on every request) and
+what one client saw of each node (``ClientCollector``, for the application's own registry).
 
-This module owns the metric names and the collector; the figures are ``figures.py``'s.
+This module owns the metric names and the collectors; the figures are ``figures.py``'s.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from ringcache.client.engine import Engine
 from ringcache.client.ring import Server
 
 from .figures import figures
@@ -72,3 +74,56 @@ def serve(servers: list[Server], host: str, port: int):
     registry.register(ClusterCollector(servers))
     server, thread = start_http_server(port, addr=host, registry=registry)
     return server, thread
+
+
+class ClientCollector(Collector):
+    """What one client (``Client`` or ``AsyncClient``) saw of each node, from its
+    ``node_stats()``: state, failures, ejections, the recovery journal, and get_or_set's
+    leases. Register it in the application's registry (these counters live in the
+    application's process, not on the nodes, so ``ringcache stats`` cannot show them):
+
+        prometheus_client.REGISTRY.register(ClientCollector(cache))
+    """
+
+    def __init__(self, client: Engine) -> None:
+        self.client = client
+
+    def collect(self) -> Iterator:
+        label = ["node"]
+        live = GaugeMetricFamily(
+            "ringcache_client_node_live",
+            "1 while the node takes this client's traffic",
+            labels=label,
+        )
+        journal = GaugeMetricFamily(
+            "ringcache_client_journal_keys", "Keys in the node's recovery journal", labels=label
+        )
+        counters = {
+            name: CounterMetricFamily(f"ringcache_client_{name}", text, labels=label)
+            for name, text in (
+                ("failures", "Failed requests to the node"),
+                ("ejections", "Times the node was ejected"),
+                ("journal_flushes", "Flushes after the node's journal overflowed"),
+                ("leases_won", "get_or_set leases won (computations)"),
+                ("lease_waits", "Polls while another caller held the lease"),
+                ("lease_wait_seconds", "Seconds spent waiting for another caller's value"),
+                ("lease_fallbacks", "Fallback values served instead of waiting"),
+            )
+        }
+        for node, seen in self.client.node_stats().items():
+            live.add_metric([node], 1 if seen["state"] in ("live", "failing") else 0)
+            journal.add_metric([node], seen["journal"])
+            leases = seen["leases"]
+            for name, value in (
+                ("failures", seen["failures"]),
+                ("ejections", seen["ejections"]),
+                ("journal_flushes", seen["journal_flushes"]),
+                ("leases_won", leases["won"]),
+                ("lease_waits", leases["waits"]),
+                ("lease_wait_seconds", leases["wait_seconds"]),
+                ("lease_fallbacks", leases["fallbacks"]),
+            ):
+                counters[name].add_metric([node], value)
+        yield live
+        yield journal
+        yield from counters.values()

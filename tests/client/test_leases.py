@@ -242,3 +242,34 @@ def test_early_recache_keeps_a_hot_key_from_ever_missing(nodes):
     assert 1 <= compute.calls <= 6  # about one refresh per TTL, never a herd
     for c in clients:
         c.close()
+
+
+def test_lease_counters_in_the_applications_prometheus_registry(nodes):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from ringcache.cluster.metrics import ClientCollector
+
+    winner = Client([nodes[0].location], **FAST)
+    other = Client([nodes[0].location], **FAST)
+    thread = threading.Thread(target=winner.get_or_set, args=("k", Counting(delay=0.5), 60))
+    thread.start()
+    time.sleep(0.1)
+    assert other.get_or_set("k", Counting(), 60) == "computed"  # waited for the winner
+    thread.join(5)
+    registry = CollectorRegistry()
+    registry.register(ClientCollector(other))
+    text = generate_latest(registry).decode()
+    node = nodes[0].location
+    assert f'ringcache_client_node_live{{node="{node}"}} 1.0' in text
+    waits = other.node_stats()[node]["leases"]["waits"]
+    assert (
+        waits > 0 and f'ringcache_client_lease_waits_total{{node="{node}"}} {float(waits)}' in text
+    )
+    registry = CollectorRegistry()
+    registry.register(ClientCollector(winner))
+    assert (
+        f'ringcache_client_leases_won_total{{node="{node}"}} 1.0'
+        in generate_latest(registry).decode()
+    )
+    winner.close()
+    other.close()
