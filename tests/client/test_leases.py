@@ -133,8 +133,9 @@ def test_waiters_can_take_a_fallback(nodes):
     other.close()
 
 
-def test_serve_stale_and_early_recache(nodes, make_client):
-    c = make_client([nodes[0].location], **FAST)
+@pytest.mark.parametrize("server", ["node", "memcached"], indirect=True)
+def test_serve_stale_and_early_recache(server, make_client):
+    c = make_client([server.location], **FAST)
     assert c.set("k", "v1", expire=60)
     assert c.delete("k", stale=True)
     refresh = Counting(value="v2", delay=0)
@@ -273,3 +274,18 @@ def test_lease_counters_in_the_applications_prometheus_registry(nodes):
     )
     winner.close()
     other.close()
+
+
+@pytest.mark.parametrize("server", ["node", "memcached"], indirect=True)
+def test_a_winner_that_dies_leaves_a_lease_that_expires(server, make_client):
+    """A winner that vivified the lease and died (here: a raw connection that takes the lease
+    and never stores) holds the others up only until the lease's TTL; then one of them wins."""
+    from tests.conftest import RawClient
+
+    raw = RawClient(server.port)
+    assert raw.call(b"mg dead v c N1\r\n", b"\r\n\r\n").startswith(b"VA 0")  # won, then gone
+    c = make_client([server.location], **FAST)
+    compute = Counting(value="after", delay=0)
+    started = time.monotonic()
+    assert c.get_or_set("dead", compute, 60, lease=1) == "after"
+    assert compute.calls == 1 and 0.5 < time.monotonic() - started < 3.5
