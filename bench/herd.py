@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import statistics
 import sys
-import tempfile
 import threading
 import time
 
 from django.conf import settings
 
-from bench.node_memcaslap import free_port
-from ringcache.cluster import LocalCluster
-from ringcache.cluster.local import port_in_use
+from bench.node_memcaslap import local_cluster
 
 BACKENDS = {
     "ringcache RingCache": "ringcache.client.django.RingCache",
@@ -78,26 +75,17 @@ def herd(backend_path: str, location: list[str], callers: int, rounds: int = 3) 
 
 def main() -> int:
     settings.configure(CACHES={})
-    with tempfile.TemporaryDirectory() as run:
-        lc = LocalCluster(run)
-        base = next(
-            p for p in (free_port() for _ in range(100))
-            if p < 64000 and not any(port_in_use(q) for q in range(p, p + 3))
-        )  # fmt: skip
-        lc.up(3, base, memory=64)
-        try:
-            location = lc.locations()
-            print("get_or_set on a just-deleted key, compute = 100 ms, 3 rounds each")
-            for callers in (10, 40, 200):
-                for name, path in BACKENDS.items():
-                    r = herd(path, location, callers)
-                    print(
-                        f"  {callers:4d} callers  {name:24s} "
-                        f"recomputations {r['recomputations']:6.1f}  "
-                        f"p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms"
-                    )
-        finally:
-            lc.down()
+    with local_cluster(3, memory=64, spare=0) as lc:
+        location = lc.locations()
+        print("get_or_set on a just-deleted key, compute = 100 ms, 3 rounds each")
+        for callers in (10, 40, 200):
+            for name, path in BACKENDS.items():
+                r = herd(path, location, callers)
+                print(
+                    f"  {callers:4d} callers  {name:24s} "
+                    f"recomputations {r['recomputations']:6.1f}  "
+                    f"p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms"
+                )
     return 0
 
 

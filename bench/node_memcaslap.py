@@ -11,6 +11,7 @@ server and reports RSS bytes per stored item. Never run in CI.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -20,7 +21,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+from ringcache.cluster import LocalCluster
+from ringcache.cluster.local import port_in_use
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -29,6 +34,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def local_cluster(nodes: int, memory: int, spare: int = 2) -> Iterator[LocalCluster]:
+    """``nodes`` node processes on consecutive free ports (``spare`` more kept free for adds),
+    in a temporary run directory, stopped afterwards."""
+    with tempfile.TemporaryDirectory() as run:
+        lc = LocalCluster(run)
+        base = next(
+            p for p in (free_port() for _ in range(100))
+            if p < 64000 and not any(port_in_use(q) for q in range(p, p + nodes + spare))
+        )  # fmt: skip
+        lc.up(nodes, base, memory=memory)
+        try:
+            yield lc
+        finally:
+            lc.down()
 
 
 def cpu_seconds(pid: int) -> float:
