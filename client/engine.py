@@ -44,7 +44,7 @@ from .errors import (
 )
 from .health import NodeHealth
 from .protocol import CONFIG, META, STATS, STATUS, VALUES, ClusterConfig, Meta
-from .ring import Ring, Server, parse_location
+from .ring import Ring, Server, key_hash, parse_location
 
 log = logging.getLogger("ringcache.client")
 
@@ -285,6 +285,10 @@ class _View:
         # validation, MD5 and the ring search. Emptied when full, so it follows the hot set.
         self.routes: dict[Any, tuple[bytes, Node]] = {}
 
+    def owner(self, key: bytes) -> Node:
+        """The node that owns ``key`` (ring.index_of, through the point → node table)."""
+        return self.node_of_point[bisect_left(self.points, key_hash(key))]
+
 
 class Engine:
     """Options, membership, routing, health and every operation, for both drivers."""
@@ -512,7 +516,7 @@ class Engine:
             return fenced
         for k, targets in placed.items():
             if self.replicas == 1:
-                holders = [view.node_list[view.ring.index_of(k)]]
+                holders = [view.owner(k)]
             else:
                 holders = [
                     view.node_list[i]
@@ -554,9 +558,7 @@ class Engine:
             hit = None
         if hit is None:
             k = self.key(key)
-            view = self._view
-            point = bisect_left(view.points, int.from_bytes(md5(k).digest()[:4], "little"))
-            hit = (k, view.node_of_point[point])
+            hit = (k, self._view.owner(k))
             if len(routes) >= ROUTE_CACHE_SIZE:
                 routes.clear()
             routes[key] = hit
@@ -569,8 +571,7 @@ class Engine:
     def _route(self, key: bytes) -> tuple[Node | None, bool]:
         """The node a request for ``key`` goes to, and whether it stands in for the owner."""
         view = self._view
-        point = bisect_left(view.points, int.from_bytes(md5(key).digest()[:4], "little"))
-        node = view.node_of_point[point]
+        node = view.owner(key)
         if node.health.usable:
             return node, False
         for i in view.ring.candidate_indices(key):
@@ -597,8 +598,7 @@ class Engine:
                     break
         if not nodes and self.raise_on_error:
             raise NoServerAvailable("every server is ejected")
-        owner = view.node_list[view.ring.index_of(key)]
-        return nodes, bool(nodes) and nodes[0] is not owner
+        return nodes, bool(nodes) and nodes[0] is not view.owner(key)
 
     def _group(self, keys: Iterable) -> tuple[dict[Node, list[bytes]], dict[bytes, Any], list]:
         """Keys grouped by the node they go to; the original key of each; keys with no node.
@@ -631,8 +631,10 @@ class Engine:
                     k = prefix + k
                 if not k or len(k) > KEY_MAX_LENGTH or bad(k):
                     validate_key(key, prefix)  # raises with the precise reason
-                point = bisect_left(points, int.from_bytes(md5(k).digest()[:4], "little"))
-                node = node_of_point[point]
+                # view.owner(k), inlined: this loop runs once per key of every multi-key call
+                node = node_of_point[
+                    bisect_left(points, int.from_bytes(md5(k).digest()[:4], "little"))
+                ]
                 if len(routes) >= ROUTE_CACHE_SIZE:
                     routes.clear()
                 routes[key] = (k, node)
@@ -659,9 +661,10 @@ class Engine:
                 groups.setdefault(node, []).append(k)
         return groups
 
-    def _ttl_for(self, key: bytes, node: Node, expire: int) -> int:
-        """``expire``, capped when ``node`` is not the key's owner (a stand-in)."""
-        if self._view.ring.get(key).name == node.server.name:
+    def _ttl_for(self, key: bytes, expire: int) -> int:
+        """``expire``, capped when the key's owner is out (its copies are on stand-ins), the
+        rule ``_copies`` applies to one key; replica copies of a live owner are not capped."""
+        if self._view.owner(key).health.usable:
             return expire
         return self._failover_expire(expire)
 
@@ -685,8 +688,8 @@ class Engine:
         view = self._view
         groups: dict[Node, list[bytes]] = {}
         for k in keys:
-            old = previous.node_list[previous.ring.index_of(k)]
-            if old is not view.node_list[view.ring.index_of(k)] and old.health.usable:
+            old = previous.owner(k)
+            if old is not view.owner(k) and old.health.usable:
                 groups.setdefault(old, []).append(k)
         return groups
 
@@ -766,17 +769,7 @@ class Engine:
                         groups.setdefault(copies[k][copy], []).append(k)
             if not groups:
                 break
-            calls = [
-                Call(node, protocol.get(ks, cas), _ONE_VALUES, "gets" if cas else "get")
-                for node, ks in groups.items()
-            ]
-            yield calls
-            for call in calls:
-                values = self._reply(call)
-                if values is not _FAILED:
-                    for item in values:
-                        if item[2] or item[1]:  # an empty flags-0 value is a lease: a miss
-                            found[item[0]] = item
+            found.update((yield from self._fetch(groups, cas, "gets" if cas else "get")))
             if len(found) == len(keys):
                 return found
         if not cas and self._previous is not None and len(found) < len(keys):
@@ -793,16 +786,22 @@ class Engine:
         groups = self._previous_owners(keys)
         if not groups:
             return {}
+        return (yield from self._fetch(groups, False, "warm-up"))
+
+    def _fetch(self, groups: dict[Node, list[bytes]], cas: bool, what: str) -> Op[dict]:
+        """One ``get``/``gets`` per node, all at once: ``{key: (key, flags, data, cas)}`` of
+        the hits, without a lease's placeholder (an empty flags-0 value is a miss)."""
         calls = [
-            Call(node, protocol.get(ks), _ONE_VALUES, "warm-up") for node, ks in groups.items()
+            Call(node, protocol.get(ks, cas), _ONE_VALUES, what) for node, ks in groups.items()
         ]
         yield calls
         found = {}
         for call in calls:
             values = self._reply(call)
             if values is not _FAILED:
-                for key, flags, data, _ in values:
-                    found[key] = (key, flags, data, None)
+                for item in values:
+                    if item[2] or item[1]:
+                        found[item[0]] = item
         return found
 
     def _invalidate_previous(self, keys: Iterable[bytes]) -> Op[set[bytes]]:
@@ -816,8 +815,8 @@ class Engine:
         view = self._view
         groups: dict[Node, list[bytes]] = {}
         for k in keys:
-            old = previous.node_list[previous.ring.index_of(k)]
-            if old is view.node_list[view.ring.index_of(k)]:
+            old = previous.owner(k)
+            if old is view.owner(k):
                 continue
             if old.health.usable:
                 groups.setdefault(old, []).append(k)
@@ -1230,7 +1229,8 @@ class Engine:
                 parts = []
                 for k in ks:
                     data, flags = serialized[k]
-                    ttl = self._ttl_for(k, node, expire)
+                    # Only a key whose holder is out (fenced) can have its owner out.
+                    ttl = self._ttl_for(k, expire) if fenced else expire
                     parts.append(protocol.store(b"set", k, flags, ttl, data, None, bool(noreply)))
                 kinds = () if noreply else (STATUS,) * len(ks)
                 call = Call(node, b"".join(parts), kinds, "set_many", ks)

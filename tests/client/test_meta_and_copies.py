@@ -100,6 +100,11 @@ def test_replica_copies_keep_the_ttl_they_were_written_with(nodes, make_client):
         copies = holders(key)
         assert len(copies) == 2, key
         assert all(0 < remaining_ttl(n, key) <= 60 for n in copies), key  # never immortal
+    assert c.set_many({"m1": b"v", "m2": b"v"}, expire=60) == []
+    assert c.set_many({"f1": b"v"}) == []
+    for key in ("m1", "m2"):  # set_many's replica copies are not stand-ins: no failover cap
+        assert all(30 < remaining_ttl(n, key) <= 60 for n in holders(key)), key
+    assert [remaining_ttl(n, "f1") for n in holders("f1")] == [-1, -1]
     assert c.set("z", 1) and c.decr("z", 5) == 0
     assert [RawClient(n.port).call(b"get z\r\n", b"END\r\n") for n in holders("z")] == [
         b"VALUE z 2 1\r\n0\r\nEND\r\n"
@@ -132,6 +137,16 @@ def test_warm_up_reads_the_previous_owner_copies_nothing_and_honours_the_ttl(nod
     assert remaining_ttl(nodes[0], moving[5]) is None and remaining_ttl(nodes[1], moving[5]) is None
     assert c.set(moving[6], b"new", expire=60) and c.get(moving[6]) == b"new"
     assert [remaining_ttl(n, moving[6]) is not None for n in nodes] == [False, False, True]
+    # A lease's placeholder on the previous owner is not a value, through warm-up either.
+    assert c.delete(moving[11])
+    before = Client([n.location for n in old])
+    previous_owner = next(n for n in old if n.location == str(before.server_for(moving[11])))
+    before.close()
+    lease = RawClient(previous_owner.port).call(
+        b"mg %s v c N30\r\n" % moving[11].encode(), b"\r\n\r\n"
+    )
+    assert lease.startswith(b"VA 0")
+    assert c.get(moving[11]) is None and c.get_many([moving[11]]) == {}
     time.sleep(3.2)
     assert c.get(moving[7]) is None and c.get_many(moving[8:10]) == {}  # past their TTL
 
