@@ -1,21 +1,17 @@
-"""The node's network side on trio: listeners, one task per connection, background upkeep.
+"""The node on trio: listeners, the task that runs the hot loop, background upkeep.
 
-This is the only module of the node that does I/O or imports trio. It owns the connection
-limit (``-c``), the idle timeout, per-connection fairness (a batch of at most
-``reqs_per_event`` requests, then a yield), one send per batch of replies, back-pressure (a
-client that does not read its replies stops being read, so the node's memory for it stays at
-one batch), the once-a-second clock, the expiry crawler and the slab automover. Sockets are
-driven with ``wait_readable``/``wait_writable`` and non-blocking ``recv_into``/``send`` on the
-raw socket, which measured clearly faster than trio's ``SocketStream`` (see DESIGN.md).
+This is the only module of the node that imports trio. It owns accepting and the connection
+limit (``-c``), running ``reactor``'s hot loop (one turn, then a trio checkpoint, or a wait
+on the reactor's epoll set when no connection has anything to do), the idle-timeout sweep,
+the once-a-second clock, the expiry crawler, the slab automover, shutdown and cancellation.
 """
 
 from __future__ import annotations
 
 import errno
 import math
-import select
 import socket
-import traceback
+import time
 from collections.abc import Callable
 
 import trio
@@ -23,9 +19,12 @@ import trio
 from .commands import NodeState, Session
 from .config import Config
 from .protocol import R_TOO_MANY_CONNECTIONS
+from .reactor import Reactor
 from .store import Store
 
-RECV_SIZE = 64 * 1024
+# While connections keep the hot loop busy it yields to trio's other tasks (accepting,
+# timers, cancellation) at least this often.
+YIELD_INTERVAL = 0.001
 CRAWL_BUDGET = 2000  # items the crawler visits between two checkpoints
 CRAWL_PER_SECOND = 50_000
 AUTOMOVE_INTERVAL = 1.0
@@ -35,62 +34,6 @@ IGNORED_ACCEPT_ERRNOS = frozenset(
     {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EAGAIN, errno.EWOULDBLOCK}
 )
 CAPACITY_ACCEPT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-
-
-class Poller:
-    """Read readiness for all connections from one epoll set, registered once per socket.
-
-    trio's ``wait_readable`` adds and removes the descriptor from its epoll set on every
-    wait (two ``epoll_ctl`` calls per request for a client with one request in flight). Here
-    each connection is registered once, edge-triggered; one task waits on the epoll set and
-    wakes the connection tasks whose sockets became readable. An edge that arrives while its
-    task is busy is remembered, so the task's next wait returns at once.
-    """
-
-    def __init__(self) -> None:
-        self.epoll = select.epoll()
-        self.waiters: dict[int, trio.lowlevel.Task] = {}
-        self.pending: set[int] = set()
-
-    def register(self, fd: int) -> None:
-        self.epoll.register(fd, select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET)
-
-    def unregister(self, fd: int) -> None:
-        self.pending.discard(fd)
-        self.waiters.pop(fd, None)
-        try:
-            self.epoll.unregister(fd)
-        except OSError:
-            pass
-
-    async def wait_readable(self, fd: int) -> None:
-        if fd in self.pending:
-            self.pending.discard(fd)
-            await trio.lowlevel.checkpoint()
-            return
-        self.waiters[fd] = trio.lowlevel.current_task()
-
-        def abort(_raise_cancel) -> trio.lowlevel.Abort:
-            self.waiters.pop(fd, None)
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
-
-    async def run(self) -> None:
-        epfd = self.epoll.fileno()
-        poll = self.epoll.poll
-        waiters = self.waiters
-        while True:
-            await trio.lowlevel.wait_readable(epfd)
-            for fd, _ in poll(0, 256):
-                task = waiters.pop(fd, None)
-                if task is None:
-                    self.pending.add(fd)
-                else:
-                    trio.lowlevel.reschedule(task)
-
-    def close(self) -> None:
-        self.epoll.close()
 
 
 class ListenError(OSError):
@@ -140,7 +83,7 @@ class Node:
         self.listeners: list[socket.socket] = []
         self.port = cfg.port
         self._cancel: trio.CancelScope | None = None
-        self.poller = Poller()
+        self.reactor = Reactor(self.state)
         self._crawl_wanted = trio.Event()
         self.state.request_crawl = self._request_crawl
 
@@ -156,17 +99,17 @@ class Node:
         try:
             async with trio.open_nursery() as nursery:
                 self._cancel = nursery.cancel_scope
-                nursery.start_soon(self.poller.run)
+                nursery.start_soon(self._serve_connections)
                 nursery.start_soon(self._tick)
                 nursery.start_soon(self._crawler)
                 nursery.start_soon(self._automover)
                 for listener in self.listeners:
-                    nursery.start_soon(self._accept, listener, nursery)
+                    nursery.start_soon(self._accept, listener)
                 task_status.started(self.port)
         finally:
             for listener in self.listeners:
                 listener.close()
-            self.poller.close()
+            self.reactor.close_all()
 
     def stop(self) -> None:
         if self._cancel is not None:
@@ -176,8 +119,11 @@ class Node:
     async def _tick(self) -> None:
         store = self.store
         clock = store.clock
+        idle = self.cfg.idle_timeout
         while True:
             clock.tick()
+            if idle:
+                self.reactor.close_idle(idle)
             # A growing hash index moves a bounded share of its slots per step.
             while store.rehash_step(REHASH_BUDGET):
                 await trio.lowlevel.checkpoint()
@@ -212,11 +158,34 @@ class Node:
             self.store.automove_step(last)
 
     # -- connections -----------------------------------------------------------------------
-    async def _accept(self, listener: socket.socket, nursery: trio.Nursery) -> None:
+    async def _serve_connections(self) -> None:
+        """The hot loop: reactor turns, yielding to trio between them at least every
+        YIELD_INTERVAL, and waiting on the epoll set when nothing is ready."""
+        reactor = self.reactor
+        turn = reactor.turn
+        state = self.state
+        clock = time.perf_counter
+        checkpoint = trio.lowlevel.checkpoint
+        wait_readable = trio.lowlevel.wait_readable
+        last_yield = clock()
+        while True:
+            busy = turn()
+            if state.shutdown_requested:
+                self.stop()
+            now = clock()
+            if busy:
+                if now - last_yield >= YIELD_INTERVAL:
+                    last_yield = now
+                    await checkpoint()
+            else:
+                last_yield = now
+                await wait_readable(reactor)
+
+    async def _accept(self, listener: socket.socket) -> None:
         stats = self.store.stats
         while True:
             try:
-                conn, addr = listener.accept()
+                sock, addr = listener.accept()
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(listener)
                 continue
@@ -231,105 +200,16 @@ class Node:
                     continue
                 raise
             stats.total_connections += 1
-            conn.setblocking(False)
+            sock.setblocking(False)
             if len(self.state.connections) >= self.cfg.max_connections:
                 stats.rejected_connections += 1
                 try:
-                    conn.send(R_TOO_MANY_CONNECTIONS)
+                    sock.send(R_TOO_MANY_CONNECTIONS)
                 except OSError:
                     pass
-                conn.close()
+                sock.close()
                 continue
-            if conn.family in (socket.AF_INET, socket.AF_INET6):
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
-            session = Session(self.state, peer)
-            self.state.connections[session.id] = session
-            nursery.start_soon(self._serve_conn, conn, session)
-
-    async def _serve_conn(self, sock: socket.socket, session: Session) -> None:
-        state = self.state
-        stats = self.store.stats
-        verbose = state.verbosity > 1
-        if verbose:
-            state.log(f"<{session.id} new auto-negotiating client connection")
-        buf = bytearray(RECV_SIZE)
-        view = memoryview(buf)
-        idle = self.cfg.idle_timeout or math.inf
-        batch = self.cfg.reqs_per_event
-        recv_into = sock.recv_into
-        wait_readable = self.poller.wait_readable
-        fd = sock.fileno()
-        self.poller.register(fd)
-        checkpoint = trio.lowlevel.checkpoint
-        # After a reply the client is most likely waiting for it, so the next read waits for
-        # readiness first instead of spending a recv() that would fail with EAGAIN.
-        ready = True
-        try:
-            while True:
-                if not ready:
-                    if idle == math.inf:
-                        await wait_readable(fd)
-                    else:
-                        with trio.move_on_after(idle) as scope:
-                            await wait_readable(fd)
-                        if scope.cancelled_caught:
-                            break
-                try:
-                    n = recv_into(buf)
-                except BlockingIOError:
-                    ready = False
-                    continue
-                except OSError:
-                    break
-                if n == 0:
-                    break
-                session.feed(view[:n])
-                while True:
-                    out, more = session.step(batch)
-                    if out:
-                        await _send_all(sock, out)
-                    if session.closing:
-                        return
-                    if not more:
-                        break
-                    stats.conn_yields += 1
-                    await checkpoint()
-                # A full buffer means more is probably waiting; otherwise wait (and so yield).
-                ready = n == RECV_SIZE
-                if ready:
-                    await checkpoint()
-                if state.shutdown_requested:
-                    self.stop()
-        except OSError:
-            pass
-        except Exception:
-            # A bug met while serving one connection closes that connection only.
-            state.log(
-                f"<{session.id} closing the connection after an internal error:\n"
-                + traceback.format_exc().rstrip()
-            )
-        finally:
-            state.connections.pop(session.id, None)
-            self.poller.unregister(fd)
-            sock.close()
-            if verbose:
-                state.log(f"<{session.id} connection closed.")
-            if state.shutdown_requested:
-                self.stop()
-
-
-async def _send_all(sock: socket.socket, data: bytes) -> None:
-    try:
-        sent = sock.send(data)
-    except BlockingIOError:
-        sent = 0
-    if sent == len(data):
-        return
-    view = memoryview(data)
-    while sent < len(data):
-        await trio.lowlevel.wait_writable(sock)
-        try:
-            sent += sock.send(view[sent:])
-        except BlockingIOError:
-            continue
+            self.reactor.add(sock, Session(self.state, peer))
