@@ -163,6 +163,7 @@ class Session(MetaCommands):
         out: list[bytes] = []
         size = 0
         parser = self.parser
+        verbose = self.node.verbosity > 1
         starved = False  # the parser needs more bytes before it can go on
         for _ in range(max_requests):
             if self.stream is not None:
@@ -180,6 +181,9 @@ class Session(MetaCommands):
                     out.append(exc.reply)
                 if self.stream is not None:
                     break
+            if parser.pos == len(parser.buf):
+                starved = True  # nothing buffered (the common end of a batch)
+                break
             try:
                 req = parser.next()
             except Close:
@@ -196,7 +200,10 @@ class Session(MetaCommands):
             self.last_cmd = self.store.clock.now
             try:
                 if type(req) is list:
-                    reply = self._command(req, out)
+                    if len(req) == 2 and req[0] == b"get" and not verbose:
+                        reply = self._retrieve_keys(req[1:], False, None, True)  # the hot path
+                    else:
+                        reply = self._command(req, out)
                 else:
                     reply = self._storage(req)
             except ProtocolError as exc:
@@ -209,14 +216,14 @@ class Session(MetaCommands):
                 self.closing = True
                 break
             if reply:
-                out.append(self._reply(reply) if self.node.verbosity > 1 else reply)
+                out.append(self._reply(reply) if verbose else reply)
                 size += len(reply)
             if self.closing or size >= max_bytes:
                 break
         data = b"".join(out)
         self.stats.bytes_written += len(data)
         more = not self.closing and (
-            self.stream is not None or (not starved and parser.buffered() > 0)
+            self.stream is not None or (not starved and parser.pos < len(parser.buf))
         )
         return data, more
 
@@ -255,8 +262,9 @@ class Session(MetaCommands):
 
     # -- other commands --------------------------------------------------------------------
     def _command(self, tokens: list[bytes], out: list[bytes]) -> bytes:
-        self._verbose_in(b" ".join(tokens))
-        ntokens = min(len(tokens), MAX_TOKENS - 1) + 1
+        if self.node.verbosity > 1:
+            self._verbose_in(b" ".join(tokens))
+        ntokens = len(tokens) + 1 if len(tokens) < MAX_TOKENS else MAX_TOKENS
         if ntokens < 2 or len(tokens[0]) < 2:
             return R_ERROR
         handler = self._dispatch.get(tokens[0])
@@ -313,35 +321,38 @@ class Session(MetaCommands):
         )
 
     def _retrieve_keys(self, keys, with_cas, touch, last) -> bytes:
-        store = self.store
-        st = self.stats
-        counters = st.cls
+        get = self.store.get
+        counters = self.stats.cls
         parts = []
-        for key in keys:
-            if len(key) > KEY_MAX_LENGTH:
-                # memcached drops every reply not yet sent and answers with this error alone.
-                raise DropPending(R_BAD_FORMAT)
-            hit = store.get(key, touch)
-            if touch is None:
-                st.cmd_get += 1
-            else:
-                st.cmd_touch += 1
-            if hit is None:
+        looked_up = misses = 0
+        try:
+            for key in keys:
+                if len(key) > KEY_MAX_LENGTH:
+                    # memcached drops every reply not yet sent and answers with this alone.
+                    raise DropPending(R_BAD_FORMAT)
+                looked_up += 1
+                hit = get(key, touch)
+                if hit is None:
+                    misses += 1
+                    continue
+                flags, data, cas, clsid = hit
                 if touch is None:
-                    st.get_misses += 1
+                    counters[clsid].get_hits += 1
                 else:
-                    st.touch_misses += 1
-                continue
-            flags, data, cas, clsid = hit
+                    counters[clsid].touch_hits += 1
+                if with_cas:
+                    parts.append(b"VALUE %s %d %d %d\r\n" % (key, flags, len(data) - 2, cas))
+                else:
+                    parts.append(b"VALUE %s %d %d\r\n" % (key, flags, len(data) - 2))
+                parts.append(data)
+        finally:
+            st = self.stats
             if touch is None:
-                counters[clsid].get_hits += 1
+                st.cmd_get += looked_up
+                st.get_misses += misses
             else:
-                counters[clsid].touch_hits += 1
-            if with_cas:
-                parts.append(b"VALUE %s %d %d %d\r\n" % (key, flags, len(data) - 2, cas))
-            else:
-                parts.append(b"VALUE %s %d %d\r\n" % (key, flags, len(data) - 2))
-            parts.append(data)
+                st.cmd_touch += looked_up
+                st.touch_misses += misses
         if last:
             parts.append(R_END)
         return b"".join(parts)

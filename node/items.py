@@ -44,6 +44,8 @@ _TIME = struct.Struct("<I")
 _EXP_TIME = struct.Struct("<II")
 # exptime, time, nbytes, flags, nkey, iflags (offsets 24..41)
 _VIEW = struct.Struct("<IIIIBB")
+# cas, exptime, time, nbytes, flags (offsets 16..39)
+_REWRITE = struct.Struct("<QIIII")
 
 # Meta flags of an item (the header byte at offset 43): a client was handed the win token
 # (mg N/R/stale), the value is stale (md I, ms I), the key arrived in base64 (b).
@@ -261,6 +263,53 @@ class Items:
         self._lru_cls(page, off).requested += ntotal
         self.curr_items += 1
         self.bytes += ntotal
+        self.stats.total_items += 1
+        return cas
+
+    def _replace_in_place(
+        self,
+        old: int,
+        page: bytearray,
+        off: int,
+        key: bytes,
+        flags: int,
+        exptime: int,
+        data: bytes,
+        mflags: int,
+    ) -> int:
+        """Write a new value of ``key`` over its live, unchained item ``old``; the new CAS,
+        or 0 when the new item must be allocated elsewhere.
+
+        memcached allocates the new item (from the head of its class's free list) and then
+        frees the old chunk. When the new item is of the same class and that free list is not
+        empty, writing it over the old chunk leaves every count of ``stats``, ``stats slabs``
+        and ``stats items`` as memcached's would be, without the allocation's work. The item
+        goes to the head of its LRU, as a new item does.
+        """
+        nbytes = len(data)
+        nkey = len(key)
+        ntotal = item_total(nkey, flags, nbytes)
+        clsid = page[off + OFF_CLSID]
+        slabs = self.slabs
+        if ntotal > self.chunk_max or slabs.clsid(ntotal) != clsid:
+            return 0
+        cls = slabs.classes[clsid]
+        if cls.free_head == NONE or page[off + OFF_IFLAGS] & F_CHUNKED:
+            return 0
+        _, _, onbytes, oflags, _, _ = _VIEW.unpack_from(page, off + OFF_EXPTIME)
+        grown = ntotal - item_total(nkey, oflags, onbytes)
+        cls.requested += grown
+        self.bytes += grown
+        self.cas_id += 1
+        cas = self.cas_id
+        _REWRITE.pack_into(page, off + OFF_CAS, cas, exptime, self.clock.now, nbytes, flags)
+        page[off + OFF_IFLAGS] = F_LINKED
+        page[off + OFF_MFLAGS] = mflags
+        start = off + ITEM_HEADER + nkey
+        page[start : start + nbytes] = data
+        if cls.lru_head != old:
+            self._lru_unlink(old, page, off)
+            self._lru_link(old, page, off)
         self.stats.total_items += 1
         return cas
 

@@ -32,6 +32,8 @@ STORAGE = {
     b"cas": CAS,
 }
 
+_DATA_COMMANDS = frozenset([*STORAGE, b"ms"])  # command lines followed by a data block
+
 # Replies.
 R_STORED = b"STORED\r\n"
 R_NOT_STORED = b"NOT_STORED\r\n"
@@ -458,15 +460,16 @@ class Parser:
             el -= 1
         line = bytes(buf[start:el])
         self.pos = self.scan = cont
-        nul = line.find(b"\0")
-        if nul >= 0:
-            line = line[:nul]  # memcached reads the line as a C string
+        if b"\0" in line:
+            line = line[: line.find(b"\0")]  # memcached reads the line as a C string
         # Tokens are separated by spaces only: a tab is part of a token, as in memcached.
-        tokens = [t for t in line.split(b" ") if t]
-        if not tokens:
-            return tokens
+        tokens = line.split(b" ")
+        if b"" in tokens:
+            tokens = [t for t in tokens if t]
+            if not tokens:
+                return tokens
         first = tokens[0]
-        if first in STORAGE or first == b"ms":
+        if first in _DATA_COMMANDS:
             if first == b"ms":
                 req = parse_mset(tokens, self.fits)
             else:

@@ -78,6 +78,9 @@ class Reactor:
             if conn.open:
                 self._serve(conn)
         conns = self.conns
+        buf = self.buf
+        view = self.view
+        stats = self.stats
         events = self.epoll.poll(0, EVENTS_PER_TURN)
         for fd, _ in events:
             conn = conns.get(fd)
@@ -87,23 +90,20 @@ class Reactor:
                 continue
             if conn.out is not None:
                 self._flush(conn)
-            else:
-                self._read(conn)
+                continue
+            try:
+                n = conn.sock.recv_into(buf)
+            except BlockingIOError:
+                continue
+            except OSError:
+                n = 0
+            if n == 0:
+                self.close(conn)
+                continue
+            conn.session.parser.feed(view[:n])
+            stats.bytes_read += n
+            self._serve(conn)
         return bool(queued or events)
-
-    def _read(self, conn: Connection) -> None:
-        try:
-            n = conn.sock.recv_into(self.buf)
-        except BlockingIOError:
-            return
-        except OSError:
-            self.close(conn)
-            return
-        if n == 0:
-            self.close(conn)
-            return
-        conn.session.feed(self.view[:n])
-        self._serve(conn)
 
     def _serve(self, conn: Connection) -> None:
         """Answer one batch of the connection's buffered requests and send the replies."""

@@ -10,6 +10,7 @@ never changes a reply that is still being sent.
 
 from __future__ import annotations
 
+import struct
 import time
 from array import array
 from collections.abc import Callable
@@ -49,12 +50,15 @@ from .items import (
     item_total,
 )
 from .slabs import (
+    F_ACTIVE,
     F_CHUNKED,
+    F_FETCHED,
     ITEM_HEADER,
     NONE,
     OFF_CAS,
     OFF_CLSID,
     OFF_EXPTIME,
+    OFF_IFLAGS,
     OFF_MFLAGS,
     OFF_TIME,
     OFFSET_MASK,
@@ -64,6 +68,8 @@ from .slabs import (
 from .stats import Stats
 
 ITEM_UPDATE_INTERVAL = 60
+# cas, exptime, time, nbytes, flags, nkey, iflags, clsid, mflags, hash (header offsets 16..47)
+_FIELDS = struct.Struct("<QIIIIBBBBI")
 
 
 class Clock:
@@ -129,18 +135,59 @@ class Store(HashIndex, Items, Crawler):
 
     # -- commands --------------------------------------------------------------------------
     def get(self, key: bytes, touch_exptime: int | None = None):
-        """A hit as ``(flags, data_with_crlf, cas, clsid)``, or None; ``touch_exptime`` for gat."""
-        hd = self._lookup(key)
-        if hd == NONE:
-            return None
-        page = self.pages[hd >> PAGE_SHIFT]
-        off = hd & OFFSET_MASK
-        _, _, nbytes, flags, nkey, iflags = _VIEW.unpack_from(page, off + OFF_EXPTIME)
+        """A hit as ``(flags, data_with_crlf, cas, clsid)``, or None; ``touch_exptime`` for gat.
+
+        The hot path of the node: while the index is not growing and no ``flush_all`` is
+        pending, the probe of ``_find``, the expiry test of ``_live`` and the reads of the
+        header are done here with one ``unpack`` per probed item.
+        """
+        if self.old_table is not None or self.oldest_live:
+            hd = self._lookup(key)
+            if hd == NONE:
+                return None
+            page = self.pages[hd >> PAGE_SHIFT]
+            off = hd & OFFSET_MASK
+            cas, exptime, _, nbytes, flags, nkey, iflags, clsid, _, _ = _FIELDS.unpack_from(
+                page, off + OFF_CAS
+            )
+        else:
+            h = hash(key) & 0xFFFFFFFF
+            table = self.table
+            mask = self.mask
+            pages = self.pages
+            nkey = len(key)
+            i = h & mask
+            while True:
+                hd = table[i]
+                if hd < 0:
+                    return None
+                page = pages[hd >> PAGE_SHIFT]
+                off = hd & OFFSET_MASK
+                cas, exptime, _, nbytes, flags, ikey, iflags, clsid, _, ih = _FIELDS.unpack_from(
+                    page, off + OFF_CAS
+                )
+                if (
+                    ih == h
+                    and ikey == nkey
+                    and page[off + ITEM_HEADER : off + ITEM_HEADER + nkey] == key
+                ):
+                    break
+                i = (i + 1) & mask
+            if exptime and exptime <= self.clock.now:
+                self.stats.get_expired += 1
+                self.unlink(hd)
+                return None
         if touch_exptime is not None:
             _I.pack_into(page, off + OFF_EXPTIME, touch_exptime)
-        self._bump(hd, page, off)
-        data = self._data(page, off, nkey, nbytes, iflags)
-        return flags, data, _CAS.unpack_from(page, off + OFF_CAS)[0], page[off + OFF_CLSID]
+        # _bump: fetched and active (the CLOCK second chance), last access now.
+        page[off + OFF_IFLAGS] |= F_FETCHED | F_ACTIVE
+        _TIME.pack_into(page, off + OFF_TIME, self.clock.now)
+        if iflags & F_CHUNKED:
+            data = self._data(page, off, nkey, nbytes, iflags)
+        else:
+            start = off + ITEM_HEADER + nkey
+            data = page[start : start + nbytes]
+        return flags, data, cas, clsid
 
     def store(
         self,
@@ -206,6 +253,9 @@ class Store(HashIndex, Items, Crawler):
             if hd == NONE:
                 return NOT_STORED, 0  # as memcached: a failed copy is simply not stored
         else:
+            cas = self._replace_in_place(old, opage, ooff, key, flags, exptime, data, mflags)
+            if cas:
+                return STORED, cas
             hd = self._new_item(key, flags, exptime, data, mflags)
             if hd == NONE:
                 return self._alloc_failure(key, flags, data, mode, meta), 0

@@ -441,6 +441,34 @@ def _stats_scripts() -> list[Script]:
                 + b"\r\nstats slabs\r\n"
             ],
         ),
+        (
+            # Overwrites of one key within its class (written over the old chunk once the
+            # class has a free chunk), into another class and back, with set, cas and ms; the
+            # slab and item counts, LRU order (metadump) and values must stay memcached's.
+            "overwrites keep the slab and item counts",
+            [
+                b"set ow_a 1 0 100\r\n"
+                + b"a" * 100
+                + b"\r\nset ow_b 0 0 100\r\n"
+                + b"b" * 100
+                + b"\r\nset ow_a 2 0 90\r\n"
+                + b"c" * 90
+                + b"\r\nset ow_a 3 0 101\r\n"
+                + b"d" * 101
+                + b"\r\nset ow_b 0 0 3000\r\n"
+                + b"e" * 3000
+                + b"\r\nset ow_b 5 0 99\r\n"
+                + b"f" * 99
+                + b"\r\ngets ow_a ow_b\r\nms ow_a 95 F7 T100\r\n"
+                + b"g" * 95
+                + b"\r\nmg ow_a v f t\r\nset ow_c 0 0 100 noreply\r\n"
+                + b"h" * 100
+                + b"\r\nset ow_a 0 0 100\r\n"
+                + b"i" * 100
+                + b"\r\nget ow_a ow_b ow_c\r\nstats slabs\r\nstats items\r\n"
+                + b"lru_crawler metadump all\r\n"
+            ],
+        ),
         ("stats items", [b"stats items\r\n"]),
         ("stats sizes", [b"stats sizes\r\n"]),
         ("stats detail on", [b"stats detail on\r\nstats detail off\r\n"]),

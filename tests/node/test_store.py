@@ -363,3 +363,22 @@ def test_hash_index_grows_in_bounded_steps_and_stays_correct_meanwhile():
     for i, k in enumerate(keys):
         expected = k if i >= 2000 else (None if i % 2 else b"new")
         assert value(store, k) == expected
+
+
+def test_an_overwrite_within_its_class_reuses_the_chunk_only_when_memcached_would_not_grow():
+    store, _, _ = make("-m", "64")
+    key = b"ow"
+    assert store.store(SET, key, 0, 0, b"a" * 100 + b"\r\n")[0] == STORED
+    first = store._find(key)[1]
+    # The class has no free chunk yet (it carves from its page): a new chunk, the old freed.
+    assert store.store(SET, key, 0, 0, b"b" * 100 + b"\r\n")[0] == STORED
+    second = store._find(key)[1]
+    assert second != first
+    # Now its free list holds the old chunk: the value is written over the item in place.
+    result, cas = store.store(SET, key, 3, 0, b"c" * 95 + b"\r\n")
+    assert result == STORED and store._find(key)[1] == second
+    assert store.get(key) == (3, bytearray(b"c" * 95 + b"\r\n"), cas, store.get(key)[3])
+    assert store.curr_items == 1 and store.stats.total_items == 3
+    # Into another class: allocated there.
+    assert store.store(SET, key, 0, 0, b"d" * 2000 + b"\r\n")[0] == STORED
+    assert store._find(key)[1] != second
