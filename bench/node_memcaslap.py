@@ -1,11 +1,13 @@
 """Node benchmark: libmemcached's memcaslap against a ringcache node and Debian's memcached.
 
-Rounds alternate between the two servers in one run (``memcaslap -T 1 -c 16``, its default
-90/10 get/set mix); the report gives each server's throughput, server CPU time per operation,
-and the node/memcached ratios. A second part stores N items with 100-byte values in each
-server and reports RSS bytes per stored item. Never run in CI.
+Rounds alternate between the two servers in one run, a fresh server each time, for each
+workload: ``memcaslap -T 1`` (its 90/10 get/set mix, ~1 KB values) with 16, 64 and 256
+connections, with 4 KB and 64 KB values, and get_many of 100 keys by pylibmc clients. Each
+round prints both servers' throughput, server CPU time per operation and the ratios; the
+summary gives the medians. A second part stores N items with 100-byte values in each server
+and reports RSS bytes per stored item. Never run in CI.
 
-    python -m bench.node_memcaslap [--rounds 3] [--seconds 10] [--items 200000]
+    python -m bench.node_memcaslap [--rounds 3] [--seconds 10] [--items 200000] [--only TEXT]
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -94,9 +97,10 @@ def stop(proc: subprocess.Popen) -> None:
     proc.wait(timeout=10)
 
 
-def memcaslap(port: int, seconds: int) -> tuple[int, float]:
+def memcaslap(port: int, seconds: int, args: list[str]) -> tuple[int, float]:
+    """One memcaslap run (one thread, 90/10 get/set): (operations, operations per second)."""
     out = subprocess.run(
-        ["memcaslap", "-s", f"127.0.0.1:{port}", "-T", "1", "-c", "16", "-t", f"{seconds}s"],
+        ["memcaslap", "-s", f"127.0.0.1:{port}", "-T", "1", "-t", f"{seconds}s", *args],
         capture_output=True,
         text=True,
         timeout=seconds + 60,
@@ -107,26 +111,116 @@ def memcaslap(port: int, seconds: int) -> tuple[int, float]:
     return int(m.group(2)), float(m.group(3))
 
 
-def throughput(rounds: int, seconds: int) -> None:
-    results: dict[str, list[tuple[float, float]]] = {"node": [], "memcached": []}
-    for r in range(rounds):
-        for kind in ("node", "memcached") if r % 2 == 0 else ("memcached", "node"):
-            proc, port = start(kind, 64)
-            cpu0 = cpu_seconds(proc.pid)
-            ops, tps = memcaslap(port, seconds)
-            cpu = cpu_seconds(proc.pid) - cpu0
-            stop(proc)
-            results[kind].append((tps, cpu / ops * 1e6))
-            print(f"round {r + 1} {kind:9s} {tps:9.0f} ops/s  {cpu / ops * 1e6:6.1f} µs CPU/op")
-    node_tps = sum(t for t, _ in results["node"]) / rounds
-    mc_tps = sum(t for t, _ in results["memcached"]) / rounds
-    node_cpu = sum(c for _, c in results["node"]) / rounds
-    mc_cpu = sum(c for _, c in results["memcached"]) / rounds
-    print(f"\nmemcaslap -T 1 -c 16, {rounds} alternating rounds of {seconds}s")
-    print(f"  node      {node_tps:9.0f} ops/s  {node_cpu:6.1f} µs server CPU/op")
-    print(f"  memcached {mc_tps:9.0f} ops/s  {mc_cpu:6.1f} µs server CPU/op")
-    print(f"  throughput ratio node/memcached: {node_tps / mc_tps:.2f}x (goal >= 0.35x)")
-    print(f"  CPU per op ratio node/memcached: {node_cpu / mc_cpu:.2f}x")
+MULTIGET_KEYS = 100
+MULTIGET_ITEMS = 10_000
+MULTIGET_CLIENTS = 4
+
+
+def _multiget_client(port: int, seconds: float, seed: int, counts) -> None:
+    import random
+
+    import pylibmc
+
+    mc = pylibmc.Client([f"127.0.0.1:{port}"], binary=False)
+    rng = random.Random(seed)
+    keys = [f"mg:{i:06d}" for i in range(MULTIGET_ITEMS)]
+    done = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        got = mc.get_multi(rng.sample(keys, MULTIGET_KEYS))
+        assert len(got) == MULTIGET_KEYS, "a key of the get_many workload missed"
+        done += 1
+    counts.put(done)
+
+
+def multiget(port: int, seconds: int) -> tuple[int, float]:
+    """get_many(100) of 300-byte values by MULTIGET_CLIENTS pylibmc (C) clients in their own
+    processes: (keys, keys per second)."""
+    import multiprocessing
+
+    value = b"m" * 300
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(
+            b"".join(
+                b"set mg:%06d 0 0 %d noreply\r\n%s\r\n" % (i, len(value), value)
+                for i in range(MULTIGET_ITEMS)
+            )
+            + b"version\r\n"
+        )
+        s.settimeout(30)
+        buf = b""
+        while not buf.endswith(b"\r\n"):
+            buf += s.recv(4096)
+    ctx = multiprocessing.get_context("spawn")
+    counts = ctx.Queue()
+    procs = [
+        ctx.Process(target=_multiget_client, args=(port, seconds, i, counts))
+        for i in range(MULTIGET_CLIENTS)
+    ]
+    for p in procs:
+        p.start()
+    calls = sum(counts.get(timeout=seconds + 60) for _ in procs)
+    for p in procs:
+        p.join(10)
+    keys = calls * MULTIGET_KEYS
+    return keys, keys / seconds
+
+
+# (name, how to load the server); memcaslap's default values are about 1 KB.
+WORKLOADS = [
+    ("memcaslap -c 16", lambda port, secs: memcaslap(port, secs, ["-c", "16"])),
+    ("memcaslap -c 64", lambda port, secs: memcaslap(port, secs, ["-c", "64"])),
+    ("memcaslap -c 256", lambda port, secs: memcaslap(port, secs, ["-c", "256"])),
+    (
+        "memcaslap -c 16 -X 4096",
+        lambda port, secs: memcaslap(port, secs, ["-c", "16", "-X", "4096"]),
+    ),
+    (
+        "memcaslap -c 16 -X 65536",
+        lambda port, secs: memcaslap(port, secs, ["-c", "16", "-X", "65536"]),
+    ),
+    (f"get_many({MULTIGET_KEYS}), {MULTIGET_CLIENTS} pylibmc clients, keys", multiget),
+]
+
+
+def throughput(rounds: int, seconds: int, only: str | None) -> list[str]:
+    """Alternating rounds of each workload against a fresh node and a fresh memcached -t 1;
+    the median of the rounds' ratios. Returns the summary lines."""
+    summary = []
+    for name, load in WORKLOADS:
+        if only and only not in name:
+            continue
+        print(f"\n{name}: {rounds} alternating rounds of {seconds}s")
+        ratios, cpu_ratios, per = [], [], {"node": [], "memcached": []}
+        for r in range(rounds):
+            got = {}
+            for kind in ("node", "memcached") if r % 2 == 0 else ("memcached", "node"):
+                proc, port = start(kind, 64)
+                cpu0 = cpu_seconds(proc.pid)
+                ops, tps = load(port, seconds)
+                cpu = (cpu_seconds(proc.pid) - cpu0) / ops * 1e6
+                stop(proc)
+                got[kind] = (tps, cpu)
+                per[kind].append((tps, cpu))
+            ratios.append(got["node"][0] / got["memcached"][0])
+            cpu_ratios.append(got["node"][1] / got["memcached"][1])
+            print(
+                f"  round {r + 1}: node {got['node'][0]:9.0f}/s {got['node'][1]:6.1f} µs CPU"
+                f"  memcached {got['memcached'][0]:9.0f}/s {got['memcached'][1]:6.1f} µs CPU"
+                f"  ratio {ratios[-1]:.2f}x  CPU {cpu_ratios[-1]:.2f}x"
+            )
+        line = (
+            f"{name:52s} node {statistics.median(t for t, _ in per['node']):9.0f}/s "
+            f"{statistics.median(c for _, c in per['node']):6.1f} µs  memcached "
+            f"{statistics.median(t for t, _ in per['memcached']):9.0f}/s "
+            f"{statistics.median(c for _, c in per['memcached']):6.1f} µs  "
+            f"ratio {statistics.median(ratios):.2f}x  CPU/op {statistics.median(cpu_ratios):.2f}x"
+        )
+        summary.append(line)
+    print("\nnode vs memcached -t 1 (medians; goals: ratio >= 0.5x, CPU/op <= 2.2x)")
+    for line in summary:
+        print("  " + line)
+    return summary
 
 
 def fill(port: int, items: int) -> None:
@@ -167,14 +261,16 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--items", type=int, default=200_000)
+    parser.add_argument("--only", help="run the workloads whose name contains this")
     args = parser.parse_args()
     for tool in ("memcached", "memcaslap"):
         if shutil.which(tool) is None:
             print(f"{tool} is missing: apt-get install memcached libmemcached-tools")
             return 2
     os.chdir(tempfile.mkdtemp())
-    throughput(args.rounds, args.seconds)
-    memory(args.items)
+    throughput(args.rounds, args.seconds, args.only)
+    if not args.only:
+        memory(args.items)
     return 0
 
 
