@@ -153,6 +153,37 @@ class Session(MetaCommands):
         self.parser.feed(data)
         self.stats.bytes_read += len(data)
 
+    def receive(self, buf: bytearray, n: int, max_requests: int = 20) -> tuple[bytes, bool]:
+        """``feed(buf[:n])`` then ``step(max_requests)``: what a server does with each read.
+
+        The commonest read of all, one ``get <key>\\r\\n`` on a connection with nothing
+        buffered, is answered here without the parser: the line has no other space, no NUL
+        and no other newline, and the key is not too long, so the parser would have made the
+        tokens ``[b"get", key]`` of it and ``step`` would have answered them exactly so.
+        """
+        parser = self.parser
+        if (
+            0 < n - 6 <= KEY_MAX_LENGTH
+            and buf.startswith(b"get ")
+            and buf[n - 2] == 13
+            and buf.find(b"\n", 0, n) == n - 1
+            and buf.find(b" ", 4, n) < 0
+            and buf.find(b"\0", 0, n) < 0
+            and parser.pos == len(parser.buf)
+            and parser.pending is None
+            and not parser.swallow
+            and self.stream is None
+            and self.node.verbosity <= 1
+        ):
+            self.last_cmd = self.store.clock.now
+            reply = self._retrieve_keys((bytes(buf[4 : n - 2]),), False, None, True)
+            stats = self.stats
+            stats.bytes_read += n
+            stats.bytes_written += len(reply)
+            return reply, False
+        self.feed(memoryview(buf)[:n])
+        return self.step(max_requests)
+
     def step(self, max_requests: int = 20, max_bytes: int = 4 * 1024 * 1024) -> tuple[bytes, bool]:
         """Answer up to ``max_requests`` buffered requests: ``(reply_bytes, more)``.
 

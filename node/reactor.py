@@ -53,7 +53,6 @@ class Reactor:
         self.conns: dict[int, Connection] = {}
         self.queue: deque[Connection] = deque()
         self.buf = bytearray(RECV_SIZE)
-        self.view = memoryview(self.buf)
 
     def fileno(self) -> int:
         return self.epoll.fileno()
@@ -79,8 +78,6 @@ class Reactor:
                 self._serve(conn)
         conns = self.conns
         buf = self.buf
-        view = self.view
-        stats = self.stats
         events = self.epoll.poll(0, EVENTS_PER_TURN)
         for fd, _ in events:
             conn = conns.get(fd)
@@ -100,16 +97,18 @@ class Reactor:
             if n == 0:
                 self.close(conn)
                 continue
-            conn.session.parser.feed(view[:n])
-            stats.bytes_read += n
-            self._serve(conn)
+            self._serve(conn, n)
         return bool(queued or events)
 
-    def _serve(self, conn: Connection) -> None:
-        """Answer one batch of the connection's buffered requests and send the replies."""
+    def _serve(self, conn: Connection, received: int = 0) -> None:
+        """Answer one batch of the connection's requests (with the ``received`` bytes just
+        read into the buffer) and send the replies."""
         session = conn.session
         try:
-            out, more = session.step(self.batch)
+            if received:
+                out, more = session.receive(self.buf, received, self.batch)
+            else:
+                out, more = session.step(self.batch)
             if out:
                 try:
                     sent = conn.sock.send(out)

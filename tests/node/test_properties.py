@@ -289,3 +289,49 @@ def test_random_bytes_never_crash_or_hang(chunks):
         # Nothing is buffered beyond what the protocol allows for an unfinished request.
         assert s.parser.buffered() <= sum(map(len, chunks))
     assert time.monotonic() - started < 5
+
+
+# A read of one "get <key>\r\n" is answered by Session.receive without the parser; any read
+# must get the same replies and leave the same counters as feed + step.
+PIECES = st.sampled_from(
+    [b"get", b"gets", b" ", b"\t", b"\r", b"\n", b"\r\n", b"\0", b"k", b"v", b"x" * 250, b"x"]
+)
+READ_BYTES = st.one_of(
+    st.lists(PIECES, max_size=8).map(b"".join),
+    st.tuples(st.lists(PIECES, max_size=3), st.lists(PIECES, max_size=2)).map(
+        lambda parts: b"get " + b"".join(parts[0]) + b"\r\n" + b"".join(parts[1])
+    ),
+)
+
+
+def _counters(stats) -> list:
+    return [getattr(stats, name) for name in type(stats).__slots__ if name != "cls"] + [
+        [getattr(c, name) for name in type(c).__slots__] for c in stats.cls
+    ]
+
+
+def _twin_stores() -> list[Store]:
+    stores = []
+    for _ in range(2):
+        store = Store(parse_args(["-m", "64"]), Clock(Wall()))
+        for key in (b"k", b"v", b"k\t", b"k\r", b"x" * 250):
+            store.store(SET, key, 5, 0, b"val\r\n")
+        stores.append(store)
+    return stores
+
+
+TWINS = _twin_stores()  # shared by the examples; both always see the same requests
+
+
+@settings(max_examples=300, deadline=None)
+@given(reads=st.lists(READ_BYTES, min_size=1, max_size=4))
+def test_receive_answers_as_feed_and_step(reads):
+    fast, slow = (Session(NodeState(s.cfg, s, log=lambda line: None)) for s in TWINS)
+    buf = bytearray(64 * 1024)
+    for data in reads:
+        buf[: len(data)] = data
+        got = fast.receive(buf, len(data)) if data else (b"", False)
+        slow.feed(data)
+        assert got == slow.step()
+        assert _counters(fast.stats) == _counters(slow.stats)
+        assert fast.closing == slow.closing
