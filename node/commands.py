@@ -176,7 +176,7 @@ class Session(MetaCommands):
             and self.node.verbosity <= 1
         ):
             self.last_cmd = self.store.clock.now
-            reply = self._retrieve_keys((bytes(buf[4 : n - 2]),), False, None, True)
+            reply = self._get_one(bytes(buf[4 : n - 2]))
             stats = self.stats
             stats.bytes_read += n
             stats.bytes_written += len(reply)
@@ -232,7 +232,7 @@ class Session(MetaCommands):
             try:
                 if type(req) is list:
                     if len(req) == 2 and req[0] == b"get" and not verbose:
-                        reply = self._retrieve_keys(req[1:], False, None, True)  # the hot path
+                        reply = self._get_one(req[1])  # the hot path
                     else:
                         reply = self._command(req, out)
                 else:
@@ -350,6 +350,20 @@ class Session(MetaCommands):
             self._retrieve_keys(keys[i : i + GET_SLICE], with_cas, touch, False)
             for i in range(0, len(keys), GET_SLICE)
         )
+
+    def _get_one(self, key: bytes) -> bytes:
+        """The reply to ``get <key>``: ``_retrieve_keys`` for one key, without its loop."""
+        if len(key) > KEY_MAX_LENGTH:
+            raise DropPending(R_BAD_FORMAT)
+        hit = self.store.get(key)
+        st = self.stats
+        st.cmd_get += 1
+        if hit is None:
+            st.get_misses += 1
+            return R_END
+        flags, data, _, clsid = hit
+        st.cls[clsid].get_hits += 1
+        return b"".join((b"VALUE %s %d %d\r\n" % (key, flags, len(data) - 2), data, R_END))
 
     def _retrieve_keys(self, keys, with_cas, touch, last) -> bytes:
         get = self.store.get

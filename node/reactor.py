@@ -120,7 +120,8 @@ class Reactor:
                     conn.more = more
                     self.epoll.modify(conn.fd, _WRITE)
                     return
-            self._after_send(conn, more)
+            if more or session.closing:
+                self._after_send(conn, more)
         except OSError:
             self.close(conn)
         except Exception:

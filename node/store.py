@@ -70,6 +70,7 @@ from .stats import Stats
 ITEM_UPDATE_INTERVAL = 60
 # cas, exptime, time, nbytes, flags, nkey, iflags, clsid, mflags, hash (header offsets 16..47)
 _FIELDS = struct.Struct("<QIIIIBBBBI")
+_BUMPED = F_FETCHED | F_ACTIVE
 
 
 class Clock:
@@ -147,7 +148,7 @@ class Store(HashIndex, Items, Crawler):
                 return None
             page = self.pages[hd >> PAGE_SHIFT]
             off = hd & OFFSET_MASK
-            cas, exptime, _, nbytes, flags, nkey, iflags, clsid, _, _ = _FIELDS.unpack_from(
+            cas, exptime, itime, nbytes, flags, nkey, iflags, clsid, _, _ = _FIELDS.unpack_from(
                 page, off + OFF_CAS
             )
         else:
@@ -163,14 +164,11 @@ class Store(HashIndex, Items, Crawler):
                     return None
                 page = pages[hd >> PAGE_SHIFT]
                 off = hd & OFFSET_MASK
-                cas, exptime, _, nbytes, flags, ikey, iflags, clsid, _, ih = _FIELDS.unpack_from(
-                    page, off + OFF_CAS
+                cas, exptime, itime, nbytes, flags, ikey, iflags, clsid, _, ih = (
+                    _FIELDS.unpack_from(page, off + OFF_CAS)
                 )
-                if (
-                    ih == h
-                    and ikey == nkey
-                    and page[off + ITEM_HEADER : off + ITEM_HEADER + nkey] == key
-                ):
+                start = off + ITEM_HEADER
+                if ih == h and ikey == nkey and page[start : start + nkey] == key:
                     break
                 i = (i + 1) & mask
             if exptime and exptime <= self.clock.now:
@@ -179,9 +177,13 @@ class Store(HashIndex, Items, Crawler):
                 return None
         if touch_exptime is not None:
             _I.pack_into(page, off + OFF_EXPTIME, touch_exptime)
-        # _bump: fetched and active (the CLOCK second chance), last access now.
-        page[off + OFF_IFLAGS] |= F_FETCHED | F_ACTIVE
-        _TIME.pack_into(page, off + OFF_TIME, self.clock.now)
+        # _bump: fetched and active (the CLOCK second chance), last access now; an item
+        # bumped already in this second is left as it is.
+        if iflags & _BUMPED != _BUMPED:
+            page[off + OFF_IFLAGS] = iflags | _BUMPED
+        now = self.clock.now
+        if itime != now:
+            _TIME.pack_into(page, off + OFF_TIME, now)
         if iflags & F_CHUNKED:
             data = self._data(page, off, nkey, nbytes, iflags)
         else:
