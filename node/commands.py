@@ -64,7 +64,7 @@ _STORE_REPLIES = {
     NOT_FOUND: R_NOT_FOUND,
 }
 
-# A multiget with more keys than this is answered in slices between sends, so that one
+# A multiget with more keys than this is answered in chunks between sends, so that one
 # request cannot make the node build an unbounded reply in memory.
 GET_SLICE = 8
 STREAM_CHUNK = 256 * 1024
@@ -342,14 +342,18 @@ class Session(MetaCommands):
         if len(keys) > GET_SLICE:
             self.stream = self._retrieve_stream(keys, with_cas, touch)
             return b""
-        return self._retrieve_keys(keys, with_cas, touch, True)
+        return self._retrieve_keys(keys, with_cas, touch)
 
     def _retrieve_stream(self, keys, with_cas, touch) -> Iterator[bytes]:
-        """A long multiget answered a few keys at a time, in chunks of about STREAM_CHUNK."""
-        return _chunked(
-            self._retrieve_keys(keys[i : i + GET_SLICE], with_cas, touch, False)
-            for i in range(0, len(keys), GET_SLICE)
-        )
+        """A long multiget answered in chunks of about STREAM_CHUNK bytes (the node never holds
+        more than a chunk and one value of its reply), the last ending with END."""
+        start = 0
+        while start < len(keys):
+            parts: list[bytes] = []
+            start = self._retrieve_into(parts, keys, start, with_cas, touch, STREAM_CHUNK)
+            if start == len(keys):
+                parts.append(R_END)
+            yield b"".join(parts)
 
     def _get_one(self, key: bytes) -> bytes:
         """The reply to ``get <key>``: ``_retrieve_keys`` for one key, without its loop."""
@@ -365,13 +369,20 @@ class Session(MetaCommands):
         st.cls[clsid].get_hits += 1
         return b"".join((b"VALUE %s %d %d\r\n" % (key, flags, len(data) - 2), data, R_END))
 
-    def _retrieve_keys(self, keys, with_cas, touch, last) -> bytes:
+    def _retrieve_keys(self, keys, with_cas, touch) -> bytes:
+        parts: list[bytes] = []
+        self._retrieve_into(parts, keys, 0, with_cas, touch, 1 << 62)
+        parts.append(R_END)
+        return b"".join(parts)
+
+    def _retrieve_into(self, parts, keys, start, with_cas, touch, budget) -> int:
+        """Append the VALUE blocks of ``keys[start:]`` to ``parts`` until they reach ``budget``
+        bytes; the index of the first key not looked up."""
         get = self.store.get
         counters = self.stats.cls
-        parts = []
-        looked_up = misses = 0
+        looked_up = misses = size = 0
         try:
-            for key in keys:
+            for key in keys[start:] if start else keys:
                 if len(key) > KEY_MAX_LENGTH:
                     # memcached drops every reply not yet sent and answers with this alone.
                     raise DropPending(R_BAD_FORMAT)
@@ -386,10 +397,14 @@ class Session(MetaCommands):
                 else:
                     counters[clsid].touch_hits += 1
                 if with_cas:
-                    parts.append(b"VALUE %s %d %d %d\r\n" % (key, flags, len(data) - 2, cas))
+                    head = b"VALUE %s %d %d %d\r\n" % (key, flags, len(data) - 2, cas)
                 else:
-                    parts.append(b"VALUE %s %d %d\r\n" % (key, flags, len(data) - 2))
+                    head = b"VALUE %s %d %d\r\n" % (key, flags, len(data) - 2)
+                parts.append(head)
                 parts.append(data)
+                size += len(head) + len(data)
+                if size >= budget:
+                    break
         finally:
             st = self.stats
             if touch is None:
@@ -398,9 +413,7 @@ class Session(MetaCommands):
             else:
                 st.cmd_touch += looked_up
                 st.touch_misses += misses
-        if last:
-            parts.append(R_END)
-        return b"".join(parts)
+        return start + looked_up
 
     def _delete(self, tokens, ntokens, out):
         if not 3 <= ntokens <= 5:
