@@ -9,6 +9,7 @@ and bytes out, and ``server`` drives it over sockets.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
@@ -68,6 +69,10 @@ _STORE_REPLIES = {
 # request cannot make the node build an unbounded reply in memory.
 GET_SLICE = 8
 STREAM_CHUNK = 256 * 1024
+
+
+# One "get <key>\r\n" line: no other space, NUL or newline (Session.receive).
+_LONE_GET = re.compile(rb"get ([^ \0\n]+)\r\n")
 
 
 class DropPending(Exception):
@@ -164,11 +169,7 @@ class Session(MetaCommands):
         parser = self.parser
         if (
             0 < n - 6 <= KEY_MAX_LENGTH
-            and buf.startswith(b"get ")
-            and buf[n - 2] == 13
-            and buf.find(b"\n", 0, n) == n - 1
-            and buf.find(b" ", 4, n) < 0
-            and buf.find(b"\0", 0, n) < 0
+            and (line := _LONE_GET.fullmatch(buf, 0, n)) is not None
             and parser.pos == len(parser.buf)
             and parser.pending is None
             and not parser.swallow
@@ -176,7 +177,7 @@ class Session(MetaCommands):
             and self.node.verbosity <= 1
         ):
             self.last_cmd = self.store.clock.now
-            reply = self._get_one(bytes(buf[4 : n - 2]))
+            reply = self._get_one(line[1])
             stats = self.stats
             stats.bytes_read += n
             stats.bytes_written += len(reply)

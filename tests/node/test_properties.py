@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -325,6 +325,11 @@ TWINS = _twin_stores()  # shared by the examples; both always see the same reque
 
 @settings(max_examples=300, deadline=None)
 @given(reads=st.lists(READ_BYTES, min_size=1, max_size=4))
+@example(reads=[b"get k v\r\n"])
+@example(reads=[b"get k \r\n", b"get  k\r\n", b"get k\n", b"get k\0\r\n"])
+@example(reads=[b"get \tk\r\n", b"get k\r\r\n", b"get k\r\nget v\r\n", b"get k\r"])
+@example(reads=[b"get " + b"x" * 250 + b"\r\n", b"get " + b"x" * 251 + b"\r\n", b"get \r\n"])
+@example(reads=[b"set k 0 0 3\r\n", b"get k\r\n", b"\r\nget k\r\n"])
 def test_receive_answers_as_feed_and_step(reads):
     fast, slow = (Session(NodeState(s.cfg, s, log=lambda line: None)) for s in TWINS)
     buf = bytearray(64 * 1024)
