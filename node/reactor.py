@@ -30,10 +30,12 @@ _WRITE = select.EPOLLOUT
 class Connection:
     """One client socket and its protocol session."""
 
-    __slots__ = ("fd", "more", "open", "out", "queued", "session", "sock")
+    __slots__ = ("fd", "more", "open", "out", "queued", "recv_into", "send", "session", "sock")
 
     def __init__(self, sock: socket.socket, session: Session) -> None:
         self.sock = sock
+        self.recv_into = sock.recv_into
+        self.send = sock.send
         self.fd = sock.fileno()
         self.session = session
         self.out: memoryview | None = None  # replies the socket has not taken yet
@@ -89,7 +91,7 @@ class Reactor:
                 self._flush(conn)
                 continue
             try:
-                n = conn.sock.recv_into(buf)
+                n = conn.recv_into(buf)
             except BlockingIOError:
                 continue
             except OSError:
@@ -111,7 +113,7 @@ class Reactor:
                 out, more = session.step(self.batch)
             if out:
                 try:
-                    sent = conn.sock.send(out)
+                    sent = conn.send(out)
                 except BlockingIOError:
                     sent = 0
                 if sent < len(out):
@@ -131,7 +133,7 @@ class Reactor:
         out = conn.out
         assert out is not None
         try:
-            sent = conn.sock.send(out)
+            sent = conn.send(out)
         except BlockingIOError:
             return
         except OSError:
