@@ -127,7 +127,10 @@ class Node:
             # A growing hash index moves a bounded share of its slots per step.
             while store.rehash_step(REHASH_BUDGET):
                 await trio.lowlevel.checkpoint()
-            await trio.sleep(1.0 - (trio.current_time() % 1.0) + 0.001)
+            # trio's clock is monotonic, ``now`` counts wall seconds: tick just after the
+            # wall clock's second turns, or a tick can miss a second (and the idle rule, on
+            # ``now``, wait a second longer).
+            await trio.sleep(clock.until_next_second() + 0.001)
 
     async def _crawler(self) -> None:
         """Reclaim expired items: a share every second, a whole pass after ``lru_crawler

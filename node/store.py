@@ -91,6 +91,11 @@ class Clock:
     def tick(self) -> None:
         self.now = int(self._wall()) - self.process_started
 
+    def until_next_second(self) -> float:
+        """Seconds until the wall clock's next whole second, when ``tick`` should run next
+        (so that each tick advances ``now`` by exactly one)."""
+        return 1.0 - self._wall() % 1.0
+
     def realtime(self, exptime: int) -> int:
         """A client exptime as a relative time; 0 = never, anything <= now = expired."""
         if exptime == 0:
