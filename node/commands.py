@@ -232,10 +232,7 @@ class Session(MetaCommands):
             self.last_cmd = self.store.clock.now
             try:
                 if type(req) is list:
-                    if len(req) == 2 and req[0] == b"get" and not verbose:
-                        reply = self._get_one(req[1])  # the hot path
-                    else:
-                        reply = self._command(req, out)
+                    reply = self._command(req, out)
                 else:
                     reply = self._storage(req)
             except ProtocolError as exc:
@@ -315,6 +312,8 @@ class Session(MetaCommands):
         return tokens[ntokens - 2] == b"noreply"
 
     def _get(self, tokens, ntokens, out):
+        if ntokens == 3:
+            return self._get_one(tokens[1])
         return self._retrieve(tokens, ntokens, False, None)
 
     def _gets(self, tokens, ntokens, out):
