@@ -1,7 +1,8 @@
 """``ringcache-node`` / ``python -m ringcache.node``: start one node from memcached's flags.
 
 This module owns the process: argument errors and exit codes, ``-h``/``-V``, the ``-vv``
-class table, ``-d``/``-P``/``-u``, and clean exit on SIGTERM/SIGINT. Serving is ``server``'s.
+class table, ``-d``/``-P``/``-u``, clean exit on SIGTERM/SIGINT, and SIGHUP (reload ``-Y``'s
+authfile). Serving is ``server``'s.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import sys
 
 import trio
 
+from .auth import AuthFileError
 from .config import USAGE, VERSION, Config, ConfigError, parse_args
 from .server import ListenError, Node, open_listeners
 from .slabs import class_table
+from .tls import TLSConfigError
 
 EX_USAGE = 64
 EX_OSERR = 71
@@ -58,11 +61,14 @@ def _write_port_file(listeners) -> None:
 
 
 async def _run(node: Node) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
 
             async def stop_on_signal() -> None:
-                async for _ in signals:
+                async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        node.reload_authfile()
+                        continue
                     nursery.cancel_scope.cancel()
                     return
 
@@ -88,6 +94,14 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.verbose:
             print(f"note: {note}", file=sys.stderr)
     try:
+        node = Node(cfg)
+    except TLSConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EX_USAGE
+    except AuthFileError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    try:
         listeners = open_listeners(cfg)
     except ListenError as exc:
         print(exc.strerror, file=sys.stderr)
@@ -107,7 +121,6 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.verbose > 1:
         sys.stderr.write(class_table(cfg))
         sys.stderr.flush()
-    node = Node(cfg)
     node.listeners = listeners
     try:
         trio.run(_run, node)

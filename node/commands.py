@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from . import stats as stats_text
+from .auth import AuthFile, AuthGate
 from .config import VERSION
 from .defs import (
     DELTA_OK,
@@ -57,6 +58,7 @@ from .protocol import (
 if TYPE_CHECKING:
     from .config import Config
     from .store import Store
+    from .tls import ServerTLS
 
 _STORE_REPLIES = {
     STORED: R_STORED,
@@ -101,6 +103,10 @@ class NodeState:
         # Cluster membership served by `config get cluster` (ElastiCache auto-discovery).
         self.cluster_version = 0
         self.cluster_members: list[bytes] = []
+        # ``-Z``: the server's TLS context (set by the server), for stats and refresh_certs.
+        self.tls: ServerTLS | None = None
+        # ``-Y``: every connection must authenticate before its first command.
+        self.authfile = AuthFile(cfg.auth_file) if cfg.auth_file else None
 
     def cluster_config(self) -> bytes:
         body = b"%d\n%s\n" % (self.cluster_version, b" ".join(self.cluster_members))
@@ -126,6 +132,11 @@ class Session(MetaCommands):
         self.last_cmd = self.store.clock.now
         self.stream: Iterator[bytes] | None = None
         self.closing = False
+        # Until it has passed ``-Y``'s gate a session answers nothing else.
+        self.gate = None if node.authfile is None else AuthGate(node.authfile)
+        self.authenticated = self.gate is None
+        # A peer whose TLS client certificate was verified against ``ssl_ca_cert``.
+        self.verified_cert = False
         self._dispatch = {
             b"get": self._get,
             b"gets": self._gets,
@@ -146,6 +157,7 @@ class Session(MetaCommands):
             b"lru_crawler": self._lru_crawler,
             b"cache_memlimit": self._cache_memlimit,
             b"config": self._config,
+            b"refresh_certs": self._refresh_certs,
             b"mg": self._mg,
             b"md": self._md,
             b"ma": self._ma,
@@ -175,6 +187,7 @@ class Session(MetaCommands):
             and not parser.swallow
             and self.stream is None
             and self.node.verbosity <= 1
+            and self.authenticated
         ):
             self.last_cmd = self.store.clock.now
             reply = self._get_one(line[1])
@@ -192,6 +205,8 @@ class Session(MetaCommands):
         the bytes, yields to other connections, and calls ``step`` again. ``self.closing``
         says the connection must be closed after the bytes are sent.
         """
+        if self.gate is not None:
+            return self._authenticate(max_requests)
         out: list[bytes] = []
         size = 0
         parser = self.parser
@@ -255,6 +270,46 @@ class Session(MetaCommands):
             self.stream is not None or (not starved and parser.pos < len(parser.buf))
         )
         return data, more
+
+    def _authenticate(self, max_requests: int) -> tuple[bytes, bool]:
+        """``step`` before ``-Y``'s gate is passed. As in memcached, the replies the gate gives
+        within one batch share one reply slot: each replaces the one before it."""
+        gate = self.gate
+        assert gate is not None
+        parser = self.parser
+        reply = b""
+        for done in range(1, max_requests + 1):
+            pos, answer, passed, close = gate.step(parser.buf, parser.pos, self.stats)
+            parser.pos = parser.scan = pos
+            if close:
+                self.closing = True
+                break
+            if answer is None:
+                break
+            self.last_cmd = self.store.clock.now
+            reply = answer
+            if passed:
+                self.gate = None
+                self.authenticated = True
+                self.stats.bytes_written += len(reply)
+                if done < max_requests:
+                    rest, more = self.step(max_requests - done)
+                else:
+                    rest, more = b"", parser.pos < len(parser.buf)
+                return reply + rest, more
+        self.stats.bytes_written += len(reply)
+        more = not self.closing and answer is not None and parser.pos < len(parser.buf)
+        return reply, more
+
+    @property
+    def trusted(self) -> bool:
+        """May change the node's cluster membership: a loopback peer, or one that proved who it
+        is (``-Y`` credentials or a verified TLS client certificate)."""
+        return (
+            _is_loopback(self.peer)
+            or (self.node.authfile is not None and self.authenticated)
+            or self.verified_cert
+        )
 
     def _reply(self, reply: bytes) -> bytes:
         if self.node.verbosity > 1:
@@ -526,14 +581,18 @@ class Session(MetaCommands):
     def _config(self, tokens, ntokens, out):
         """``config get cluster`` and the admin's ``config set cluster [version=N] MEMBER...``.
 
-        A member is ``host|ip|port``. Setting is accepted only from a loopback peer; the
-        version goes up by one, or to N when N is newer than the current one.
+        A member is ``host|ip|port``. Setting is accepted only from a trusted peer (loopback,
+        ``-Y`` authenticated, or a verified TLS client certificate); the version goes up by
+        one, or to N when N is newer than the current one.
         """
         if len(tokens) == 3 and tokens[1] == b"get" and tokens[2] == b"cluster":
             return self.node.cluster_config()
         if len(tokens) >= 3 and tokens[1] == b"set" and tokens[2] == b"cluster":
-            if not _is_loopback(self.peer):
-                raise ClientError("config set cluster is only accepted from loopback")
+            if not self.trusted:
+                raise ClientError(
+                    "config set cluster is only accepted from loopback or an authenticated "
+                    "connection"
+                )
             members = tokens[3:]
             version = self.node.cluster_version + 1
             if members and members[0].startswith(b"version="):
@@ -551,11 +610,20 @@ class Session(MetaCommands):
             return R_OK
         return R_ERROR
 
+    def _refresh_certs(self, tokens, ntokens, out):
+        """Load the TLS certificate files again (memcached built with TLS has it always)."""
+        tls = self.node.tls
+        if tls is None:
+            return b"Error TLS not enabled\r\n"
+        reply = tls.refresh()
+        return b"" if reply == R_OK and self._noreply(tokens, ntokens) else reply
+
     def _stats(self, tokens, ntokens, out):
         store = self.store
         node = self.node
         if ntokens == 2:
-            return stats_text.general(store, node.cfg, len(node.connections))
+            tls = node.tls.stats() if node.tls is not None else []
+            return stats_text.general(store, node.cfg, len(node.connections), tls)
         sub = tokens[1]
         if sub == b"reset":
             self.stats.reset()

@@ -7,6 +7,7 @@ them). It does not start anything; ``__main__`` and ``server`` consume the ``Con
 from __future__ import annotations
 
 import getopt
+import re
 from dataclasses import dataclass, field
 
 PAGE_SIZE = 1024 * 1024
@@ -35,11 +36,29 @@ USAGE = """ringcache-node {version} (memcached-compatible)
                           scales by running more nodes (default: 4)
 -I, --max-item-size=<num> adjusts max item size (default: 1m, min: 1k, max: 1024m)
 -A, --enable-shutdown     enable ascii "shutdown" command
+-Y, --auth-file=<file>    require text-protocol authentication; <file> holds
+                          user:password lines (reloaded on SIGHUP)
+-Z, --enable-ssl          enable TLS on every listener not prefixed notls:
+                          (-l notls:<ip>:<port> keeps one listener plaintext)
 -o, --extended            comma separated list of extended options:
    - idle_timeout:        timeout for idle connections in seconds (default: 0, off)
    - slab_chunk_max:      maximum slab chunk size in bytes (default: 512k)
    - slab_automove:       0 = off, 1 = move pages between classes (default: 1)
    - no_lru_crawler:      disable the background expired-item crawler
+   - ssl_chain_cert:      certificate chain file in PEM format
+   - ssl_key:             private key, if not part of the -ssl_chain_cert
+   - ssl_keyformat:       private key format: only 1 (PEM) (default: 1)
+   - ssl_verify_mode:     peer certificate verification mode, default is 0(None).
+                          valid values are 0(None), 1(Request), 2(Require)
+                          or 3(Once)
+   - ssl_ciphers:         specify cipher list to be used
+   - ssl_ca_cert:         PEM format file of acceptable client CA's
+   - ssl_wbuf_size:       size in kilobytes of per-connection SSL output buffer
+                          (default: 16)
+   - ssl_session_cache:   enable server-side SSL session cache
+   - ssl_kernel_tls:      enable kernel TLS offload
+   - ssl_min_version:     minimum protocol version to accept (default: tlsv1.2)
+                          valid values are 0(tlsv1.0), 1(tlsv1.1), 2(tlsv1.2), or 3(tlsv1.3).
 """
 
 
@@ -69,12 +88,24 @@ class Config:
     lru_crawler: bool = True
     shutdown_command: bool = False
     reqs_per_event: int = 20
+    auth_file: str | None = None
+    ssl_enabled: bool = False
+    ssl_chain_cert: str | None = None
+    ssl_key: str | None = None
+    ssl_keyformat: int = 1  # OpenSSL's SSL_FILETYPE_PEM
+    ssl_verify_mode: int = 0  # memcached's 0..3
+    ssl_ciphers: str | None = None
+    ssl_ca_cert: str | None = None
+    ssl_wbuf_size: int = 16 * 1024
+    ssl_session_cache: bool = False
+    ssl_kernel_tls: bool = False
+    ssl_min_version: int = 2  # memcached's 0..3: tlsv1.0 .. tlsv1.3
     show_help: bool = False
     show_version: bool = False
     notes: tuple[str, ...] = field(default=())
 
 
-_SHORT = "p:U:l:dhVu:m:c:Mvt:P:f:n:I:Ao:"
+_SHORT = "p:U:l:dhVu:m:c:Mvt:P:f:n:I:AY:Zo:"
 _LONG = [
     "port=",
     "udp-port=",
@@ -93,6 +124,8 @@ _LONG = [
     "slab-min-size=",
     "max-item-size=",
     "enable-shutdown",
+    "auth-file=",
+    "enable-ssl",
     "extended=",
 ]
 _LONG_TO_SHORT = {
@@ -113,6 +146,8 @@ _LONG_TO_SHORT = {
     "--slab-min-size": "-n",
     "--max-item-size": "-I",
     "--enable-shutdown": "-A",
+    "--auth-file": "-Y",
+    "--enable-ssl": "-Z",
     "--extended": "-o",
 }
 
@@ -206,6 +241,10 @@ def parse_args(argv: list[str]) -> Config:
             values["item_size_max"] = parse_size("-I", arg)
         elif flag == "-A":
             values["shutdown_command"] = True
+        elif flag == "-Y":
+            values["auth_file"] = arg
+        elif flag == "-Z":
+            values["ssl_enabled"] = True
         elif flag == "-o":
             _extended(arg, values)
     cfg = Config(**values, notes=tuple(notes))
@@ -225,10 +264,102 @@ def _extended(arg: str, values: dict) -> None:
             values["lru_crawler"] = False
         elif name == "lru_crawler":
             values["lru_crawler"] = True
+        elif name.startswith("ssl_"):
+            _ssl_option(name, value if "=" in item else None, values)
         elif name in ("modern", "slab_reassign", "lru_maintainer", "no_hashexpand"):
             pass  # memcached 1.6 defaults; accepted for compatibility.
         else:
             raise ConfigError(f'Illegal suboption "{item}"')
+
+
+def _ssl_option(name: str, value: str | None, values: dict) -> None:
+    """One ``-o ssl_*`` suboption, with memcached's messages."""
+    if name in ("ssl_session_cache", "ssl_kernel_tls"):
+        values[name] = True
+        return
+    if name not in _SSL_VALUED:
+        raise ConfigError(f'Illegal suboption "{name}"')
+    if value is None:
+        raise ConfigError(f"Missing {name} argument")
+    if name in ("ssl_chain_cert", "ssl_key", "ssl_ciphers", "ssl_ca_cert"):
+        values[name] = value
+        return
+    try:
+        number = int(value, 10)
+    except ValueError:
+        raise ConfigError(f"could not parse argument to {name}") from None
+    if name == "ssl_verify_mode" and not 0 <= number <= 3:
+        raise ConfigError("Invalid ssl_verify_mode. Use help to see valid options.")
+    if name == "ssl_min_version" and not 0 <= number <= 3:
+        raise ConfigError("Invalid ssl_min_version. Use help to see valid options.")
+    if name == "ssl_keyformat" and number != 1:
+        raise ConfigError("ssl_keyformat: only 1 (PEM) is supported by ringcache-node")
+    if name == "ssl_wbuf_size":
+        if number < 0:
+            raise ConfigError(f"could not parse argument to {name}")
+        number *= 1024
+    values[name] = number
+
+
+_SSL_VALUED = frozenset(
+    {
+        "ssl_chain_cert",
+        "ssl_key",
+        "ssl_keyformat",
+        "ssl_verify_mode",
+        "ssl_ciphers",
+        "ssl_ca_cert",
+        "ssl_wbuf_size",
+        "ssl_min_version",
+    }
+)
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    """One ``-l`` entry: ``[notls:]host[:port]``, ``[ipv6][:port]``, ``*`` for every
+    interface."""
+
+    host: str | None
+    port: int
+    tls: bool
+
+
+def listen_addresses(cfg: Config) -> list[ListenAddress]:
+    """``-l`` split as memcached splits it (``,`` or ``;``), each with its port and whether
+    it speaks TLS (``-Z``, unless the entry starts with ``notls:``)."""
+    out = []
+    for entry in filter(None, re.split(r"[;,]", cfg.listen)):
+        entry = entry.strip()
+        tls = cfg.ssl_enabled
+        if entry.startswith("notls"):
+            if not cfg.ssl_enabled:
+                raise ConfigError("'notls' option is valid only when SSL is enabled")
+            tls = False
+            entry = entry[len("notls") + 1 :]
+        host, port = entry, cfg.port
+        bracketed = host.startswith("[")
+        if bracketed:
+            end = host.find("]")
+            if end < 0:
+                raise ConfigError(f'Invalid IPV6 address: "{entry}"')
+            host, rest = host[1:end], host[end + 1 :]
+            if rest.startswith(":"):
+                port = _port(rest[1:])
+        elif host.count(":") == 1:
+            host, _, text = host.partition(":")
+            port = _port(text)
+        out.append(ListenAddress(None if host == "*" else host, port, tls))
+    if not out:
+        raise ConfigError("-l: no address to listen on")
+    return out
+
+
+def _port(text: str) -> int:
+    try:
+        return int(text, 10)
+    except ValueError:
+        raise ConfigError(f'Invalid port number: "{text}"') from None
 
 
 def _validate(cfg: Config) -> Config:
@@ -254,6 +385,7 @@ def _validate(cfg: Config) -> Config:
             f"slab_chunk_max (bytes: {chunk_max}) must divide evenly into "
             f"{cfg.slab_page_size} (slab_page_size)"
         )
+    listen_addresses(cfg)  # reject a bad -l now, with memcached's message
     if cfg.chunk_size + 48 >= chunk_max:
         raise ConfigError(f"-n {cfg.chunk_size} leaves no room below slab_chunk_max {chunk_max}")
     return cfg

@@ -6,7 +6,9 @@ and sends one batch of replies, with no task switch in between. This module owns
 and the state of each connection's socket: reading, sending, back-pressure (a connection
 whose replies the socket does not take stops being read until they are sent, so the node
 holds at most one batch for it), per-connection fairness (``reqs_per_event`` requests, then
-the connection goes to the back of the queue), the idle timeout rule and closing. It never
+the connection goes to the back of the queue), the TLS handshake of connections accepted on a
+``-Z`` listener (whose sockets are then read and written like the others), the idle timeout
+rule and closing. It never
 awaits and never imports trio: ``server`` runs ``turn()`` between trio checkpoints and waits
 on ``fileno()`` when there is nothing to do, so accepting, timers, the crawler, signals and
 cancellation stay trio's.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import select
 import socket
+import ssl
 import traceback
 from collections import deque
 
@@ -30,9 +33,20 @@ _WRITE = select.EPOLLOUT
 class Connection:
     """One client socket and its protocol session."""
 
-    __slots__ = ("fd", "more", "open", "out", "queued", "recv_into", "send", "session", "sock")
+    __slots__ = (
+        "fd",
+        "handshaking",
+        "more",
+        "open",
+        "out",
+        "queued",
+        "recv_into",
+        "send",
+        "session",
+        "sock",
+    )
 
-    def __init__(self, sock: socket.socket, session: Session) -> None:
+    def __init__(self, sock: socket.socket, session: Session, handshaking: bool = False) -> None:
         self.sock = sock
         self.recv_into = sock.recv_into
         self.send = sock.send
@@ -42,6 +56,7 @@ class Connection:
         self.more = False  # buffered requests wait behind ``out``
         self.queued = False  # in the reactor's queue of connections with buffered requests
         self.open = True
+        self.handshaking = handshaking  # a TLS connection whose handshake is not done
 
 
 class Reactor:
@@ -59,13 +74,19 @@ class Reactor:
     def fileno(self) -> int:
         return self.epoll.fileno()
 
-    def add(self, sock: socket.socket, session: Session) -> None:
-        conn = Connection(sock, session)
+    def add(self, sock: socket.socket, session: Session, handshake: bool = False) -> None:
+        """Serve a new connection; ``handshake``: ``sock`` is a server-side TLS socket whose
+        handshake has not begun."""
+        conn = Connection(sock, session, handshake)
         self.state.connections[session.id] = session
         self.conns[conn.fd] = conn
         self.epoll.register(conn.fd, _READ)
         if self.state.verbosity > 1:
             self.state.log(f"<{session.id} new auto-negotiating client connection")
+        if handshake:
+            # memcached tries the handshake once at accept (counting a failure then in
+            # ``ssl_handshake_errors``) and goes on with it as data arrives.
+            self._handshake(conn, first=True)
 
     def turn(self) -> bool:
         """Serve one batch of every connection that was waiting its turn, then every
@@ -90,9 +111,13 @@ class Reactor:
             if conn.out is not None:
                 self._flush(conn)
                 continue
+            if conn.handshaking:
+                self._handshake(conn)
+                continue
             try:
                 n = conn.recv_into(buf)
-            except BlockingIOError:
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                # (TLS: what arrived was no application data, e.g. a post-handshake message.)
                 continue
             except OSError:
                 n = 0
@@ -114,7 +139,8 @@ class Reactor:
             if out:
                 try:
                     sent = conn.send(out)
-                except BlockingIOError:
+                except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                    # TLS: a write that must be retried is retried with the same bytes.
                     sent = 0
                 if sent < len(out):
                     # The client does not read fast enough: stop reading it until it has.
@@ -134,7 +160,7 @@ class Reactor:
         assert out is not None
         try:
             sent = conn.send(out)
-        except BlockingIOError:
+        except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
             return
         except OSError:
             self.close(conn)
@@ -149,6 +175,38 @@ class Reactor:
             self.close(conn)
             return
         self._after_send(conn, conn.more)
+
+    def _handshake(self, conn: Connection, first: bool = False) -> None:
+        """Take the TLS handshake one step further. A peer that is not speaking TLS, or breaks
+        the handshake off, is closed (counted in ``ssl_handshake_errors`` when that is known
+        at the first step, as memcached counts)."""
+        sock = conn.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._watch(conn, _READ)
+            return
+        except ssl.SSLWantWriteError:
+            self._watch(conn, _WRITE)
+            return
+        except OSError:
+            tls = self.state.tls
+            if first and tls is not None:
+                tls.handshake_errors += 1
+            self.close(conn)
+            return
+        conn.handshaking = False
+        conn.session.verified_cert = bool(sock.getpeercert())
+        if self.state.verbosity > 1:
+            self.state.log(f"<{conn.session.id} TLS {sock.version()} {sock.cipher()[0]}")
+        self._watch(conn, _READ)
+
+    def _watch(self, conn: Connection, events: int) -> None:
+        try:
+            self.epoll.modify(conn.fd, events)
+        except OSError:
+            self.close(conn)
 
     def _after_send(self, conn: Connection, more: bool) -> None:
         if conn.session.closing:

@@ -16,11 +16,13 @@ from collections.abc import Callable
 
 import trio
 
+from .auth import AuthFileError
 from .commands import NodeState, Session
-from .config import Config
+from .config import Config, ConfigError, listen_addresses
 from .protocol import R_TOO_MANY_CONNECTIONS
 from .reactor import Reactor
 from .store import Store
+from .tls import ServerTLS
 
 # While connections keep the hot loop busy it yields to trio's other tasks (accepting,
 # timers, cancellation) at least this often.
@@ -40,19 +42,31 @@ class ListenError(OSError):
     """The node could not listen on the address it was given."""
 
 
+class Listener(socket.socket):
+    """A listening socket that knows whether its connections speak TLS (``-Z``, not
+    ``notls:``)."""
+
+    tls = False
+
+
 def open_listeners(cfg: Config) -> list[socket.socket]:
-    """Bind every ``-l`` address (comma-separated, as memcached allows) on ``-p``."""
-    listeners = []
-    for host in filter(None, (h.strip() for h in cfg.listen.split(","))):
-        host = host.strip("[]")
+    """Bind every ``-l`` address (``,``/``;``-separated, each ``[notls:]host[:port]``, as
+    memcached allows; ``-p`` when an entry names no port)."""
+    try:
+        addresses = listen_addresses(cfg)
+    except ConfigError as exc:
+        raise ListenError(errno.EINVAL, str(exc)) from None
+    listeners: list[socket.socket] = []
+    for address in addresses:
         try:
             infos = socket.getaddrinfo(
-                host, cfg.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+                address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
             )
         except socket.gaierror as exc:
-            raise ListenError(errno.EINVAL, f"cannot resolve -l {host}: {exc}") from None
+            raise ListenError(errno.EINVAL, f"cannot resolve -l {address.host}: {exc}") from None
         for family, kind, proto, _, addr in infos[:1]:
-            sock = socket.socket(family, kind, proto)
+            sock = Listener(family, kind, proto)
+            sock.tls = address.tls
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind(addr)
@@ -62,12 +76,10 @@ def open_listeners(cfg: Config) -> list[socket.socket]:
                 for other in listeners:
                     other.close()
                 raise ListenError(
-                    exc.errno, f"failed to listen on TCP port {cfg.port}: {exc.strerror}"
+                    exc.errno, f"failed to listen on TCP port {address.port}: {exc.strerror}"
                 ) from None
             sock.setblocking(False)
             listeners.append(sock)
-    if not listeners:
-        raise ListenError(errno.EINVAL, "no address to listen on")
     return listeners
 
 
@@ -80,12 +92,23 @@ class Node:
         self.cfg = cfg
         self.store = store or Store(cfg)
         self.state = NodeState(cfg, self.store, log)
+        self.tls = ServerTLS(cfg, lambda: self.store.clock.now) if cfg.ssl_enabled else None
+        self.state.tls = self.tls
         self.listeners: list[socket.socket] = []
         self.port = cfg.port
         self._cancel: trio.CancelScope | None = None
         self.reactor = Reactor(self.state)
         self._crawl_wanted = trio.Event()
         self.state.request_crawl = self._request_crawl
+
+    def reload_authfile(self) -> None:
+        """SIGHUP: read ``-Y``'s file again; if it cannot be read, the entries stay."""
+        if self.state.authfile is None:
+            return
+        try:
+            self.state.authfile.reload()
+        except AuthFileError as exc:
+            self.state.log(str(exc))
 
     def _request_crawl(self) -> None:
         self._crawl_wanted.set()
@@ -215,4 +238,12 @@ class Node:
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
-            self.reactor.add(sock, Session(self.state, peer))
+            if getattr(listener, "tls", False) and self.tls is not None:
+                try:
+                    sock = self.tls.wrap(sock)
+                except OSError:
+                    sock.close()
+                    continue
+                self.reactor.add(sock, Session(self.state, peer), handshake=True)
+            else:
+                self.reactor.add(sock, Session(self.state, peer))

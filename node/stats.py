@@ -12,6 +12,7 @@ import resource
 from typing import TYPE_CHECKING
 
 from .config import VERSION
+from .tls import settings_lines as tls_settings
 
 if TYPE_CHECKING:
     from .config import Config
@@ -118,7 +119,9 @@ def _lines(pairs: list[tuple[str, object]]) -> bytes:
     return b"".join(out)
 
 
-def general(store: Store, cfg: Config, conns: int, accepting: bool = True) -> bytes:
+def general(
+    store: Store, cfg: Config, conns: int, tls: list[tuple[str, object]] | None = None
+) -> bytes:
     st = store.stats
     usage = resource.getrusage(resource.RUSAGE_SELF)
     s = st.class_sum
@@ -171,7 +174,7 @@ def general(store: Store, cfg: Config, conns: int, accepting: bool = True) -> by
         ("bytes_read", st.bytes_read),
         ("bytes_written", st.bytes_written),
         ("limit_maxbytes", cfg.memory_limit),
-        ("accepting_conns", 1 if accepting else 0),
+        ("accepting_conns", 1),
         ("listen_disabled_num", st.listen_disabled_num),
         ("time_in_listen_disabled_us", 0),
         ("threads", 1),
@@ -196,6 +199,7 @@ def general(store: Store, cfg: Config, conns: int, accepting: bool = True) -> by
         ("log_watcher_skipped", 0),
         ("log_watcher_sent", 0),
         ("log_watchers", 0),
+        *(tls or ()),
         ("unexpected_napi_ids", 0),
         ("round_robin_fallback", 0),
         ("bytes", store.bytes),
@@ -316,7 +320,7 @@ def settings(store: Store, cfg: Config, verbosity: int) -> bytes:
         ("tcp_backlog", 1024),
         ("binding_protocol", "ascii"),
         ("auth_enabled_sasl", "no"),
-        ("auth_enabled_ascii", "no"),
+        ("auth_enabled_ascii", cfg.auth_file or "no"),
         ("item_size_max", cfg.item_size_max),
         ("maxconns_fast", "yes"),
         ("hashpower_init", 0),
@@ -346,7 +350,7 @@ def settings(store: Store, cfg: Config, verbosity: int) -> bytes:
         ("read_buf_mem_limit", 0),
         ("track_sizes", "no"),
         ("inline_ascii_response", "no"),
-        ("ssl_enabled", "no"),
+        *tls_settings(cfg),
     ]
     return _lines(pairs)
 

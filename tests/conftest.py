@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -145,9 +146,10 @@ def start_memcached(*args: str) -> ServerProcess:
 class RawClient:
     """Bytes in, bytes out over one TCP connection."""
 
-    def __init__(self, port: int, timeout: float = 5.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def __init__(self, port: int, timeout: float = 5.0, tls: ssl.SSLContext | None = None):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock if tls is None else tls.wrap_socket(sock, server_hostname="127.0.0.1")
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -185,13 +187,53 @@ class RawClient:
         self.sock.settimeout(timeout)
         try:
             return self.sock.recv(1) == b""
-        except (ConnectionResetError, BrokenPipeError):
+        except (ConnectionResetError, BrokenPipeError, ssl.SSLError):
             return True
         except TimeoutError:
             return False
 
     def close(self) -> None:
         self.sock.close()
+
+
+class TLSFiles:
+    """A throwaway CA with a server certificate for 127.0.0.1/localhost and a client one."""
+
+    def __init__(self, folder: Path) -> None:
+        import trustme
+
+        self.ca = trustme.CA()
+        server = self.ca.issue_cert("127.0.0.1", "localhost")
+        client = self.ca.issue_cert("ringcache-admin@example.test")
+        self.ca_cert = str(folder / "ca.pem")
+        self.server_cert = str(folder / "server.pem")
+        self.server_key = str(folder / "server.key")
+        self.client_cert = str(folder / "client.pem")
+        self.ca.cert_pem.write_to_path(self.ca_cert)
+        server.private_key_pem.write_to_path(self.server_key)
+        server.cert_chain_pems[0].write_to_path(self.server_cert)
+        for blob in server.cert_chain_pems[1:]:
+            blob.write_to_path(self.server_cert, append=True)
+        client.private_key_and_cert_chain_pem.write_to_path(self.client_cert)
+        self.other_ca = trustme.CA()  # one that signed nothing the server knows
+
+    def server_flags(self, *extra: str) -> list[str]:
+        """memcached's flags for TLS with these files."""
+        options = ",".join(
+            [f"ssl_chain_cert={self.server_cert}", f"ssl_key={self.server_key}", *extra]
+        )
+        return ["-Z", "-o", options]
+
+    def client_context(self, cert: bool = False) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=self.ca_cert)
+        if cert:
+            ctx.load_cert_chain(self.client_cert)
+        return ctx
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory) -> TLSFiles:
+    return TLSFiles(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture

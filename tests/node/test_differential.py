@@ -30,18 +30,16 @@ VOLATILE_STATS = re.compile(
     rb"connection_structures|response_obj_\w+|read_buf_\w+|bytes_read|bytes_written|"
     rb"lru_maintainer_juggles|lru_crawler_starts|hash_\w+|reserved_fds|time_in_listen_\w+|"
     rb"log_\w+|malloc_fails|moves_\w+|num_threads\w*|hash_algorithm|lru_maintainer_thread|"
-    rb"lru_segmented|binding_protocol|\d+:(addr|listen_addr|state|secs_since_last_cmd)|"
+    rb"lru_segmented|binding_protocol|time_since_server_cert_refresh|ssl_handshake_errors|\d+:(addr|listen_addr|state|secs_since_last_cmd)|"
     rb"items:\d+:(number_hot|number_warm|number_cold|age_hot|age_warm|age|moves_\w+|"
     rb"hits_to_\w+)|tcpport|inter|crawler_items_checked|evicted_active|"
     rb"slab_global_page_pool|oldest|conn_yields|get_expired|crawler_reclaimed|reclaimed|expired_unfetched|items:\d+:(reclaimed|"
     rb"expired_unfetched|crawler_reclaimed|crawler_items_checked|evicted_time|"
-    rb"lrutail_reflocked)|lrutail_reflocked|stat_key_prefix|ext_\w+|ssl_\w+|slab_automove_freeratio|"
+    rb"lrutail_reflocked)|lrutail_reflocked|stat_key_prefix|ext_\w+|slab_automove_freeratio|"
     rb"num_napi_ids|memory_file|lru_bumps_dropped|direct_reclaims)$"
 )
-# Settings that exist in memcached for features a node does not have (extstore, TLS, NAPI).
-ABSENT_SETTINGS = re.compile(
-    rb"^(ext_\w+|ssl_\w+|slab_automove_freeratio|num_napi_ids|memory_file)$"
-)
+# Settings that exist in memcached for features a node does not have (extstore, NAPI).
+ABSENT_SETTINGS = re.compile(rb"^(ext_\w+|slab_automove_freeratio|num_napi_ids|memory_file)$")
 CAS_IN_VALUE = re.compile(rb"^(VALUE \S+ \d+ \d+) (\d+)$")
 CAS_IN_METADUMP = re.compile(rb" cas=(\d+) ")
 TIME_IN_METADUMP = re.compile(rb" (exp|la)=(-?\d+) ")
@@ -123,9 +121,9 @@ def last_cas(reply: bytes) -> bytes | None:
     return found
 
 
-def run_script(port: int, steps: list) -> bytes:
+def run_script(port: int, steps: list, tls=None) -> bytes:
     """Send each step; before a pause and at the end, read up to the sentinel's reply."""
-    client = RawClient(port)
+    client = RawClient(port, tls=tls)
     replies = b""
     try:
         for i, step in enumerate(steps):

@@ -254,7 +254,7 @@ def test_cluster_config_set_is_refused_from_other_hosts():
     cfg = parse_args([])
     remote = Session(NodeState(cfg, Store(cfg), log=lambda line: None), peer="10.1.2.3:40000")
     assert run(remote, b"config set cluster a||1\r\n") == (
-        b"CLIENT_ERROR config set cluster is only accepted from loopback\r\n"
+        b"CLIENT_ERROR config set cluster is only accepted from loopback or an authenticated connection\r\n"
     )
     assert run(remote, b"config get cluster\r\n").startswith(b"CONFIG cluster 0 ")
 
