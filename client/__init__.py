@@ -10,6 +10,7 @@ from .aio import AsyncClient
 from .client import Client, Connection
 from .engine import Entry, validate_key
 from .errors import (
+    AuthenticationError,
     ClientError,
     IllegalInputError,
     NoServerAvailable,
@@ -21,9 +22,11 @@ from .errors import (
     UnknownCommandError,
 )
 from .ring import Ring, Server, parse_location
+from .security import Security, tls_context
 
 __all__ = [
     "AsyncClient",
+    "AuthenticationError",
     "Client",
     "ClientError",
     "Connection",
@@ -34,10 +37,12 @@ __all__ = [
     "ReplyError",
     "Ring",
     "RingcacheError",
+    "Security",
     "Server",
     "ServerError",
     "UnexpectedCloseError",
     "UnknownCommandError",
     "parse_location",
+    "tls_context",
     "validate_key",
 ]

@@ -20,7 +20,9 @@ import trio
 
 from .engine import NO_FALLBACK, Call, Engine, Entry, Op, Pause
 from .errors import ConnectionBroken, RingcacheError, UnexpectedCloseError
-from .protocol import NEED_DATA, Reader
+from .protocol import NEED_DATA, STATUS, Reader
+from .ring import Server
+from .security import Security
 
 _FAILURES = (
     OSError,
@@ -51,14 +53,41 @@ def _io_error(exc: BaseException, call: Call) -> BaseException:
 
 
 class _Conn:
-    """One trio connection to a node, with its reply reader."""
+    """One trio connection to a node (TLS when the client has ``tls``), with its reply
+    reader."""
 
-    __slots__ = ("idle_since", "reader", "stream")
+    __slots__ = ("idle_since", "reader", "sock", "stream")
 
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: trio.abc.Stream, sock: Any) -> None:
         self.stream = stream
+        self.sock = sock  # the socket under the stream
         self.reader = Reader()
         self.idle_since = 0.0
+
+    @classmethod
+    async def open(cls, server: Server, security: Security | None) -> _Conn:
+        """Connect, then (with ``security``) the TLS handshake and the login."""
+        address = server.address
+        if isinstance(address, str):
+            plain: trio.SocketStream = await trio.open_unix_socket(address)
+        else:
+            plain = await trio.open_tcp_stream(*address)
+        stream: trio.abc.Stream = plain
+        try:
+            if security is not None and security.tls is not None and not isinstance(address, str):
+                stream = trio.SSLStream(
+                    plain, security.tls, server_hostname=security.server_hostname(server)
+                )
+                await stream.do_handshake()
+            conn = cls(stream, plain.socket)
+            login = security.login if security is not None else None
+            if login is not None:
+                await stream.send_all(login)
+                security.check_login(await conn.read(STATUS), server)  # type: ignore[union-attr]
+        except BaseException:
+            plain.socket.close()
+            raise
+        return conn
 
     async def read(self, kind: int) -> Any:
         reader = self.reader
@@ -76,13 +105,13 @@ class _Conn:
         if self.reader.buffered:
             return True
         try:
-            readable, _, _ = select.select([self.stream.socket.fileno()], [], [], 0)
+            readable, _, _ = select.select([self.sock.fileno()], [], [], 0)
         except (OSError, ValueError):
             return True
         return bool(readable)
 
     def close(self) -> None:
-        self.stream.socket.close()
+        self.sock.close()
 
 
 class AsyncClient(Engine):
@@ -189,12 +218,7 @@ class AsyncClient(Engine):
                 if not call.fresh:
                     conn = node.take()
                 if conn is None:
-                    address = node.server.address
-                    if isinstance(address, str):
-                        stream = await trio.open_unix_socket(address)
-                    else:
-                        stream = await trio.open_tcp_stream(*address)
-                    conn = _Conn(stream)
+                    conn = await _Conn.open(node.server, self.security)
                 await conn.stream.send_all(call.data)
                 call.replies = [await conn.read(kind) for kind in call.kinds]
         except _FAILURES as exc:

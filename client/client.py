@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import select
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -23,6 +24,7 @@ from .engine import NO_FALLBACK, Call, Engine, Entry, Op, Pause, validate_key
 from .errors import ConnectionBroken, NoServerAvailable, UnexpectedCloseError
 from .protocol import LINE, NEED_DATA
 from .ring import Server
+from .security import Security
 
 __all__ = ["Client", "Connection", "NoServerAvailable", "validate_key"]
 
@@ -36,12 +38,19 @@ class Connection:
     """A blocking connection to one server, replies read with ``protocol.Reader``.
 
     The cluster tooling uses it too: ``Connection(server).request(protocol.VERSION,
-    (protocol.STATUS,))``.
+    (protocol.STATUS,))``. With ``security``, a TCP connection is wrapped in TLS and logs in
+    before it is used.
     """
 
-    __slots__ = ("_poll", "idle_since", "reader", "sock")
+    __slots__ = ("_poll", "idle_since", "reader", "sock", "tls")
 
-    def __init__(self, server: Server, connect_timeout: float = 2.0, timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        server: Server,
+        connect_timeout: float = 2.0,
+        timeout: float = 2.0,
+        security: Security | None = None,
+    ) -> None:
         if server.unix is not None:
             sock = socket.socket(socket.AF_UNIX)
             sock.settimeout(connect_timeout)
@@ -53,6 +62,15 @@ class Connection:
         else:
             sock = socket.create_connection((server.host, server.port), timeout=connect_timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if security is not None and security.tls is not None:
+                try:  # the handshake, within connect_timeout
+                    sock = security.tls.wrap_socket(
+                        sock, server_hostname=security.server_hostname(server)
+                    )
+                except BaseException:
+                    sock.close()
+                    raise
+        self.tls = isinstance(sock, ssl.SSLSocket)
         # Blocking, with the kernel's timeouts: Python's own socket timeout would add a poll
         # before every send and receive.
         sock.settimeout(None)
@@ -65,11 +83,19 @@ class Connection:
         self.reader = protocol.Reader()
         self._poll = select.poll()
         self._poll.register(sock, select.POLLIN)
+        login = security.login if security is not None else None
+        if login is not None:
+            try:
+                self.send(login)
+                security.check_login(self.read(protocol.STATUS), server)  # type: ignore[union-attr]
+            except BaseException:
+                sock.close()
+                raise
 
     def send(self, data: bytes) -> None:
         try:
             self.sock.sendall(data)
-        except BlockingIOError:  # SO_SNDTIMEO
+        except (BlockingIOError, ssl.SSLWantWriteError):  # SO_SNDTIMEO
             raise TimeoutError("timed out sending to the server") from None
 
     def read(self, kind: int) -> Any:
@@ -79,7 +105,7 @@ class Connection:
         while reply is NEED_DATA:
             try:
                 chunk = self.sock.recv(65536)
-            except BlockingIOError:  # SO_RCVTIMEO
+            except (BlockingIOError, ssl.SSLWantReadError):  # SO_RCVTIMEO
                 raise TimeoutError("timed out waiting for the server") from None
             if not chunk:
                 raise UnexpectedCloseError("the server closed the connection")
@@ -100,7 +126,23 @@ class Connection:
     def stale(self) -> bool:
         """True when an idle connection has something to read: the server closed it (a
         restart), or bytes nobody asked for. Either way it must not carry a request."""
-        return bool(self.reader.buffered or self._poll.poll(0))
+        if self.reader.buffered:
+            return True
+        if not self._poll.poll(0):
+            return False
+        if not self.tls:
+            return True
+        # TLS: what arrived may be a message of TLS itself (a session ticket), not data.
+        self.sock.setblocking(False)
+        try:
+            self.sock.recv(1)
+        except ssl.SSLWantReadError:
+            return False
+        except OSError:
+            return True
+        finally:
+            self.sock.setblocking(True)
+        return True
 
     def close(self) -> None:
         self.sock.close()
@@ -164,7 +206,9 @@ class Client(Engine):
         node = call.node
         conn = None
         try:
-            conn = node.take() or Connection(node.server, self.connect_timeout, self.timeout)
+            conn = node.take() or Connection(
+                node.server, self.connect_timeout, self.timeout, self.security
+            )
             conn.send(call.data)
             kinds = call.kinds
             if len(kinds) == 1:
@@ -187,7 +231,7 @@ class Client(Engine):
     def _checkout(self, call: Call) -> Connection:
         node = call.node
         conn = None if call.fresh else node.take()
-        return conn or Connection(node.server, self.connect_timeout, self.timeout)
+        return conn or Connection(node.server, self.connect_timeout, self.timeout, self.security)
 
     def _checkin(self, call: Call, conn: Connection) -> None:
         if call.fresh or not call.node.give(conn):

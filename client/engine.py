@@ -45,6 +45,7 @@ from .errors import (
 from .health import NodeHealth
 from .protocol import CONFIG, META, STATS, STATUS, VALUES, ClusterConfig, Meta
 from .ring import Ring, Server, key_hash, parse_location
+from .security import Security
 
 log = logging.getLogger("ringcache.client")
 
@@ -312,9 +313,15 @@ class Engine:
         discovery_interval: float = 5.0,
         replicas: int = 1,
         journal_size: int = 10000,
+        tls: Any = None,
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
         if replicas < 1:
             raise ValueError("replicas must be at least 1")
+        # TLS and the -Y login, for every connection the drivers open (probes and discovery
+        # too); None keeps plain connections.
+        self.security = Security.from_options(tls, username, password)
         self.connect_timeout = connect_timeout
         self.timeout = timeout
         self.failure_limit = failure_limit

@@ -62,3 +62,8 @@ class UnexpectedCloseError(ConnectionBroken, MemcacheUnexpectedCloseError):
 
 class ProtocolError(ConnectionBroken, MemcacheUnknownError):
     """A reply that is not memcached's protocol."""
+
+
+class AuthenticationError(ConnectionBroken, MemcacheClientError):
+    """The server refused the login (``-Y``): the connection is closed and the node counts a
+    failure, as one that cannot be reached does."""

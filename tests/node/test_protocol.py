@@ -259,6 +259,24 @@ def test_cluster_config_set_is_refused_from_other_hosts():
     assert run(remote, b"config get cluster\r\n").startswith(b"CONFIG cluster 0 ")
 
 
+def test_cluster_config_set_is_accepted_from_authenticated_remote_peers(tmp_path):
+    authfile = tmp_path / "authfile"
+    authfile.write_bytes(b"admin:pw\n")
+    cfg = parse_args(["-Y", str(authfile)])
+    state = NodeState(cfg, Store(cfg), log=lambda line: None)
+    remote = Session(state, peer="10.1.2.3:40000")
+    assert run(remote, b"config set cluster a||1\r\n") == b"CLIENT_ERROR unauthenticated\r\n"
+    assert run(remote, b"set x 0 0 8\r\nadmin pw\r\nconfig set cluster a||1\r\n") == (
+        b"STORED\r\nOK\r\n"
+    )
+    assert state.cluster_members == [b"a||1"]
+    # A verified TLS client certificate is proof enough without -Y.
+    plain = parse_args([])
+    cert_holder = Session(NodeState(plain, Store(plain), log=lambda line: None), peer="10.9.9.9:1")
+    cert_holder.verified_cert = True
+    assert run(cert_holder, b"config set cluster b||2\r\n") == b"OK\r\n"
+
+
 # -- meta protocol ------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "request_bytes,reply",
