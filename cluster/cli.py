@@ -4,7 +4,8 @@ This module owns the command line (click) and what each command prints (rich tab
 refresh); the figures come from ``figures.py``. Process management is ``LocalCluster``'s;
 placement is the client's ``Ring``. Every command that reads
 a cluster takes ``--location`` (default: the local cluster's members), so it works against
-real memcached fleets too.
+real memcached fleets too, and ``--tls``/``--ca``/``--cert``/``--user``/``--password`` (or their
+``RINGCACHE_*`` environment variables) for secured ones.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from ringcache.client import RingcacheError
 from ringcache.client.ring import Ring, Server, parse_location
+from ringcache.client.security import Security, tls_context
 
 from .figures import NodeFigures, sample, totals
 from .local import ClusterError, LocalCluster
@@ -55,9 +58,12 @@ def stats_table(rows: list[NodeFigures]) -> Table:
 
 # -- the command --------------------------------------------------------------------------------
 class Context:
-    def __init__(self, location: str | None, run_dir: str) -> None:
+    def __init__(
+        self, location: str | None, run_dir: str, security: Security | None = None
+    ) -> None:
         self.local = LocalCluster(run_dir)
         self._location = location
+        self.security = security
 
     def servers(self) -> list[Server]:
         if self._location:
@@ -83,10 +89,48 @@ class Context:
     show_default=True,
     help="Where the local cluster keeps pid files and logs.",
 )
+@click.option(
+    "--tls",
+    is_flag=True,
+    envvar="RINGCACHE_TLS",
+    help="Speak TLS to the servers (memcached -Z); implied by --ca and --cert.",
+)
+@click.option(
+    "--ca",
+    envvar="RINGCACHE_CA",
+    type=click.Path(exists=True, dir_okay=False),
+    help="CA bundle (PEM) that signed the servers' certificates.",
+)
+@click.option(
+    "--cert",
+    envvar="RINGCACHE_CERT",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Client certificate with its key (PEM), for servers that require one.",
+)
+@click.option("--user", envvar="RINGCACHE_USER", help="Login for servers started with -Y.")
+@click.option(
+    "--password",
+    envvar="RINGCACHE_PASSWORD",
+    help="Password of --user (prefer the RINGCACHE_PASSWORD environment variable).",
+)
 @click.pass_context
-def main(ctx: click.Context, location: str | None, run_dir: str) -> None:
+def main(
+    ctx: click.Context,
+    location: str | None,
+    run_dir: str,
+    tls: bool,
+    ca: str | None,
+    cert: str | None,
+    user: str | None,
+    password: str | None,
+) -> None:
     """Run a local ringcache cluster and inspect any memcached-compatible cluster."""
-    ctx.obj = Context(location, run_dir)
+    context = tls_context(True, ca=ca, cert=cert) if (tls or ca or cert) else None
+    try:
+        security = Security.from_options(context, user, password)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    ctx.obj = Context(location, run_dir, security)
 
 
 def _fail(exc: Exception) -> None:
@@ -166,10 +210,11 @@ def status(obj: Context) -> None:
 def stats(obj: Context, watch: bool, interval: float, as_json: bool) -> None:
     """Per-node figures and totals: items, memory, hits, misses, hit ratio, evictions, ops/s."""
     servers = obj.servers()
-    rows, seen = sample(servers, None)
+    security = obj.security
+    rows, seen = sample(servers, None, security)
     if not watch:
         time.sleep(min(interval, 0.5))
-        rows, _ = sample(servers, seen)
+        rows, _ = sample(servers, seen, security)
         if as_json:
             click.echo(
                 json.dumps(
@@ -184,7 +229,7 @@ def stats(obj: Context, watch: bool, interval: float, as_json: bool) -> None:
         try:
             while True:
                 time.sleep(interval)
-                rows, seen = sample(servers, seen)
+                rows, seen = sample(servers, seen, security)
                 live.update(stats_table(rows), refresh=True)
         except KeyboardInterrupt:
             pass
@@ -226,7 +271,9 @@ GRACE = click.option(
 )
 
 
-def _rebalance(old: list[Server], new: list[Server], grace: float) -> dict:
+def _rebalance(
+    old: list[Server], new: list[Server], grace: float, security: Security | None
+) -> dict:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from .rebalance import PublishError, rebalance
@@ -245,9 +292,15 @@ def _rebalance(old: list[Server], new: list[Server], grace: float) -> dict:
             bar.update(task, completed=done, total=total)
 
         try:
-            result = rebalance(old, new, progress, grace=grace)
+            result = rebalance(old, new, progress, grace=grace, security=security)
         except PublishError as exc:
             console.print(f"[red]error:[/] {exc}; the move did not complete, run it again")
+            sys.exit(1)
+        except (RuntimeError, OSError, RingcacheError) as exc:
+            hint = ""
+            if "unauthenticated" in str(exc) or "authentication" in str(exc):
+                hint = " (the servers want a login: --user/--password or RINGCACHE_USER/_PASSWORD)"
+            console.print(f"[red]error:[/] {exc}{hint}; nothing was published", highlight=False)
             sys.exit(1)
     for server in result["skipped"]:
         console.print(
@@ -282,7 +335,7 @@ def add(obj: Context, server: str | None, grace: float) -> None:
         new_server = parse_location(member.location)[0]
     if new_server.name in {s.name for s in old}:
         raise click.UsageError(f"{new_server} is already a member")
-    _rebalance(old, [*old, new_server], grace)
+    _rebalance(old, [*old, new_server], grace, obj.security)
 
 
 @main.command()
@@ -298,7 +351,7 @@ def remove(obj: Context, server: str, grace: float) -> None:
     remaining = [s for s in old if s.name != gone.name]
     if not remaining:
         raise click.UsageError("cannot remove the last server")
-    _rebalance(old, remaining, grace)
+    _rebalance(old, remaining, grace, obj.security)
     if not obj._location:
         obj.local.remove(gone.port)
 
@@ -309,7 +362,7 @@ def remove(obj: Context, server: str, grace: float) -> None:
 @click.pass_obj
 def rebalance_command(obj: Context, target: str, grace: float) -> None:
     """Move from the current membership (--location) to --to, copying keys that change owner."""
-    _rebalance(obj.servers(), parse_location(target), grace)
+    _rebalance(obj.servers(), parse_location(target), grace, obj.security)
 
 
 @main.command()
@@ -326,7 +379,7 @@ def metrics(obj: Context, listen: str) -> None:
 
     host, _, port = listen.rpartition(":")
     servers = obj.servers()
-    server, _thread = serve(servers, host or "127.0.0.1", int(port))
+    server, _thread = serve(servers, host or "127.0.0.1", int(port), obj.security)
     console.print(f"serving /metrics on http://{host or '127.0.0.1'}:{server.server_port}/metrics")
     try:
         while True:

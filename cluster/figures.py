@@ -11,14 +11,16 @@ import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
-from ringcache.client import Connection, ReplyError, RingcacheError, protocol
+from ringcache.client import Connection, ReplyError, RingcacheError, Security, protocol
 from ringcache.client.ring import Server
 
 
-def fetch_stats(server: Server, timeout: float = 1.0) -> dict[str, str] | None:
+def fetch_stats(
+    server: Server, timeout: float = 1.0, security: Security | None = None
+) -> dict[str, str] | None:
     """``stats`` of one server as strings, or None when it does not answer."""
     try:
-        with Connection(server, timeout, timeout) as conn:
+        with Connection(server, timeout, timeout, security) as conn:
             (reply,) = conn.request(protocol.stats(), (protocol.STATS,))
     except (OSError, RingcacheError):
         return None
@@ -52,8 +54,8 @@ class NodeFigures:
         return {**asdict(self), "hit_ratio": self.hit_ratio}
 
 
-def figures(server: Server) -> NodeFigures:
-    s = fetch_stats(server)
+def figures(server: Server, security: Security | None = None) -> NodeFigures:
+    s = fetch_stats(server, security=security)
     if s is None:
         return NodeFigures(str(server), up=False)
 
@@ -98,11 +100,13 @@ def totals(rows: Iterable[NodeFigures]) -> NodeFigures:
 
 
 def sample(
-    servers: list[Server], previous: dict[str, tuple[float, int]] | None
+    servers: list[Server],
+    previous: dict[str, tuple[float, int]] | None,
+    security: Security | None = None,
 ) -> tuple[list[NodeFigures], dict]:
     """Figures of every server; ops/s from the difference with ``previous`` samples."""
     now = time.monotonic()
-    rows = [figures(s) for s in servers]
+    rows = [figures(s, security) for s in servers]
     seen = {}
     for row in rows:
         if row.up:

@@ -14,6 +14,7 @@ from prometheus_client.registry import Collector
 
 from ringcache.client.engine import Engine
 from ringcache.client.ring import Server
+from ringcache.client.security import Security
 
 from .figures import figures
 
@@ -21,11 +22,12 @@ from .figures import figures
 class ClusterCollector(Collector):
     """One scrape = one ``stats`` round trip to every node."""
 
-    def __init__(self, servers: list[Server]) -> None:
+    def __init__(self, servers: list[Server], security: Security | None = None) -> None:
         self.servers = servers
+        self.security = security
 
     def collect(self) -> Iterator:
-        rows = [figures(s) for s in self.servers]
+        rows = [figures(s, self.security) for s in self.servers]
         up = GaugeMetricFamily("ringcache_up", "Whether the node answered stats", labels=["node"])
         gauges = {
             "items": GaugeMetricFamily("ringcache_items", "Items stored", labels=["node"]),
@@ -68,10 +70,10 @@ class ClusterCollector(Collector):
         yield ratio
 
 
-def serve(servers: list[Server], host: str, port: int):
+def serve(servers: list[Server], host: str, port: int, security: Security | None = None):
     """Start the HTTP exporter in a thread; returns (server, thread)."""
     registry = CollectorRegistry()
-    registry.register(ClusterCollector(servers))
+    registry.register(ClusterCollector(servers, security))
     server, thread = start_http_server(port, addr=host, registry=registry)
     return server, thread
 

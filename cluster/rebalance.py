@@ -19,21 +19,27 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ringcache.client import Connection, ReplyError, RingcacheError, protocol
+from ringcache.client import Connection, ReplyError, RingcacheError, Security, protocol
 from ringcache.client.protocol import ClusterConfig, DumpEntry, parse_metadump_line
 from ringcache.client.ring import Ring, Server
 
 
-def metadump(server: Server) -> Iterator[DumpEntry]:
+def metadump(server: Server, security: Security | None = None) -> Iterator[DumpEntry]:
     """Every live item of a server, from ``lru_crawler metadump all``."""
-    with Connection(server, timeout=30) as conn:
+    with Connection(server, timeout=30, security=security) as conn:
         for line in conn.lines(protocol.METADUMP_ALL):
             if not line.startswith(b"key="):
                 raise RuntimeError(f"{server}: {line.decode(errors='replace')}")
             yield parse_metadump_line(line)
 
 
-def copy_items(src: Server, dst: Server, items: list[DumpEntry], batch: int = 200) -> int:
+def copy_items(
+    src: Server,
+    dst: Server,
+    items: list[DumpEntry],
+    batch: int = 200,
+    security: Security | None = None,
+) -> int:
     """Move ``items`` from ``src`` to ``dst`` without ever bringing back an old value.
 
     Per batch, pipelined: read each key with its flags, remaining TTL and CAS on ``src``
@@ -45,7 +51,10 @@ def copy_items(src: Server, dst: Server, items: list[DumpEntry], batch: int = 20
     meanwhile never survives the move. Returns how many keys were added to ``dst``.
     """
     added = 0
-    with Connection(src, timeout=10) as source, Connection(dst, timeout=10) as target:
+    with (
+        Connection(src, timeout=10, security=security) as source,
+        Connection(dst, timeout=10, security=security) as target,
+    ):
         for i in range(0, len(items), batch):
             keys = [it.key for it in items[i : i + batch]]
             reads = source.request(
@@ -93,20 +102,22 @@ def copy_items(src: Server, dst: Server, items: list[DumpEntry], batch: int = 20
     return added
 
 
-def clear(dst: Server, keys: list[bytes], batch: int = 500) -> None:
+def clear(
+    dst: Server, keys: list[bytes], batch: int = 500, security: Security | None = None
+) -> None:
     """Delete ``keys`` from ``dst`` (leftovers of an earlier membership, before it owns them)."""
-    with Connection(dst, timeout=10) as conn:
+    with Connection(dst, timeout=10, security=security) as conn:
         for i in range(0, len(keys), batch):
             part = keys[i : i + batch]
             conn.request(b"".join(protocol.delete(k) for k in part), (protocol.STATUS,) * len(part))
 
 
-def published(servers: list[Server]) -> ClusterConfig | None:
+def published(servers: list[Server], security: Security | None = None) -> ClusterConfig | None:
     """The newest membership any of ``servers`` serves."""
     best: ClusterConfig | None = None
     for server in servers:
         try:
-            with Connection(server, timeout=2) as conn:
+            with Connection(server, timeout=2, security=security) as conn:
                 (reply,) = conn.request(protocol.CONFIG_GET, (protocol.CONFIG,))
         except (OSError, RingcacheError):
             continue
@@ -115,19 +126,26 @@ def published(servers: list[Server]) -> ClusterConfig | None:
     return best
 
 
-def cluster_version(servers: list[Server]) -> int:
+def cluster_version(servers: list[Server], security: Security | None = None) -> int:
     """The highest membership version any server reports (0 where it has none)."""
-    config = published(servers)
+    config = published(servers, security)
     return 0 if config is None else config.version
 
 
-def publish(servers: list[Server], members: list[Server], version: int) -> list[Server]:
-    """Tell every server the membership; returns the servers that refused or failed."""
+def publish(
+    servers: list[Server],
+    members: list[Server],
+    version: int,
+    security: Security | None = None,
+) -> list[Server]:
+    """Tell every server the membership; returns the servers that refused or failed. A
+    server accepts it from loopback, or from a connection that logged in (``-Y``) or showed
+    a client certificate it verified: ``security`` carries those for remote clusters."""
     request = protocol.config_set(version, members)
     failed = []
     for server in servers:
         try:
-            with Connection(server, timeout=2) as conn:
+            with Connection(server, timeout=2, security=security) as conn:
                 (reply,) = conn.request(request, (protocol.STATUS,))
         except (OSError, RingcacheError):
             reply = None
@@ -156,7 +174,10 @@ class PublishError(RuntimeError):
 
 
 def plan(
-    old: list[Server], new: list[Server], unreachable: list[Server] | None = None
+    old: list[Server],
+    new: list[Server],
+    unreachable: list[Server] | None = None,
+    security: Security | None = None,
 ) -> list[Move]:
     """For every server of ``old`` that answers: its keys whose owner differs on ``new``.
     Servers that do not answer are skipped (and listed in ``unreachable``)."""
@@ -165,7 +186,7 @@ def plan(
     moves: dict[tuple[str, str], Move] = {}
     for src in old:
         try:
-            items = list(metadump(src))
+            items = list(metadump(src, security))
         except (OSError, RingcacheError):
             if unreachable is None:
                 raise
@@ -186,6 +207,7 @@ def rebalance(
     progress: Callable[[int, int], None] | None = None,
     passes: int = 3,
     grace: float = DISCOVERY_GRACE,
+    security: Security | None = None,
 ) -> dict[str, Any]:
     """Move from membership ``old`` to ``new`` without a miss storm and without a lie.
 
@@ -203,22 +225,23 @@ def rebalance(
     5. Publish ``new`` again (the next, even, version): the move is complete.
 
     A member of ``new`` that refuses or misses a publish raises ``PublishError``, naming it.
-    Returns planned, copied, version, passes and skipped.
+    ``security`` (TLS, login) is used for every connection. Returns planned, copied,
+    version, passes and skipped.
     """
     everyone = list({s.name: s for s in [*old, *new]}.values())
     members = {s.name for s in new}
-    current = published(everyone)
+    current = published(everyone, security)
     # Moving memberships have odd versions, settled ones even: a client re-reading an odd one
     # (a re-run) keeps treating the last even one as where keys come from.
     version = (current.version if current is not None else 0) + 1
     version += 1 - version % 2
     skipped: list[Server] = []
-    moves = plan(old, new, skipped)
+    moves = plan(old, new, skipped, security)
     rerun = current is not None and {s.name for s in current.servers} == members
     if not rerun:
         for move in moves:
-            clear(move.dst, [it.key for it in move.items])
-    _publish(everyone, new, version, members)
+            clear(move.dst, [it.key for it in move.items], security=security)
+    _publish(everyone, new, version, members, security)
     time.sleep(grace)
     total = sum(len(m.items) for m in moves)
     done = copied = 0
@@ -229,13 +252,13 @@ def rebalance(
         for move in moves:
             for i in range(0, len(move.items), 500):
                 part = move.items[i : i + 500]
-                copied += copy_items(move.src, move.dst, part)
+                copied += copy_items(move.src, move.dst, part, security=security)
                 done += len(part)
                 if progress:
                     progress(done, max(total, done))
-        moves = plan(sources, new, [])
+        moves = plan(sources, new, [], security)
         total += sum(len(m.items) for m in moves)
-    _publish(everyone, new, version + 1, members)  # the same members again: complete
+    _publish(everyone, new, version + 1, members, security)  # the same members: complete
     return {
         "planned": total,
         "copied": copied,
@@ -245,7 +268,13 @@ def rebalance(
     }
 
 
-def _publish(everyone: list[Server], new: list[Server], version: int, members: set[str]) -> None:
-    failed = [s for s in publish(everyone, new, version) if s.name in members]
+def _publish(
+    everyone: list[Server],
+    new: list[Server],
+    version: int,
+    members: set[str],
+    security: Security | None,
+) -> None:
+    failed = [s for s in publish(everyone, new, version, security) if s.name in members]
     if failed:
         raise PublishError(failed)

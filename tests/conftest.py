@@ -196,14 +196,19 @@ class RawClient:
         self.sock.close()
 
 
+# The address of the "remote host" that tests/cluster/test_remote.py makes with ip netns.
+REMOTE_SUBNET = "10.213.77"
+
+
 class TLSFiles:
-    """A throwaway CA with a server certificate for 127.0.0.1/localhost and a client one."""
+    """A throwaway CA with a server certificate for 127.0.0.1/localhost (and the address of
+    the tests' network-namespace host) and a client one."""
 
     def __init__(self, folder: Path) -> None:
         import trustme
 
         self.ca = trustme.CA()
-        server = self.ca.issue_cert("127.0.0.1", "localhost")
+        server = self.ca.issue_cert("127.0.0.1", "localhost", f"{REMOTE_SUBNET}.2")
         client = self.ca.issue_cert("ringcache-admin@example.test")
         self.ca_cert = str(folder / "ca.pem")
         self.server_cert = str(folder / "server.pem")
