@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PORT   ?= 11211
 MEMORY ?= 64
 
-.PHONY: setup node test failover lint format bench clean
+.PHONY: setup node test failover lint format bench clean secrets
 
 setup: $(STAMP)
 
@@ -40,6 +40,9 @@ bench: $(STAMP)  ## never in CI: ratios against memcached, pymemcache, pylibmc; 
 	$(BIN)/python -m bench.move_keys
 	$(BIN)/python -m bench.herd
 	$(BIN)/python -m bench.failover_timeline --out failover-timeline.png
+
+secrets:  ## CA, node certificate and key, authfile and passwords for deploy/ (NAMESPACE, EXTRA_NAMES)
+	bash deploy/make-secrets.sh deploy/secrets
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .run

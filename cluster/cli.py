@@ -19,9 +19,10 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from ringcache.client import RingcacheError
+from ringcache.client import Connection, RingcacheError, protocol
 from ringcache.client.ring import Ring, Server, parse_location
 from ringcache.client.security import Security, tls_context
+from ringcache.node.auth import AuthFileError, load_authfile
 
 from .figures import NodeFigures, sample, totals
 from .local import ClusterError, LocalCluster
@@ -109,6 +110,12 @@ class Context:
 )
 @click.option("--user", envvar="RINGCACHE_USER", help="Login for servers started with -Y.")
 @click.option(
+    "--authfile",
+    envvar="RINGCACHE_AUTHFILE",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Log in as the first entry of this -Y authfile (for probes on the node's host).",
+)
+@click.option(
     "--password",
     envvar="RINGCACHE_PASSWORD",
     help="Password of --user (prefer the RINGCACHE_PASSWORD environment variable).",
@@ -122,9 +129,18 @@ def main(
     ca: str | None,
     cert: str | None,
     user: str | None,
+    authfile: str | None,
     password: str | None,
 ) -> None:
     """Run a local ringcache cluster and inspect any memcached-compatible cluster."""
+    if authfile and user is None:
+        try:
+            entries = load_authfile(authfile)
+        except AuthFileError as exc:
+            raise click.UsageError(str(exc)) from None
+        if not entries:
+            raise click.UsageError(f"{authfile} has no entry")
+        user, password = (part.decode() for part in entries[0])
     context = tls_context(True, ca=ca, cert=cert) if (tls or ca or cert) else None
     try:
         security = Security.from_options(context, user, password)
@@ -233,6 +249,29 @@ def stats(obj: Context, watch: bool, interval: float, as_json: bool) -> None:
                 live.update(stats_table(rows), refresh=True)
         except KeyboardInterrupt:
             pass
+
+
+@main.command()
+@click.option("--timeout", default=2.0, show_default=True, type=click.FloatRange(0.1))
+@click.pass_obj
+def ping(obj: Context, timeout: float) -> None:
+    """A real round trip (``version``, after TLS and the login) to every server; exits 1 unless
+    all answer. For health checks: ``ringcache --location 127.0.0.1:11212 --authfile F ping``."""
+    failed = 0
+    for server in obj.servers():
+        started = time.monotonic()
+        try:
+            with Connection(server, timeout, timeout, obj.security) as conn:
+                (reply,) = conn.request(protocol.VERSION, (protocol.STATUS,))
+        except (OSError, RingcacheError) as exc:
+            reply = exc
+        took = (time.monotonic() - started) * 1000
+        if isinstance(reply, bytes) and reply.startswith(b"VERSION "):
+            click.echo(f"{server}: {reply.decode()} ({took:.1f} ms)")
+        else:
+            failed += 1
+            click.echo(f"{server}: no answer: {reply}")
+    sys.exit(1 if failed else 0)
 
 
 @main.command()

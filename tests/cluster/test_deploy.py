@@ -5,6 +5,7 @@ from __future__ import annotations
 import configparser
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,9 +46,12 @@ def test_container_limits_follow_minus_m_and_probes_are_real():
     limit = container["resources"]["limits"]["memory"]
     assert limit.endswith("Mi") and megabytes < int(limit[:-2]) <= megabytes * 2 + 64
     assert int(container["resources"]["requests"]["memory"][:-2]) > megabytes
-    readiness = " ".join(container["readinessProbe"]["exec"]["command"])
-    assert "version" in readiness and "VERSION" in readiness
-    assert container["livenessProbe"]["tcpSocket"]["port"] == "memcache"
+    ping = container["readinessProbe"]["exec"]["command"]
+    assert ping[0] == "ringcache" and ping[-1] == "ping"
+    assert container["livenessProbe"]["exec"]["command"] == ping
+    # The probe logs in with the node's own authfile over the loopback-only plaintext listener.
+    assert ping[ping.index("--authfile") + 1] == args[args.index("-Y") + 1]
+    assert f"notls:{ping[ping.index('--location') + 1]}" in args[args.index("-l") + 1]
     assert container["ports"][0]["containerPort"] == 11211
     assert sts["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
     pdb = k8s()["PodDisruptionBudget"]
@@ -71,6 +75,42 @@ def test_compose_has_three_nodes_and_an_app():
     location = services["app"]["environment"]["RINGCACHE_LOCATION"]
     assert [s.host for s in parse_location(location)] == nodes
     assert all(services[n]["build"]["dockerfile"] == "deploy/Dockerfile" for n in nodes)
+    # Secrets come from files beside the compose file, mounted under /run/secrets/.
+    for name in [*services["node1"]["secrets"], *services["app"]["secrets"]]:
+        assert compose["secrets"][name]["file"].startswith("./secrets/")
+    command = " ".join(services["node1"]["command"])
+    for name in services["node1"]["secrets"]:
+        assert f"/run/secrets/{name}" in command
+    assert services["app"]["environment"]["RINGCACHE_CA"] == "/run/secrets/ringcache_ca"
+
+
+def test_kubernetes_manifests_validate_against_the_schemas():
+    import kubernetes_validate
+
+    version = kubernetes_validate.latest_version()
+    docs = list(yaml.safe_load_all((DEPLOY / "kubernetes" / "ringcache.yaml").read_text()))
+    for doc in docs:
+        kubernetes_validate.validate(doc, version, strict=True)
+    broken = dict(docs[1], spec={**docs[1]["spec"], "replicas": "three"})
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, version, strict=True)
+
+
+def test_secrets_are_mounted_never_baked_in():
+    sts = k8s()["StatefulSet"]
+    pod = sts["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"]}
+    assert secrets == {"tls": "ringcache-tls", "auth": "ringcache-auth"}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert all(m["readOnly"] for m in container["volumeMounts"])
+    args = " ".join(container["args"])
+    assert f"ssl_chain_cert={mounts['tls']}/tls.crt,ssl_key={mounts['tls']}/tls.key" in args
+    assert f"-Y {mounts['auth']}/authfile" in args and "-Z" in container["args"]
+    assert pod["securityContext"]["fsGroup"] == 10001  # group-readable 0440 secret files
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert "secrets" not in dockerfile.split("Certificates and authfiles", 1)[0]
+    assert not any(w in dockerfile for w in ("COPY deploy", "tls.key", "authfile "))
 
 
 def test_systemd_unit():
@@ -102,3 +142,76 @@ def test_docker_compose_config():
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
+
+
+def _run_deploy_flags(args: list[str], paths: dict[str, str], secrets: Path, pings: list[str]):
+    """Start a node with a manifest's own flags (mounted paths mapped to ``secrets``, the
+    listeners moved to free ports), then use it as the manifest's application and probe do."""
+    from ringcache.client import Client
+    from tests.conftest import free_port, start_node
+
+    tls_port, probe_port = free_port(), free_port()
+    mapped = []
+    for arg in args:
+        for mounted, local in paths.items():
+            arg = arg.replace(mounted, local)
+        mapped.append(arg)
+    listen = mapped.index("-l") + 1
+    assert mapped[listen] == "0.0.0.0:11211,notls:127.0.0.1:11212"
+    mapped[listen] = f"127.0.0.1:{tls_port},notls:127.0.0.1:{probe_port}"
+    node = start_node(*mapped)
+    try:
+        app = Client(
+            f"localhost:{tls_port}",
+            tls=str(secrets / "ca.crt"),
+            username="app",
+            password=(secrets / "app.password").read_text().strip(),
+            raise_on_error=True,
+        )
+        assert app.set("k", "v") and app.get("k") == "v"
+        app.close()
+        probe = [p.replace("127.0.0.1:11212", f"127.0.0.1:{probe_port}") for p in pings]
+        for mounted, local in paths.items():
+            probe = [p.replace(mounted, local) for p in probe]
+        run = [sys.executable, "-m", "ringcache.cluster.cli", *probe[1:]]
+        ok = subprocess.run(run, capture_output=True, text=True, timeout=60)
+        assert ok.returncode == 0 and "VERSION 1.6.18" in ok.stdout, ok.stdout + ok.stderr
+        wrong = secrets / "wrong-authfile"
+        wrong.write_text("admin:not-the-password\n")
+        bad = list(run)
+        bad[bad.index("--authfile") + 1] = str(wrong)
+        refused = subprocess.run(bad, capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 1 and "authentication failure" in refused.stdout
+    finally:
+        node.stop()
+
+
+@pytest.fixture(scope="module")
+def made_secrets(tmp_path_factory) -> Path:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed by deploy/make-secrets.sh")
+    folder = tmp_path_factory.mktemp("deploy") / "secrets"
+    subprocess.run(["bash", str(DEPLOY / "make-secrets.sh"), str(folder)], check=True, timeout=60)
+    return folder
+
+
+def test_kubernetes_flags_and_probes_work_with_made_secrets(made_secrets):
+    container = k8s()["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]
+    paths = {
+        "/etc/ringcache/tls/tls.crt": str(made_secrets / "tls.crt"),
+        "/etc/ringcache/tls/tls.key": str(made_secrets / "tls.key"),
+        "/etc/ringcache/auth/authfile": str(made_secrets / "authfile"),
+    }
+    ping = container["readinessProbe"]["exec"]["command"]
+    _run_deploy_flags(container["args"], paths, made_secrets, ping)
+
+
+def test_compose_flags_and_healthcheck_work_with_made_secrets(made_secrets):
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    node = compose["services"]["node1"]
+    paths = {
+        f"/run/secrets/{name}": str(made_secrets / compose["secrets"][name]["file"][10:])
+        for name in node["secrets"]
+    }
+    health = node["healthcheck"]["test"][1:]  # after "CMD"
+    _run_deploy_flags(node["command"], paths, made_secrets, health)
