@@ -36,6 +36,7 @@ format: $(STAMP)
 bench: $(STAMP)  ## never in CI: ratios against memcached, pymemcache, pylibmc; a timeline PNG
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python -m bench.node_memcaslap $(BENCH_ARGS)
+	$(BIN)/python -m bench.tls_throughput
 	$(BIN)/python -m bench.client_ops
 	$(BIN)/python -m bench.move_keys
 	$(BIN)/python -m bench.herd

@@ -79,14 +79,17 @@ def wait_port(port: int) -> None:
     raise TimeoutError(port)
 
 
-def start(kind: str, memory: int) -> tuple[subprocess.Popen, int]:
+def start(kind: str, memory: int, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, int]:
+    """A fresh ``kind`` server ("memcached" -t 1, or "node") on a free port, with ``extra``
+    flags."""
     port = free_port()
     if kind == "memcached":
         user = ["-u", "root"] if os.geteuid() == 0 else []
         argv = ["memcached", "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-t", "1"]
-        argv += ["-m", str(memory), *user]
+        argv += ["-m", str(memory), *user, *extra]
     else:
         argv = [sys.executable, "-m", "ringcache.node", "-p", str(port), "-m", str(memory)]
+        argv += extra
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port)
     return proc, port

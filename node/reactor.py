@@ -8,10 +8,9 @@ whose replies the socket does not take stops being read until they are sent, so 
 holds at most one batch for it), per-connection fairness (``reqs_per_event`` requests, then
 the connection goes to the back of the queue), the TLS handshake of connections accepted on a
 ``-Z`` listener (whose sockets are then read and written like the others), the idle timeout
-rule and closing. It never
-awaits and never imports trio: ``server`` runs ``turn()`` between trio checkpoints and waits
-on ``fileno()`` when there is nothing to do, so accepting, timers, the crawler, signals and
-cancellation stay trio's.
+rule and closing. It never awaits and never imports trio: ``server`` runs ``turn()`` between
+trio checkpoints and waits on ``fileno()`` when there is nothing to do, so accepting, timers,
+the crawler, signals and cancellation stay trio's.
 """
 
 from __future__ import annotations
