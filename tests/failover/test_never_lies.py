@@ -6,6 +6,8 @@ Zero wrong reads in every scenario, and no exception reaching the application.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -14,6 +16,7 @@ import pytest
 
 from ringcache.client import Client, Ring, parse_location
 from ringcache.cluster.rebalance import PublishError, metadump, published, rebalance
+from tests.conftest import start_node
 from tests.failover.checked import CheckedTraffic
 from tests.failover.harness import OPTIONS
 from tests.proxy import Proxy
@@ -52,6 +55,52 @@ def test_sigstopped_node_returns_without_serving_what_was_replaced(local_cluster
         journals = [c.node_stats()[f"127.0.0.1:{base}"] for c in t.clients]
     check(t, "SIGSTOP 3 s")
     assert all(j["journal"] == 0 and j["journal_flushes"] == 0 for j in journals)
+
+
+@pytest.fixture
+def secured_nodes(tls_files, tmp_path):
+    """Three nodes with TLS and logins; the app's login and TLS options for clients."""
+    authfile = tmp_path / "authfile"
+    authfile.write_text("app:s3cret\n")
+    flags = [*tls_files.server_flags(), "-Y", str(authfile)]
+    nodes = [start_node(*flags) for _ in range(3)]
+    options = {"tls": tls_files.client_context(), "username": "app", "password": "s3cret"}
+    yield nodes, flags, authfile, options
+    for node in nodes:
+        node.stop()
+
+
+def test_secured_sigstopped_node_returns_without_serving_what_was_replaced(secured_nodes):
+    """The SIGSTOP scenario over TLS with logins: the journal is replayed on the returning
+    node through the same TLS connection and login as everything else."""
+    nodes, _, _, options = secured_nodes
+    with CheckedTraffic([n.location for n in nodes], **options) as t:
+        os.kill(nodes[0].pid, signal.SIGSTOP)
+        time.sleep(3.0)
+        os.kill(nodes[0].pid, signal.SIGCONT)
+        settle(t, nodes[0].location)
+        time.sleep(3.0)
+    check(t, "SIGSTOP 3 s, TLS + login")
+
+
+def test_a_refused_login_keeps_the_node_out_until_a_probe_logs_in(secured_nodes):
+    """A node restarted with an authfile that lacks the application's user refuses every new
+    connection: it is ejected like a dead node (misses, no exception), probed with real
+    logins, and re-admitted only once a SIGHUP has loaded a file that lets the user in."""
+    nodes, flags, authfile, options = secured_nodes
+    port = nodes[0].port
+    with CheckedTraffic([n.location for n in nodes], **options) as t:
+        nodes[0].proc.kill()
+        nodes[0].proc.wait(10)
+        authfile.write_text("someone-else:pw\n")
+        nodes[0] = start_node(*flags, "-p", str(port))
+        time.sleep(2.0)
+        assert all(c.node_stats()[nodes[0].location]["state"] != "live" for c in t.clients)
+        authfile.write_text("app:s3cret\n")
+        os.kill(nodes[0].pid, signal.SIGHUP)
+        settle(t, nodes[0].location)
+        time.sleep(2.0)
+    check(t, "login refused, then restored by SIGHUP")
 
 
 def test_blackholed_node_returns_without_serving_what_was_replaced(local_cluster):
