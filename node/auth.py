@@ -13,7 +13,7 @@ from __future__ import annotations
 import hmac
 
 from .defs import c_strtonum
-from .protocol import MAX_TOKENS
+from .protocol import MAX_TOKENS, R_STORED
 
 MAX_ENTRIES = 8
 MAX_LINE = 255  # memcached reads entries with fgets(…, 256)
@@ -26,7 +26,6 @@ R_UNAUTHENTICATED = b"CLIENT_ERROR unauthenticated\r\n"
 R_AUTH_FAILURE = b"CLIENT_ERROR authentication failure\r\n"
 R_BAD_TOKEN_FORMAT = b"CLIENT_ERROR bad authentication token format\r\n"
 R_BAD_TERMINATION = b"CLIENT_ERROR bad command line termination\r\n"
-R_STORED = b"STORED\r\n"
 
 
 class AuthFileError(ValueError):
