@@ -13,7 +13,7 @@ from __future__ import annotations
 import hmac
 
 from .defs import c_strtonum
-from .protocol import MAX_TOKENS, R_STORED
+from .protocol import R_STORED
 
 MAX_ENTRIES = 8
 MAX_LINE = 255  # memcached reads entries with fgets(…, 256)
@@ -82,10 +82,11 @@ class AuthFile:
 
 
 def _tokens(text: bytes) -> list[bytes]:
-    """memcached's tokenizer: a C string split on spaces, at most MAX_TOKENS - 1 tokens."""
+    """memcached's tokenizer as far as the gate reads: a C string split on spaces (only the
+    first five tokens matter, so memcached's cap of MAX_TOKENS never does)."""
     if b"\0" in text:
         text = text[: text.find(b"\0")]
-    return [t for t in text.split(b" ", MAX_TOKENS) if t][: MAX_TOKENS - 1]
+    return [t for t in text.split(b" ") if t]
 
 
 class AuthGate:

@@ -54,11 +54,11 @@ from .protocol import (
     StorageRequest,
     bad_format,
 )
+from .tls import ServerTLS
 
 if TYPE_CHECKING:
     from .config import Config
     from .store import Store
-    from .tls import ServerTLS
 
 _STORE_REPLIES = {
     STORED: R_STORED,
@@ -103,8 +103,8 @@ class NodeState:
         # Cluster membership served by `config get cluster` (ElastiCache auto-discovery).
         self.cluster_version = 0
         self.cluster_members: list[bytes] = []
-        # ``-Z``: the server's TLS context (set by the server), for stats and refresh_certs.
-        self.tls: ServerTLS | None = None
+        # ``-Z``: the TLS context the server wraps connections with; stats, refresh_certs.
+        self.tls = ServerTLS(cfg, lambda: store.clock.now) if cfg.ssl_enabled else None
         # ``-Y``: every connection must authenticate before its first command.
         self.authfile = AuthFile(cfg.auth_file) if cfg.auth_file else None
 
@@ -132,9 +132,8 @@ class Session(MetaCommands):
         self.last_cmd = self.store.clock.now
         self.stream: Iterator[bytes] | None = None
         self.closing = False
-        # Until it has passed ``-Y``'s gate a session answers nothing else.
+        # Until it has passed ``-Y``'s gate (then None) a session answers nothing else.
         self.gate = None if node.authfile is None else AuthGate(node.authfile)
-        self.authenticated = self.gate is None
         # A peer whose TLS client certificate was verified against ``ssl_ca_cert``.
         self.verified_cert = False
         self._dispatch = {
@@ -187,7 +186,7 @@ class Session(MetaCommands):
             and not parser.swallow
             and self.stream is None
             and self.node.verbosity <= 1
-            and self.authenticated
+            and self.gate is None
         ):
             self.last_cmd = self.store.clock.now
             reply = self._get_one(line[1])
@@ -290,7 +289,6 @@ class Session(MetaCommands):
             reply = answer
             if passed:
                 self.gate = None
-                self.authenticated = True
                 self.stats.bytes_written += len(reply)
                 if done < max_requests:
                     rest, more = self.step(max_requests - done)
@@ -307,7 +305,7 @@ class Session(MetaCommands):
         is (``-Y`` credentials or a verified TLS client certificate)."""
         return (
             _is_loopback(self.peer)
-            or (self.node.authfile is not None and self.authenticated)
+            or (self.node.authfile is not None and self.gate is None)
             or self.verified_cert
         )
 

@@ -22,7 +22,6 @@ from .config import Config, ConfigError, listen_addresses
 from .protocol import R_TOO_MANY_CONNECTIONS
 from .reactor import Reactor
 from .store import Store
-from .tls import ServerTLS
 
 # While connections keep the hot loop busy it yields to trio's other tasks (accepting,
 # timers, cancellation) at least this often.
@@ -92,8 +91,6 @@ class Node:
         self.cfg = cfg
         self.store = store or Store(cfg)
         self.state = NodeState(cfg, self.store, log)
-        self.tls = ServerTLS(cfg, lambda: self.store.clock.now) if cfg.ssl_enabled else None
-        self.state.tls = self.tls
         self.listeners: list[socket.socket] = []
         self.port = cfg.port
         self._cancel: trio.CancelScope | None = None
@@ -238,9 +235,10 @@ class Node:
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
-            if getattr(listener, "tls", False) and self.tls is not None:
+            tls = self.state.tls
+            if getattr(listener, "tls", False) and tls is not None:
                 try:
-                    sock = self.tls.wrap(sock)
+                    sock = tls.wrap(sock)
                 except OSError:
                     sock.close()
                     continue
