@@ -25,6 +25,7 @@ from .defs import (
     NON_NUMERIC,
     NOT_FOUND,
     NOT_STORED,
+    SET,
     STORED,
     TOO_LARGE,
     c_strtonum,
@@ -75,6 +76,11 @@ STREAM_CHUNK = 256 * 1024
 
 # One "get <key>\r\n" line: no other space, NUL or newline (Session.receive).
 _LONE_GET = re.compile(rb"get ([^ \0\n]+)\r\n")
+# The line of one "set <key> <flags> <exptime> <bytes>\r\n" whose numbers are plain digits
+# that fit every width (Session.receive); its data block follows.
+_LONE_SET = re.compile(
+    rb"set ([^ \0\n]{1,%d}) ([0-9]{1,9}) ([0-9]{1,9}) ([0-9]{1,9})\r\n" % KEY_MAX_LENGTH
+)
 
 
 class DropPending(Exception):
@@ -172,30 +178,50 @@ class Session(MetaCommands):
     def receive(self, buf: bytearray, n: int, max_requests: int = 20) -> tuple[bytes, bool]:
         """``feed(buf[:n])`` then ``step(max_requests)``: what a server does with each read.
 
-        The commonest read of all, one ``get <key>\\r\\n`` on a connection with nothing
-        buffered, is answered here without the parser: the line has no other space, no NUL
-        and no other newline, and the key is not too long, so the parser would have made the
-        tokens ``[b"get", key]`` of it and ``step`` would have answered them exactly so.
+        The commonest reads of all, on a connection with nothing buffered, are answered here
+        without the parser: one ``get <key>\\r\\n`` (the line has no other space, no NUL and
+        no other newline, and the key is not too long, so the parser would have made the tokens
+        ``[b"get", key]`` of it), and one ``set <key> <flags> <exptime> <bytes>\\r\\n`` with
+        exactly its data block and ``\\r\\n`` (plain digits that ``c_strtonum`` reads as they
+        are, a key that is not too long, a value that fits), which ``step`` would have stored
+        and answered exactly so.
         """
         parser = self.parser
         if (
-            0 < n - 6 <= KEY_MAX_LENGTH
-            and (line := _LONE_GET.fullmatch(buf, 0, n)) is not None
-            and parser.pos == len(parser.buf)
+            parser.pos == len(parser.buf)
             and parser.pending is None
             and not parser.swallow
             and self.stream is None
             and self.node.verbosity <= 1
             and self.gate is None
         ):
-            self.last_cmd = self.store.clock.now
-            reply = self._get_one(line[1])
-            stats = self.stats
-            stats.bytes_read += n
-            stats.bytes_written += len(reply)
-            return reply, False
+            first = buf[0]
+            if first == 103:  # g
+                if 0 < n - 6 <= KEY_MAX_LENGTH and (line := _LONE_GET.fullmatch(buf, 0, n)):
+                    self.last_cmd = self.store.clock.now
+                    return self._answered(n, self._get_one(line[1]))
+            elif first == 115 and (line := _LONE_SET.match(buf, 0, n)):  # s
+                start = line.end()
+                nbytes = int(line[4]) + 2
+                if (
+                    start + nbytes == n
+                    and buf[n - 2] == 13
+                    and buf[n - 1] == 10
+                    and self.store.item_size_ok(len(key := line[1]), flags := int(line[2]), nbytes)
+                ):
+                    self.last_cmd = self.store.clock.now
+                    data = bytes(memoryview(buf)[start:n])
+                    reply = self._store(SET, key, flags, int(line[3]), data, 0, False)
+                    return self._answered(n, reply)
         self.feed(memoryview(buf)[:n])
         return self.step(max_requests)
+
+    def _answered(self, n: int, reply: bytes) -> tuple[bytes, bool]:
+        """``receive``'s result for a read of ``n`` bytes answered by ``reply`` alone."""
+        stats = self.stats
+        stats.bytes_read += n
+        stats.bytes_written += len(reply)
+        return reply, False
 
     def step(self, max_requests: int = 20, max_bytes: int = 4 * 1024 * 1024) -> tuple[bytes, bool]:
         """Answer up to ``max_requests`` buffered requests: ``(reply_bytes, more)``.
@@ -325,16 +351,21 @@ class Session(MetaCommands):
             self._verbose_in(b"%s %d bytes" % (req.key, req.nbytes - 2))
         if req.meta is not None:
             return self._mset(req)
-        store = self.store
-        exptime = store.clock.realtime(req.exptime)
         if req.data is None:
-            store.oversized(req.mode, req.key)
+            self.store.oversized(req.mode, req.key)
             return b"" if req.noreply else R_TOO_LARGE
         if req.data[-2:] != b"\r\n":
-            store.count_set(len(req.key), req.flags, req.nbytes)
+            self.store.count_set(len(req.key), req.flags, req.nbytes)
             return b"" if req.noreply else R_BAD_DATA_CHUNK
-        result, _ = store.store(req.mode, req.key, req.flags, exptime, req.data, req.cas)
-        if req.noreply:
+        return self._store(
+            req.mode, req.key, req.flags, req.exptime, req.data, req.cas, req.noreply
+        )
+
+    def _store(self, mode, key, flags, exptime, data, cas, noreply) -> bytes:
+        """Store a value that arrived whole (``exptime`` as the client gave it): the reply."""
+        store = self.store
+        result, _ = store.store(mode, key, flags, store.clock.realtime(exptime), data, cas)
+        if noreply:
             return b""
         if result == TOO_LARGE:
             return R_TOO_LARGE

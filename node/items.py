@@ -239,13 +239,18 @@ class Items:
                 ch = nxt
         slabs.free(hd)
 
-    def _install(self, key: bytes, hd: int) -> int:
+    def _install(self, key: bytes, hd: int, empty_slot: int = -1) -> int:
         """Link a new item under ``key``, replacing what is linked under it now; its CAS.
 
         The key is looked up again here because allocating ``hd`` may have evicted items
-        (possibly the old value itself) and moved entries of the hash index.
+        (possibly the old value itself) and moved entries of the hash index; unless the caller
+        knows ``empty_slot`` is where the key's probe ends now (the key is absent and the index
+        was not changed since it was looked up).
         """
-        slot, old = self._find(key)
+        if empty_slot < 0:
+            slot, old = self._find(key)
+        else:
+            slot, old = empty_slot, NONE
         page, off = self._loc(hd)
         self.cas_id += 1
         cas = self.cas_id

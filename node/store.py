@@ -217,21 +217,25 @@ class Store(HashIndex, Items, Crawler):
         """
         counters = self.stats.cls
         self.count_set(len(key), flags, len(data))
-        _, old = self._find(key)
+        slot, old = self._find(key)
         if old != NONE:
             opage, ooff = self._loc(old)
             if not self._live(old, opage, ooff):
                 old = NONE
+                slot = -1  # unlinking it changed the index
         if old == NONE:
             if mode == CAS:
                 self.stats.cas_misses += 1
                 return NOT_FOUND, 0
             if mode in (REPLACE, APPEND, PREPEND):
                 return NOT_STORED, 0
+            count = self.count
             hd = self._new_item(key, flags, exptime, data, mflags)
             if hd == NONE:
                 return self._alloc_failure(key, flags, data, mode, meta), 0
-            return STORED, self._install(key, hd)
+            if count != self.count or self.old_table is not None:
+                slot = -1  # allocating evicted items (or the index is growing): look again
+            return STORED, self._install(key, hd, slot)
         opage, ooff = self._loc(old)
         old_cas = _CAS.unpack_from(opage, ooff + OFF_CAS)[0]
         old_cls = opage[ooff + OFF_CLSID]
