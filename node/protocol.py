@@ -460,7 +460,7 @@ class Parser:
             el -= 1
         line = bytes(buf[start:el])
         self.pos = self.scan = cont
-        if b"\0" in line:
+        if 0 in line:  # an int needle: memchr, without a TypeError inside bytes.__contains__
             line = line[: line.find(b"\0")]  # memcached reads the line as a C string
         # Tokens are separated by spaces only: a tab is part of a token, as in memcached.
         tokens = line.split(b" ")
