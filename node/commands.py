@@ -141,6 +141,9 @@ class Session(MetaCommands):
         self.closing = False
         # Until it has passed ``-Y``'s gate (then None) a session answers nothing else.
         self.gate = None if node.authfile is None else AuthGate(node.authfile)
+        # Nothing buffered, pending, swallowed or streamed, and past the gate: ``receive`` may
+        # answer a read by itself. Cleared by ``feed``, recomputed at the end of ``step``.
+        self.settled = self.gate is None
         # A peer whose TLS client certificate was verified against ``ssl_ca_cert``.
         self.verified_cert = False
         self._dispatch = {
@@ -173,6 +176,7 @@ class Session(MetaCommands):
 
     # -- driving ---------------------------------------------------------------------------
     def feed(self, data: bytes | bytearray | memoryview) -> None:
+        self.settled = False
         self.parser.feed(data)
         self.stats.bytes_read += len(data)
 
@@ -187,15 +191,8 @@ class Session(MetaCommands):
         are, a key that is not too long, a value that fits), which ``step`` would have stored
         and answered exactly so.
         """
-        parser = self.parser
-        if (
-            parser.pos == len(parser.buf)
-            and parser.pending is None
-            and not parser.swallow
-            and self.stream is None
-            and self.node.verbosity <= 1
-            and self.gate is None
-        ):
+        if self.settled and self.node.verbosity <= 1:
+            reply = None
             first = buf[0]
             if first == 103:  # g
                 if (
@@ -204,8 +201,7 @@ class Session(MetaCommands):
                     and 10 not in (key := line[1])  # an int: bytes look for it with memchr
                     and 0 not in key
                 ):
-                    self.last_cmd = self.store.clock.now
-                    return self._answered(n, self._get_one(key))
+                    reply = self._get_one(key)
             elif first == 115 and (line := _LONE_SET.match(buf, 0, n)):  # s
                 start = line.end()
                 nbytes = int(line[4]) + 2
@@ -215,19 +211,16 @@ class Session(MetaCommands):
                     and buf[n - 1] == 10
                     and self.store.item_size_ok(len(key := line[1]), flags := int(line[2]), nbytes)
                 ):
-                    self.last_cmd = self.store.clock.now
                     data = bytes(memoryview(buf)[start:n])
                     reply = self._store(SET, key, flags, int(line[3]), data, 0, False)
-                    return self._answered(n, reply)
+            if reply is not None:
+                self.last_cmd = self.store.clock.now
+                stats = self.stats
+                stats.bytes_read += n
+                stats.bytes_written += len(reply)
+                return reply, False
         self.feed(memoryview(buf)[:n])
         return self.step(max_requests)
-
-    def _answered(self, n: int, reply: bytes) -> tuple[bytes, bool]:
-        """``receive``'s result for a read of ``n`` bytes answered by ``reply`` alone."""
-        stats = self.stats
-        stats.bytes_read += n
-        stats.bytes_written += len(reply)
-        return reply, False
 
     def step(self, max_requests: int = 20, max_bytes: int = 4 * 1024 * 1024) -> tuple[bytes, bool]:
         """Answer up to ``max_requests`` buffered requests: ``(reply_bytes, more)``.
@@ -299,6 +292,12 @@ class Session(MetaCommands):
         self.stats.bytes_written += len(data)
         more = not self.closing and (
             self.stream is not None or (not starved and parser.pos < len(parser.buf))
+        )
+        self.settled = (
+            parser.pos == len(parser.buf)
+            and parser.pending is None
+            and not parser.swallow
+            and self.stream is None
         )
         return data, more
 
