@@ -78,9 +78,10 @@ STREAM_CHUNK = 256 * 1024
 # newline in the key: a one-character class keeps the regex's scan of the key fast).
 _LONE_GET = re.compile(rb"get ([^ ]+)\r\n")
 # The line of one "set <key> <flags> <exptime> <bytes>\r\n" whose numbers are plain digits
-# that fit every width (Session.receive); its data block follows.
+# that fit every width (Session.receive, which also refuses a NUL or newline in the key); its
+# data block follows.
 _LONE_SET = re.compile(
-    rb"set ([^ \0\n]{1,%d}) ([0-9]{1,9}) ([0-9]{1,9}) ([0-9]{1,9})\r\n" % KEY_MAX_LENGTH
+    rb"set ([^ ]{1,%d}) ([0-9]{1,9}) ([0-9]{1,9}) ([0-9]{1,9})\r\n" % KEY_MAX_LENGTH
 )
 
 
@@ -209,10 +210,12 @@ class Session(MetaCommands):
                     start + nbytes == n
                     and buf[n - 2] == 13
                     and buf[n - 1] == 10
-                    and self.store.item_size_ok(len(key := line[1]), flags := int(line[2]), nbytes)
+                    and nbytes <= self.store.always_fits
+                    and 10 not in (key := line[1])
+                    and 0 not in key
                 ):
                     data = bytes(memoryview(buf)[start:n])
-                    reply = self._store(SET, key, flags, int(line[3]), data, 0, False)
+                    reply = self._store(SET, key, int(line[2]), int(line[3]), data, 0, False)
             if reply is not None:
                 self.last_cmd = self.store.clock.now
                 stats = self.stats

@@ -239,13 +239,13 @@ class Items:
                 ch = nxt
         slabs.free(hd)
 
-    def _install(self, key: bytes, hd: int, empty_slot: int = -1) -> int:
+    def _install(self, key: bytes, hd: int, empty_slot: int = -1, ntotal: int = 0) -> int:
         """Link a new item under ``key``, replacing what is linked under it now; its CAS.
 
         The key is looked up again here because allocating ``hd`` may have evicted items
         (possibly the old value itself) and moved entries of the hash index; unless the caller
         knows ``empty_slot`` is where the key's probe ends now (the key is absent and the index
-        was not changed since it was looked up).
+        was not changed since it was looked up). ``ntotal``: the item's size, when known.
         """
         if empty_slot < 0:
             slot, old = self._find(key)
@@ -263,8 +263,9 @@ class Items:
         else:
             self._table_insert(slot, hd)
         self._lru_link(hd, page, off)
-        _, _, nbytes, flags, nkey, _ = _VIEW.unpack_from(page, off + OFF_EXPTIME)
-        ntotal = item_total(nkey, flags, nbytes)
+        if not ntotal:
+            _, _, nbytes, flags, nkey, _ = _VIEW.unpack_from(page, off + OFF_EXPTIME)
+            ntotal = item_total(nkey, flags, nbytes)
         self._lru_cls(page, off).requested += ntotal
         self.curr_items += 1
         self.bytes += ntotal
@@ -324,17 +325,26 @@ class Items:
         return self.slabs.clsid(ntotal) != 0
 
     def _new_item(
-        self, key: bytes, flags: int, exptime: int, data: bytes | list[bytes], mflags: int = 0
+        self,
+        key: bytes,
+        flags: int,
+        exptime: int,
+        data: bytes | list[bytes],
+        mflags: int = 0,
+        ntotal: int = 0,
+        clsid: int = 0,
     ) -> int:
-        """Allocate and fill an unlinked item; ``data`` includes the trailing ``\\r\\n``.
+        """Allocate and fill an unlinked item; ``data`` includes the trailing ``\\r\\n``;
+        ``ntotal`` and ``clsid``, when the caller knows them, are its size and class.
 
         Returns NONE when the item is too large or memory cannot be found.
         """
         nkey = len(key)
-        nbytes = len(data) if isinstance(data, bytes | bytearray) else sum(map(len, data))
-        ntotal = item_total(nkey, flags, nbytes)
+        nbytes = sum(map(len, data)) if type(data) is list else len(data)
         slabs = self.slabs
-        clsid = slabs.clsid(ntotal)
+        if not ntotal:
+            ntotal = item_total(nkey, flags, nbytes)
+            clsid = slabs.clsid(ntotal)
         if clsid == 0:
             return NONE
         h = hash(key) & 0xFFFFFFFF

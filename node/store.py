@@ -24,6 +24,7 @@ from .defs import (
     CAS,
     DELTA_OK,
     EXISTS,
+    KEY_MAX_LENGTH,
     NO_MEMORY,
     NON_NUMERIC,
     NOT_FOUND,
@@ -136,6 +137,8 @@ class Store(HashIndex, Items, Crawler):
         self.old_table: array | None = None  # the table being moved out of while growing
         self.rehash_pos = 0
         self.chunk_max = cfg.slab_chunk_max
+        # A value (with its CRLF) of at most this many bytes fits under any key and flags.
+        self.always_fits = self.slabs.item_size_max - item_total(KEY_MAX_LENGTH, 1, 0)
         self._crawl_class = 1
         self._crawl_pos = NONE
 
@@ -216,7 +219,7 @@ class Store(HashIndex, Items, Crawler):
         ``meta`` (ms): a failed allocation drops the key in every mode, not only in set.
         """
         counters = self.stats.cls
-        self.count_set(len(key), flags, len(data))
+        ntotal, clsid = self.count_set(len(key), flags, len(data))
         slot, old = self._find(key)
         if old != NONE:
             opage, ooff = self._loc(old)
@@ -230,12 +233,12 @@ class Store(HashIndex, Items, Crawler):
             if mode in (REPLACE, APPEND, PREPEND):
                 return NOT_STORED, 0
             count = self.count
-            hd = self._new_item(key, flags, exptime, data, mflags)
+            hd = self._new_item(key, flags, exptime, data, mflags, ntotal, clsid)
             if hd == NONE:
                 return self._alloc_failure(key, flags, data, mode, meta), 0
             if count != self.count or self.old_table is not None:
                 slot = -1  # allocating evicted items (or the index is growing): look again
-            return STORED, self._install(key, hd, slot)
+            return STORED, self._install(key, hd, slot, ntotal)
         opage, ooff = self._loc(old)
         old_cas = _CAS.unpack_from(opage, ooff + OFF_CAS)[0]
         old_cls = opage[ooff + OFF_CLSID]
@@ -263,19 +266,22 @@ class Store(HashIndex, Items, Crawler):
             hd = self._new_item(key, oflags, oexp, parts)
             if hd == NONE:
                 return NOT_STORED, 0  # as memcached: a failed copy is simply not stored
-        else:
-            cas = self._replace_in_place(old, opage, ooff, key, flags, exptime, data, mflags)
-            if cas:
-                return STORED, cas
-            hd = self._new_item(key, flags, exptime, data, mflags)
-            if hd == NONE:
-                return self._alloc_failure(key, flags, data, mode, meta), 0
-        return STORED, self._install(key, hd)
+            return STORED, self._install(key, hd)
+        cas = self._replace_in_place(old, opage, ooff, key, flags, exptime, data, mflags)
+        if cas:
+            return STORED, cas
+        hd = self._new_item(key, flags, exptime, data, mflags, ntotal, clsid)
+        if hd == NONE:
+            return self._alloc_failure(key, flags, data, mode, meta), 0
+        return STORED, self._install(key, hd, -1, ntotal)
 
-    def count_set(self, nkey: int, flags: int, nbytes: int) -> None:
-        """memcached counts ``cmd_set`` for every value it reads, whatever happens next."""
+    def count_set(self, nkey: int, flags: int, nbytes: int) -> tuple[int, int]:
+        """memcached counts ``cmd_set`` for every value it reads, whatever happens next. The
+        item's size and class (0: too large)."""
         ntotal = item_total(nkey, flags, nbytes)
-        self.stats.cls[self.slabs.clsid(ntotal)].cmd_set += 1
+        clsid = self.slabs.clsid(ntotal)
+        self.stats.cls[clsid].cmd_set += 1
+        return ntotal, clsid
 
     def _alloc_failure(self, key: bytes, flags: int, data, mode: Mode, meta: bool) -> Result:
         nbytes = len(data)
