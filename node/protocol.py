@@ -436,7 +436,7 @@ class Parser:
             end = self.pos + pending.nbytes
             if len(buf) < end:
                 return None
-            pending.data = bytes(buf[self.pos : end])
+            pending.data = bytes(memoryview(buf)[self.pos : end])  # one copy, not two
             self.pos = self.scan = end
             self.pending = None
             return pending
