@@ -42,7 +42,7 @@ class Connection:
     before it is used.
     """
 
-    __slots__ = ("_poll", "idle_since", "reader", "sock", "tls")
+    __slots__ = ("_poll", "idle_since", "reader", "sock")
 
     def __init__(
         self,
@@ -70,7 +70,6 @@ class Connection:
                 except BaseException:
                     sock.close()
                     raise
-        self.tls = isinstance(sock, ssl.SSLSocket)
         # Blocking, with the kernel's timeouts: Python's own socket timeout would add a poll
         # before every send and receive.
         sock.settimeout(None)
@@ -130,7 +129,7 @@ class Connection:
             return True
         if not self._poll.poll(0):
             return False
-        if not self.tls:
+        if not isinstance(self.sock, ssl.SSLSocket):
             return True
         # TLS: what arrived may be a message of TLS itself (a session ticket), not data.
         self.sock.setblocking(False)
