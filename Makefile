@@ -31,6 +31,7 @@ failover: $(STAMP)  ## the failover and rebalancing suite alone, with its figure
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

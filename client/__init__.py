@@ -1,14 +1,13 @@
 """ringcache's cluster client: ketama placement, failures as fast misses, parallel multi-key.
 
-``Client`` is the synchronous client, ``AsyncClient`` the trio one; both run the operations
-of one engine (``engine.py``) over the sans-IO protocol (``protocol.py``). ``Ring`` and
+``Client`` is the synchronous client (``sync.py``), ``AsyncClient`` the trio one (``aio.py``);
+each holds an engine (``engine.py`` and the parts it is composed of) and runs its operations
+over the sans-IO protocol (``protocol.py``). ``Ring`` and
 ``parse_location`` place keys exactly as libmemcached (``ketama_weighted``) and twemproxy
 (``ketama``/``md5``) do; ``ringcache.client.django.RingCache`` is the Django backend.
 """
 
 from .aio import AsyncClient
-from .client import Client, Connection
-from .engine import Entry, validate_key
 from .errors import (
     AuthenticationError,
     ClientError,
@@ -21,8 +20,12 @@ from .errors import (
     UnexpectedCloseError,
     UnknownCommandError,
 )
+from .keys import validate_key
+from .options import Options
 from .ring import Ring, Server, parse_location
 from .security import Security, tls_context
+from .steps import Entry
+from .sync import Client, Connection
 
 __all__ = [
     "AsyncClient",
@@ -33,6 +36,7 @@ __all__ = [
     "Entry",
     "IllegalInputError",
     "NoServerAvailable",
+    "Options",
     "ProtocolError",
     "ReplyError",
     "Ring",

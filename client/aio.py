@@ -1,44 +1,41 @@
 """The trio driver: the engine's steps on trio streams, fanned out in a nursery.
 
-This module owns I/O only: trio connections with a ``protocol.Reader`` each, per-call
-timeouts, running a step (a single call inline, several at once in a nursery), the
-translation of trio's I/O errors into the built-in ones the sync driver raises, and the
-background tasks (prober, discovery), which live in a nursery that ``async with
-AsyncClient(...)`` opens and closes. A call that is cancelled or fails midway closes its
-connection instead of returning it to the pool, so no unread reply is ever left on a pooled
-connection. Every rule of the client is ``engine.Engine``'s.
+This module owns I/O only: trio connections with a ``protocol.Reader`` each, the timeouts of
+``steps``' policy (each step of opening within ``connect_timeout``, each send and receive
+within ``timeout``), running a step (a single call inline, several at once in a nursery), the
+translation of trio's I/O errors into the built-in ones the sync driver raises, the per-peer
+pools (``pool``), and the background tasks (prober, discovery), which live in a nursery that
+``async with AsyncClient(...)`` opens and closes. A call that is cancelled or fails midway
+closes its connection instead of returning it to the pool, so no unread reply is ever left on
+a pooled connection. Every rule of the client is ``engine.Engine``'s.
 """
 
 from __future__ import annotations
 
 import inspect
-import select
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
-from .engine import NO_FALLBACK, Call, Engine, Entry, Op, Pause
-from .errors import ConnectionBroken, RingcacheError, UnexpectedCloseError
+from .engine import Engine, Face
+from .errors import RingcacheError, UnexpectedCloseError
+from .leases import NO_FALLBACK
+from .options import Options
+from .peer import Peer
+from .pool import Pools
 from .protocol import NEED_DATA, STATUS, Reader
 from .ring import Server
 from .security import Security
-
-_FAILURES = (
-    OSError,
-    trio.TooSlowError,
-    trio.BrokenResourceError,
-    trio.ClosedResourceError,
-    ConnectionBroken,
-)
+from .steps import Call, Compute, Entry, Op, Pause
 
 
 def _io_error(exc: BaseException, call: Call) -> BaseException:
     """trio's words for an I/O failure, in the built-in exceptions both drivers raise."""
     if isinstance(exc, trio.TooSlowError):
-        error: BaseException = TimeoutError(f"{call.what} on {call.node.server} timed out")
+        error: BaseException = TimeoutError(f"{call.what} on {call.peer.server} timed out")
     elif isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError):
-        error = ConnectionResetError(f"{call.what} on {call.node.server}: {exc!r}")
+        error = ConnectionResetError(f"{call.what} on {call.peer.server}: {exc!r}")
     elif isinstance(exc, OSError) and exc.errno is None and exc.__cause__ is not None:
         # open_tcp_stream's "all attempts to connect failed": the first attempt's own error
         # (ConnectionRefusedError, …), as a blocking connect raises it.
@@ -52,69 +49,75 @@ def _io_error(exc: BaseException, call: Call) -> BaseException:
     return error
 
 
+T = TypeVar("T")
+
+
 class _Conn:
     """One trio connection to a node (TLS when the client has ``tls``), with its reply
-    reader."""
+    reader; every send and receive within ``timeout`` seconds."""
 
-    __slots__ = ("idle_since", "reader", "sock", "stream")
+    __slots__ = ("idle_since", "reader", "sock", "stream", "timeout")
 
-    def __init__(self, stream: trio.abc.Stream, sock: Any) -> None:
+    def __init__(self, stream: trio.abc.Stream, sock: Any, timeout: float) -> None:
         self.stream = stream
         self.sock = sock  # the socket under the stream
         self.reader = Reader()
         self.idle_since = 0.0
+        self.timeout = timeout
 
     @classmethod
-    async def open(cls, server: Server, security: Security | None) -> _Conn:
-        """Connect, then (with ``security``) the TLS handshake and the login."""
+    async def open(cls, server: Server, options: Options) -> _Conn:
+        """Connect, then (with ``security``) the TLS handshake and the login, each step within
+        ``connect_timeout``."""
         address = server.address
-        if isinstance(address, str):
-            plain: trio.SocketStream = await trio.open_unix_socket(address)
-        else:
-            plain = await trio.open_tcp_stream(*address)
+        security: Security | None = options.security
+        limit = options.connect_timeout
+        with trio.fail_after(limit):
+            if isinstance(address, str):
+                plain: trio.SocketStream = await trio.open_unix_socket(address)
+            else:
+                plain = await trio.open_tcp_stream(*address)
         stream: trio.abc.Stream = plain
         try:
             if security is not None and security.tls is not None and not isinstance(address, str):
                 stream = trio.SSLStream(
                     plain, security.tls, server_hostname=security.server_hostname(server)
                 )
-                await stream.do_handshake()
-            conn = cls(stream, plain.socket)
-            login = security.login if security is not None else None
-            if login is not None:
-                await stream.send_all(login)
-                security.check_login(await conn.read(STATUS), server)  # type: ignore[union-attr]
+                with trio.fail_after(limit):
+                    await stream.do_handshake()
+            conn = cls(stream, plain.socket, limit)
+            if security is not None and security.login is not None:
+                await conn.send(security.login)
+                security.check_login(await conn.read(STATUS), server)
+            conn.timeout = options.timeout
         except BaseException:
             plain.socket.close()
             raise
         return conn
 
+    async def send(self, data: bytes) -> None:
+        with trio.fail_after(self.timeout):
+            await self.stream.send_all(data)
+
     async def read(self, kind: int) -> Any:
         reader = self.reader
         reply = reader.next(kind)
         while reply is NEED_DATA:
-            chunk = await self.stream.receive_some(65536)
+            with trio.fail_after(self.timeout):
+                chunk = await self.stream.receive_some(65536)
             if not chunk:
                 raise UnexpectedCloseError("the server closed the connection")
-            reader.feed(chunk)
+            # trio's sockets give bytes; its Stream ABC also allows bytearray, which no stream
+            # of ours returns.
+            reader.feed(chunk)  # type: ignore[arg-type]
             reply = reader.next(kind)
         return reply
-
-    def stale(self) -> bool:
-        """True when an idle connection is readable: closed by the server, or out of step."""
-        if self.reader.buffered:
-            return True
-        try:
-            readable, _, _ = select.select([self.sock.fileno()], [], [], 0)
-        except (OSError, ValueError):
-            return True
-        return bool(readable)
 
     def close(self) -> None:
         self.sock.close()
 
 
-class AsyncClient(Engine):
+class AsyncClient(Face):
     """``await client.get("k")``: the cluster client for trio programs.
 
     Use it as ``async with AsyncClient(location) as client:``: the block is the lifetime of its
@@ -122,8 +125,10 @@ class AsyncClient(Engine):
     and a crash of one of them cancels the block and is raised from it.
     """
 
-    def __init__(self, location: str | Iterable | Mapping, **options: Any) -> None:
-        super().__init__(location, **options)
+    def __init__(self, location: str | Iterable[Any] | Mapping[str, Any], **options: Any) -> None:
+        opts = Options.from_kwargs(**options)
+        self.engine = Engine(location, opts)
+        self._pools: Pools[_Conn] = Pools(opts.pool_size, opts.clock)
         self._nursery: trio.Nursery | None = None
         self._nursery_manager: Any = None
         self._probing = False
@@ -135,8 +140,8 @@ class AsyncClient(Engine):
         self._nursery = await manager.__aenter__()
         self._nursery_manager = manager
         try:
-            if self.discovery:
-                await self._run(self._discover())
+            if self.engine.options.discovery:
+                await self._discover()
                 self._nursery.start_soon(self._discover_loop, name="ringcache-discovery")
         except BaseException as exc:
             await self.__aexit__(type(exc), exc, exc.__traceback__)
@@ -163,40 +168,37 @@ class AsyncClient(Engine):
         finally:
             self._nursery = self._nursery_manager = None
             self._probing = False
-            self._close_pooled()
+            self._pools.close()
 
     async def aclose(self) -> None:
         """End the background tasks and close the pooled connections."""
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
-        self._close_pooled()
-
-    def _close_pooled(self) -> None:
-        for node in self.nodes.values():
-            for conn in node.drain():
-                conn.close()
+        self._pools.close()
 
     # -- running the engine's operations ---------------------------------------------------
-    async def _run(self, op: Op[Any]) -> Any:
+    async def _run(self, op: Op[T]) -> T:
         if self._nursery is None:
             op.close()
             raise RuntimeError("use the client inside `async with AsyncClient(...) as client:`")
         try:
             step = next(op)
             while True:
-                if step.__class__ is list:
+                if type(step) is list:
                     if len(step) == 1:
                         await self._perform(step[0])
                     else:
                         async with trio.open_nursery() as nursery:
                             for call in step:
                                 nursery.start_soon(self._perform, call)
-                    self._settle(step)
+                    if self.engine.settle(step):
+                        self._start_prober()
                     step = op.send(step)
-                elif step.__class__ is Pause:
+                elif type(step) is Pause:
                     await trio.sleep(step.seconds)
                     step = op.send(None)
-                else:  # Compute: a plain or an async callable
+                else:  # a plain or an async callable
+                    assert type(step) is Compute
                     try:
                         value = step.fn()
                         if inspect.isawaitable(value):
@@ -206,22 +208,23 @@ class AsyncClient(Engine):
                     else:
                         step = op.send(value)
         except StopIteration as stop:
-            return stop.value
+            result: T = stop.value
+            return result
         finally:
             op.close()  # a cancelled operation still releases what it holds
 
     async def _perform(self, call: Call) -> None:
         conn: _Conn | None = None
-        node = call.node
+        peer: Peer = call.peer
+        pool = None if call.fresh else self._pools[peer]
         try:
-            with trio.fail_after(self.connect_timeout + self.timeout):
-                if not call.fresh:
-                    conn = node.take()
-                if conn is None:
-                    conn = await _Conn.open(node.server, self.security)
-                await conn.stream.send_all(call.data)
-                call.replies = [await conn.read(kind) for kind in call.kinds]
-        except _FAILURES as exc:
+            if pool is not None:
+                conn = pool.take()
+            if conn is None:
+                conn = await _Conn.open(peer.server, self.engine.options)
+            await conn.send(call.data)
+            call.replies = [await conn.read(kind) for kind in call.kinds]
+        except Exception as exc:  # the engine decides what it means (``settle``)
             if conn is not None:
                 conn.close()
             call.error = _io_error(exc, call)
@@ -231,47 +234,53 @@ class AsyncClient(Engine):
             if conn is not None:
                 conn.close()
             raise
-        if call.fresh or not node.give(conn):
+        if pool is None:
             conn.close()
+        else:
+            pool.give(conn)
 
     # -- background tasks ------------------------------------------------------------------
-    def _node_ejected(self, node: Any) -> None:
+    def _start_prober(self) -> None:
         if self._nursery is not None and not self._probing:
             self._probing = True
             self._nursery.start_soon(self._probe_loop, name="ringcache-prober")
 
     async def _probe_loop(self) -> None:
         try:
-            while await self._run(self._probe_round()):
-                await trio.sleep(0.05)
+            while (wait := await self._run(self.engine.probe())) is not None:
+                await trio.sleep(wait)
         finally:
             self._probing = False
 
+    async def _discover(self) -> None:
+        if await self._run(self.engine.discover()):
+            self._pools.keep(self.engine.peers.values())
+
     async def _discover_loop(self) -> None:
         while True:
-            await trio.sleep(self.discovery_interval)
-            await self._run(self._discover())
+            await trio.sleep(self.engine.options.discovery_interval)
+            await self._discover()
 
     # -- the public surface (each runs one engine operation) -------------------------------
     async def get(self, key: str | bytes, default: Any = None) -> Any:
-        return await self._run(self._get(key, default))
+        return await self._run(self.engine.get(key, default))
 
     async def gets(
         self, key: str | bytes, default: Any = None, cas_default: Any = None
     ) -> tuple[Any, Any]:
-        return await self._run(self._gets(key, default, cas_default))
+        return await self._run(self.engine.gets(key, default, cas_default))
 
     async def get_entry(self, key: str | bytes) -> Entry | None:
         """The value with its remaining TTL and CAS token in one round trip (``mg``), or None."""
-        return await self._run(self._get_entry(key))
+        return await self._run(self.engine.get_entry(key))
 
-    async def get_many(self, keys: Iterable) -> dict:
-        return await self._run(self._get_many(keys, False))
+    async def get_many(self, keys: Iterable[Any]) -> dict[Any, Any]:
+        return await self._run(self.engine.get_many(keys, False))
 
     get_multi = get_many
 
-    async def gets_many(self, keys: Iterable) -> dict:
-        return await self._run(self._get_many(keys, True))
+    async def gets_many(self, keys: Iterable[Any]) -> dict[Any, Any]:
+        return await self._run(self.engine.get_many(keys, True))
 
     async def set(
         self,
@@ -281,7 +290,7 @@ class AsyncClient(Engine):
         noreply: bool | None = None,
         flags: int | None = None,
     ) -> bool:
-        return bool(await self._run(self._store(b"set", key, value, expire, noreply, flags)))
+        return bool(await self._run(self.engine.store(b"set", key, value, expire, noreply, flags)))
 
     async def add(
         self,
@@ -291,7 +300,7 @@ class AsyncClient(Engine):
         noreply: bool | None = None,
         flags: int | None = None,
     ) -> bool:
-        return bool(await self._run(self._store(b"add", key, value, expire, noreply, flags)))
+        return bool(await self._run(self.engine.store(b"add", key, value, expire, noreply, flags)))
 
     async def replace(
         self,
@@ -301,7 +310,9 @@ class AsyncClient(Engine):
         noreply: bool | None = None,
         flags: int | None = None,
     ) -> bool:
-        return bool(await self._run(self._store(b"replace", key, value, expire, noreply, flags)))
+        return bool(
+            await self._run(self.engine.store(b"replace", key, value, expire, noreply, flags))
+        )
 
     async def append(
         self,
@@ -311,7 +322,9 @@ class AsyncClient(Engine):
         noreply: bool | None = None,
         flags: int | None = None,
     ) -> bool:
-        return bool(await self._run(self._store(b"append", key, value, expire, noreply, flags)))
+        return bool(
+            await self._run(self.engine.store(b"append", key, value, expire, noreply, flags))
+        )
 
     async def prepend(
         self,
@@ -321,7 +334,9 @@ class AsyncClient(Engine):
         noreply: bool | None = None,
         flags: int | None = None,
     ) -> bool:
-        return bool(await self._run(self._store(b"prepend", key, value, expire, noreply, flags)))
+        return bool(
+            await self._run(self.engine.store(b"prepend", key, value, expire, noreply, flags))
+        )
 
     async def cas(
         self,
@@ -333,7 +348,7 @@ class AsyncClient(Engine):
         flags: int | None = None,
     ) -> bool | None:
         """True when stored, False when the CAS token is stale (or on failure), None if absent."""
-        return await self._run(self._store(b"cas", key, value, expire, noreply, flags, cas))
+        return await self._run(self.engine.store(b"cas", key, value, expire, noreply, flags, cas))
 
     async def delete(
         self,
@@ -345,7 +360,7 @@ class AsyncClient(Engine):
         """True when deleted. With ``cas``: only if unchanged since that token was read (False
         when it changed, None when absent). With ``stale=True`` (servers with meta): the value
         is only marked stale, still served by ``get_or_set`` until one caller refreshes it."""
-        return await self._run(self._delete(key, noreply, cas, stale))
+        return await self._run(self.engine.delete(key, noreply, cas, stale))
 
     async def get_or_set(
         self,
@@ -362,36 +377,38 @@ class AsyncClient(Engine):
         exactly one caller across every process and stored with ``expire``, while the others
         wait for it (at most ``wait`` seconds) or get ``fallback``. See the README."""
         return await self._run(
-            self._get_or_set(key, default, expire, lease, recache, wait, fallback)
+            self.engine.get_or_set(key, default, expire, lease, recache, wait, fallback)
         )
 
     async def incr(self, key: str | bytes, value: int, noreply: bool | None = False) -> int | None:
-        return await self._run(self._delta(b"incr", key, value, bool(noreply)))
+        return await self._run(self.engine.delta(b"incr", key, value, bool(noreply)))
 
     async def decr(self, key: str | bytes, value: int, noreply: bool | None = False) -> int | None:
-        return await self._run(self._delta(b"decr", key, value, bool(noreply)))
+        return await self._run(self.engine.delta(b"decr", key, value, bool(noreply)))
 
     async def touch(self, key: str | bytes, expire: int = 0, noreply: bool | None = None) -> bool:
-        return await self._run(self._touch(key, expire, noreply))
+        return await self._run(self.engine.touch(key, expire, noreply))
 
-    async def set_many(self, values: Mapping, expire: int = 0, noreply: bool | None = None) -> list:
+    async def set_many(
+        self, values: Mapping[Any, Any], expire: int = 0, noreply: bool | None = None
+    ) -> list[Any]:
         """Store every value; returns the keys that were not stored (pymemcache's contract)."""
-        return await self._run(self._set_many(values, expire, noreply))
+        return await self._run(self.engine.set_many(values, expire, noreply))
 
     set_multi = set_many
 
-    async def delete_many(self, keys: Iterable, noreply: bool | None = None) -> bool:
-        return await self._run(self._delete_many(keys, noreply))
+    async def delete_many(self, keys: Iterable[Any], noreply: bool | None = None) -> bool:
+        return await self._run(self.engine.delete_many(keys, noreply))
 
     delete_multi = delete_many
 
     async def stats(self, *args: str) -> dict[str, dict[bytes, Any]]:
         """``stats`` of every usable node, by ``host:port``."""
-        return await self._run(self._stats(args))
+        return await self._run(self.engine.stats(args))
 
     async def version(self) -> dict[str, bytes]:
-        return await self._run(self._version())
+        return await self._run(self.engine.version())
 
     async def flush_all(self, delay: int = 0, noreply: bool | None = None) -> bool:
         """Flush every node; True when every node (usable or not) confirmed."""
-        return await self._run(self._flush_all(delay, noreply))
+        return await self._run(self.engine.flush_all(delay, noreply))

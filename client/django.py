@@ -14,39 +14,43 @@ behaviour Django's memcached backends have, it has too.
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.core.cache.backends.base import DEFAULT_TIMEOUT
 from django.core.cache.backends.memcached import BaseMemcachedCache
 from django.utils.functional import cached_property
 
-from . import client as client_module
-from .client import Client
+from . import sync
+from .sync import Client
 
 
 class RingCache(BaseMemcachedCache):
     """Django cache backend for a ringcache (or any memcached) cluster."""
 
-    def __init__(self, server, params):
-        super().__init__(server, params, library=client_module, value_not_found_exception=KeyError)
+    def __init__(self, server: str | list[str], params: dict[str, Any]) -> None:
+        super().__init__(server, params, library=sync, value_not_found_exception=KeyError)
         self._class = Client
 
     @cached_property
     def _cache(self) -> Client:
         return Client(self._servers, **self._options)
 
-    def get_or_set(self, key, default, timeout=DEFAULT_TIMEOUT, version=None):
+    def get_or_set(
+        self, key: str, default: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> Any:
         """Django's ``get_or_set``, stampede-safe: on a miss exactly one caller (across threads
         and processes) computes ``default``; the others wait for its value
         (``Client.get_or_set``)."""
         key = self.make_and_validate_key(key, version=version)
         return self._cache.get_or_set(key, default, self.get_backend_timeout(timeout))
 
-    def delete(self, key, version=None, stale=False):
+    def delete(self, key: str, version: int | None = None, stale: bool = False) -> bool:
         """Django's ``delete``; ``stale=True`` marks the value stale instead: ``get_or_set``
         callers keep getting it while one of them recomputes it."""
         key = self.make_and_validate_key(key, version=version)
         return bool(self._cache.delete(key, stale=stale))
 
-    def close(self, **kwargs) -> None:
+    def close(self, **kwargs: Any) -> None:
         # Django calls close() after every request. The client's pools are thread-safe and
         # its health knowledge (which node is ejected) must survive requests, so connections
         # are kept, as Django's PyLibMCCache keeps libmemcached's.

@@ -4,12 +4,12 @@ This module owns when a node stops receiving traffic and when it gets it back. E
 connection failure counts (refused, reset, timeout, unexpected close); ``failure_limit``
 consecutive failures eject the node, and only a successful probe (a real round trip made by
 the client's prober) re-admits it, with exponential backoff between probes while it keeps
-failing. It does no I/O and reads time from an injected clock, so it is tested without sockets.
+failing. It does no I/O, takes no lock (the engine's code runs as one piece between steps;
+see ``steps``) and reads time from an injected clock, so it is tested without sockets.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from enum import Enum
@@ -23,7 +23,7 @@ class State(Enum):
 
 
 class NodeHealth:
-    """The health of one node, safe to update from several threads."""
+    """The health of one node."""
 
     def __init__(
         self,
@@ -42,7 +42,6 @@ class NodeHealth:
         self.ejections = 0
         self.next_probe = 0.0
         self._backoff = probe_interval
-        self._lock = threading.Lock()
 
     @property
     def state(self) -> State:
@@ -57,51 +56,55 @@ class NodeHealth:
 
     def succeeded(self) -> None:
         if self.consecutive_failures:  # FAILING always has some; LIVE with none needs nothing
-            with self._lock:
-                if self.state is State.FAILING:
-                    self.state = State.LIVE
-                self.consecutive_failures = 0
+            if self.state is State.FAILING:
+                self.state = State.LIVE
+            self.consecutive_failures = 0
 
     def failed(self) -> bool:
         """Count one failure; True when it ejected the node."""
-        with self._lock:
-            self.failures += 1
-            if not self.usable:
-                return False
-            self.consecutive_failures += 1
-            if self.consecutive_failures < self.failure_limit:
-                self.state = State.FAILING
-                return False
-            self.state = State.EJECTED
-            self.ejections += 1
-            self._backoff = self.probe_interval
-            self.next_probe = self.clock() + self._backoff
-            return True
+        self.failures += 1
+        if not self.usable:
+            return False
+        self.consecutive_failures += 1
+        if self.consecutive_failures < self.failure_limit:
+            self.state = State.FAILING
+            return False
+        self.state = State.EJECTED
+        self.ejections += 1
+        self._backoff = self.probe_interval
+        self.next_probe = self.clock() + self._backoff
+        return True
 
     def probe_due(self) -> bool:
         """True (and the node marked PROBING) when an ejected node should be probed now."""
-        with self._lock:
-            if self.state is not State.EJECTED or self.clock() < self.next_probe:
-                return False
-            self.state = State.PROBING
-            return True
+        if self.state is not State.EJECTED or self.clock() < self.next_probe:
+            return False
+        self.state = State.PROBING
+        return True
+
+    def probe_wait(self) -> float | None:
+        """Seconds until this node's next probe is due (0 when it is due or under way); None
+        while it takes traffic."""
+        if self.usable:
+            return None
+        if self.state is State.PROBING:
+            return 0.0
+        return max(0.0, self.next_probe - self.clock())
 
     def probe_again(self) -> None:
         """A probe succeeded but the node may not take traffic yet (writes made on its behalf
         are still in flight): probe again at once, without backing off."""
-        with self._lock:
-            if self.state is State.PROBING:
-                self.state = State.EJECTED
-                self.next_probe = self.clock()
+        if self.state is State.PROBING:
+            self.state = State.EJECTED
+            self.next_probe = self.clock()
 
     def probe_result(self, ok: bool) -> None:
-        with self._lock:
-            if self.state is not State.PROBING:
-                return
-            if ok:
-                self.state = State.LIVE
-                self.consecutive_failures = 0
-            else:
-                self.state = State.EJECTED
-                self._backoff = min(self._backoff * 2, self.probe_max_interval)
-                self.next_probe = self.clock() + self._backoff
+        if self.state is not State.PROBING:
+            return
+        if ok:
+            self.state = State.LIVE
+            self.consecutive_failures = 0
+        else:
+            self.state = State.EJECTED
+            self._backoff = min(self._backoff * 2, self.probe_max_interval)
+            self.next_probe = self.clock() + self._backoff

@@ -147,7 +147,7 @@ class Reader:
         self._chunks: list[bytes] = []
         self._size = 0  # bytes from _pos on, unjoined chunks included
         self._need = 1  # no reply can be complete before _size reaches this
-        self._partial: list | None = None  # VALUE blocks already read of the current reply
+        self._partial: list[Any] | None = None  # VALUE blocks already read of the current reply
 
     def feed(self, data: bytes) -> None:
         self._chunks.append(data)

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from hashlib import md5
+from typing import Any
 
 from uhashring import HashRing
 
@@ -80,7 +81,7 @@ def parse_server(spec: str, weight: int | None = None) -> Server:
     return Server(host=host, port=port, weight=w)
 
 
-def parse_location(location: str | Iterable | Mapping) -> list[Server]:
+def parse_location(location: str | Iterable[Any] | Mapping[str, Any]) -> list[Server]:
     """Every LOCATION form Django accepts, plus ``{"host:port": weight}`` dicts."""
     if isinstance(location, Mapping):
         servers = [parse_server(spec, int(w)) for spec, w in location.items()]
@@ -126,6 +127,10 @@ class Ring:
     @property
     def points(self) -> int:
         return len(self._points)
+
+    def continuum(self) -> tuple[list[int], list[int]]:
+        """The sorted points and, for each, its owner's index in ``servers`` (copies)."""
+        return list(self._points), list(self._owner_index)
 
     def _position(self, h: int) -> int:
         """The first point >= ``h`` (wrapping around), as libmemcached and twemproxy look up."""

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from ringcache.client.engine import Engine
+from ringcache.client.engine import Face
 from ringcache.client.ring import Server
 from ringcache.client.security import Security
 
@@ -87,7 +87,7 @@ class ClientCollector(Collector):
         prometheus_client.REGISTRY.register(ClientCollector(cache))
     """
 
-    def __init__(self, client: Engine) -> None:
+    def __init__(self, client: Face) -> None:
         self.client = client
 
     def collect(self) -> Iterator:

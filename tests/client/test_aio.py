@@ -61,7 +61,7 @@ async def test_a_crashed_background_task_is_raised_from_the_block(nodes, monkeyp
 
     with pytest.raises(RingcacheError) as raised:
         async with client:
-            monkeypatch.setattr(client, "_discover", broken)
+            monkeypatch.setattr(client.engine, "discover", broken)
             await trio.sleep(5)  # cancelled by the crash, not waited out
     assert isinstance(raised.value.__cause__, ValueError)
 

@@ -37,7 +37,7 @@ def test_sync_client_adopts_a_new_member(nodes):
     assert client.set_many(dict.fromkeys(keys, b"v")) == []
     third = [k for k in keys if str(client.server_for(k)) == nodes[2].location]
     assert third and all(PymemcacheClient(nodes[2].address).get(k) == b"v" for k in third)
-    assert not client._apply_cluster_config(4, client.servers[:1])  # older: ignored
+    assert not client.engine.membership.adopt(4, client.servers[:1])  # older: ignored
     assert len(client.servers) == 3
     client.close()
 

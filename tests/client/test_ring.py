@@ -215,15 +215,18 @@ def test_the_route_cache_places_keys_as_the_ring_does():
     """Multi-key calls route hot keys from a cache; it must agree with the ring, first time and
     cached, also after it filled up and was emptied."""
     from ringcache.client import Client
-    from ringcache.client.engine import ROUTE_CACHE_SIZE
+    from ringcache.client.membership import ROUTE_CACHE_SIZE
 
     c = Client(["10.0.0.1:11211", "10.0.0.2:11211", "10.0.0.3:11212"], key_prefix="p:")
     keys = [f"user:{i}" for i in range(ROUTE_CACHE_SIZE + 1000)]
     for _ in range(2):
-        groups, originals, _ = c._group(keys)
+        groups, originals, _ = c.engine.membership.group(keys)
         for node, ks in groups.items():
             assert all(c.ring.get(k).name == node.server.name for k in ks)
         assert len(originals) == len(keys)
-        assert 0 < len(c._view.routes) <= ROUTE_CACHE_SIZE
-    assert c._owner("user:7") == (b"p:user:7", c.nodes[c.ring.get(b"p:user:7").name])
+        assert 0 < len(c.engine.membership.view.routes) <= ROUTE_CACHE_SIZE
+    assert c.engine.membership.owner("user:7") == (
+        b"p:user:7",
+        c.nodes[c.ring.get(b"p:user:7").name],
+    )
     c.close()

@@ -1,37 +1,42 @@
-"""The synchronous driver: the engine's steps on blocking sockets, with thread-safe pools.
+"""The synchronous driver: the engine's steps on blocking sockets, safe to share by threads.
 
-This module owns I/O only: ``Connection`` (a blocking socket with a ``protocol.Reader``),
-the per-node pools (an idle connection that the server closed meanwhile is noticed before use
-and replaced, instead of counting as a node failure), running a step (a single call inline;
-several calls are all sent before any reply is read, so a multi-key call costs about one
-round trip, not one per node), and the prober and discovery threads. Every rule of the client
-is ``engine.Engine``'s; the public methods only run its operations.
+This module owns I/O only: ``Connection`` (a blocking socket with a ``protocol.Reader``, the
+timeouts of ``steps``' policy set on the socket itself), running an operation's steps (a
+single call inline; several calls all sent before any reply is read), the lock that makes the
+engine's code between two steps one piece when many threads share the client, the per-peer
+pools (``pool``), and the prober and discovery threads, started when a step's outcome says a
+peer was ejected. Every rule of the client is ``engine.Engine``'s; the public methods only run
+its operations.
 """
 
 from __future__ import annotations
 
-import select
 import socket
 import ssl
 import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from . import protocol
-from .engine import NO_FALLBACK, Call, Engine, Entry, Op, Pause, validate_key
-from .errors import ConnectionBroken, NoServerAvailable, UnexpectedCloseError
+from .engine import Engine, Face
+from .errors import NoServerAvailable, UnexpectedCloseError
+from .keys import validate_key
+from .leases import NO_FALLBACK
+from .options import Options
+from .peer import Peer
+from .pool import Pools
 from .protocol import LINE, NEED_DATA
+from .recovery import PROBE_TICK
 from .ring import Server
 from .security import Security
+from .steps import Call, Compute, Entry, Op, Pause
 
 __all__ = ["Client", "Connection", "NoServerAvailable", "validate_key"]
 
-# What counts as the node failing (as opposed to the request being wrong): every way a
-# connection can break, be refused or time out (socket timeouts are OSErrors), and a byte
-# stream that is no longer memcached's protocol.
-CONNECTION_ERRORS = (OSError, ConnectionBroken)
+
+T = TypeVar("T")
 
 
 class Connection:
@@ -42,7 +47,7 @@ class Connection:
     before it is used.
     """
 
-    __slots__ = ("_poll", "idle_since", "reader", "sock")
+    __slots__ = ("idle_since", "reader", "sock")
 
     def __init__(
         self,
@@ -51,6 +56,9 @@ class Connection:
         timeout: float = 2.0,
         security: Security | None = None,
     ) -> None:
+        # Each step of opening (connect, TLS handshake, the login's send and receive) within
+        # connect_timeout, as Python's socket timeout; then each send and receive within
+        # timeout, as the kernel's (Python's own would add a poll before each of them).
         if server.unix is not None:
             sock = socket.socket(socket.AF_UNIX)
             sock.settimeout(connect_timeout)
@@ -61,35 +69,27 @@ class Connection:
                 raise
         else:
             sock = socket.create_connection((server.host, server.port), timeout=connect_timeout)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if security is not None and security.tls is not None:
-                try:  # the handshake, within connect_timeout
-                    sock = security.tls.wrap_socket(
-                        sock, server_hostname=security.server_hostname(server)
-                    )
-                except BaseException:
-                    sock.close()
-                    raise
-        # Blocking, with the kernel's timeouts: Python's own socket timeout would add a poll
-        # before every send and receive.
-        sock.settimeout(None)
-        if timeout:
-            tv = struct.pack("ll", int(timeout), int(timeout % 1 * 1e6))
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
         self.sock = sock
         self.idle_since = 0.0
         self.reader = protocol.Reader()
-        self._poll = select.poll()
-        self._poll.register(sock, select.POLLIN)
-        login = security.login if security is not None else None
-        if login is not None:
-            try:
-                self.send(login)
-                security.check_login(self.read(protocol.STATUS), server)  # type: ignore[union-attr]
-            except BaseException:
-                sock.close()
-                raise
+        try:
+            if server.unix is None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if security is not None and security.tls is not None:
+                    self.sock = sock = security.tls.wrap_socket(
+                        sock, server_hostname=security.server_hostname(server)
+                    )
+            if security is not None and security.login is not None:
+                self.send(security.login)
+                security.check_login(self.read(protocol.STATUS), server)
+            sock.settimeout(None)
+            if timeout:
+                tv = struct.pack("ll", int(timeout), int(timeout % 1 * 1e6))
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+        except BaseException:
+            sock.close()
+            raise
 
     def send(self, data: bytes) -> None:
         try:
@@ -112,7 +112,7 @@ class Connection:
             reply = reader.next(kind)
         return reply
 
-    def request(self, data: bytes, kinds: tuple[int, ...]) -> list:
+    def request(self, data: bytes, kinds: tuple[int, ...]) -> list[Any]:
         self.send(data)
         return [self.read(kind) for kind in kinds]
 
@@ -121,27 +121,6 @@ class Connection:
         self.send(data)
         while (line := self.read(LINE)) != b"END":
             yield line
-
-    def stale(self) -> bool:
-        """True when an idle connection has something to read: the server closed it (a
-        restart), or bytes nobody asked for. Either way it must not carry a request."""
-        if self.reader.buffered:
-            return True
-        if not self._poll.poll(0):
-            return False
-        if not isinstance(self.sock, ssl.SSLSocket):
-            return True
-        # TLS: what arrived may be a message of TLS itself (a session ticket), not data.
-        self.sock.setblocking(False)
-        try:
-            self.sock.recv(1)
-        except ssl.SSLWantReadError:
-            return False
-        except OSError:
-            return True
-        finally:
-            self.sock.setblocking(True)
-        return True
 
     def close(self) -> None:
         self.sock.close()
@@ -153,61 +132,77 @@ class Connection:
         self.close()
 
 
-class Client(Engine):
+class Client(Face):
     """A memcached client for a cluster of servers placed with ketama.
 
-    ``Client(["10.0.0.1:11211", "10.0.0.2:11211"])``; every LOCATION form Django accepts works.
-    Safe to share between threads.
+    ``Client(["10.0.0.1:11211", "10.0.0.2:11211"])``; every LOCATION form Django accepts works;
+    the options are ``options.Options``'. Safe to share between threads.
     """
 
-    def __init__(self, location: str | Iterable | Mapping, **options: Any) -> None:
-        super().__init__(location, **options)
+    def __init__(self, location: str | Iterable[Any] | Mapping[str, Any], **options: Any) -> None:
+        opts = Options.from_kwargs(**options)
+        self.engine = Engine(location, opts)
+        # Held while the engine's code runs (never during I/O): see ``steps``.
+        self._lock = threading.Lock()
+        self._pools: Pools[Connection] = Pools(opts.pool_size, opts.clock)
         self._closed = threading.Event()
         self._prober: threading.Thread | None = None
         self._prober_lock = threading.Lock()
         self._discoverer: threading.Thread | None = None
-        if self.discovery:
-            self._run(self._discover())
+        if opts.discovery:
+            self._discover()
             self._discoverer = threading.Thread(
                 target=self._discover_loop, name="ringcache-discovery", daemon=True
             )
             self._discoverer.start()
 
     # -- running the engine's operations ---------------------------------------------------
-    def _run(self, op: Op[Any]) -> Any:
+    def _run(self, op: Op[T]) -> T:
+        lock = self._lock
         try:
-            step = next(op)
+            with lock:
+                step = next(op)
             while True:
-                if step.__class__ is list:
+                if type(step) is list:
                     if len(step) == 1 and not step[0].fresh:
                         self._execute_one(step[0])
                     else:
                         self._execute(step)
-                    self._settle(step)
-                    step = op.send(step)
-                elif step.__class__ is Pause:
+                    with lock:
+                        if self.engine.settle(step):
+                            self._start_prober()
+                        step = op.send(step)
+                elif type(step) is Pause:
                     time.sleep(step.seconds)
-                    step = op.send(None)
-                else:  # Compute
+                    with lock:
+                        step = op.send(None)
+                else:
+                    assert type(step) is Compute
                     try:
                         value = step.fn()
                     except BaseException as exc:
-                        step = op.throw(exc)
+                        with lock:
+                            step = op.throw(exc)
                     else:
-                        step = op.send(value)
+                        with lock:
+                            step = op.send(value)
         except StopIteration as stop:
-            return stop.value
+            result: T = stop.value
+            return result
         finally:
-            op.close()  # an interrupted operation still releases what it holds
+            with lock:
+                op.close()  # an interrupted operation still releases what it holds
+
+    def _connect(self, peer: Peer) -> Connection:
+        o = self.engine.options
+        return Connection(peer.server, o.connect_timeout, o.timeout, o.security)
 
     def _execute_one(self, call: Call) -> None:
         """The hot path: one request on a pooled connection."""
-        node = call.node
+        pool = self._pools[call.peer]
         conn = None
         try:
-            conn = node.take() or Connection(
-                node.server, self.connect_timeout, self.timeout, self.security
-            )
+            conn = pool.take() or self._connect(call.peer)
             conn.send(call.data)
             kinds = call.kinds
             if len(kinds) == 1:
@@ -215,7 +210,7 @@ class Client(Engine):
             else:
                 read = conn.read
                 call.replies = [read(kind) for kind in kinds]
-        except CONNECTION_ERRORS as exc:
+        except Exception as exc:  # the engine decides what it means (``settle``)
             if conn is not None:
                 conn.close()
             call.error = exc
@@ -224,17 +219,7 @@ class Client(Engine):
             if conn is not None:
                 conn.close()
             raise
-        if not node.give(conn):
-            conn.close()
-
-    def _checkout(self, call: Call) -> Connection:
-        node = call.node
-        conn = None if call.fresh else node.take()
-        return conn or Connection(node.server, self.connect_timeout, self.timeout, self.security)
-
-    def _checkin(self, call: Call, conn: Connection) -> None:
-        if call.fresh or not call.node.give(conn):
-            conn.close()
+        pool.give(conn)
 
     def _execute(self, step: list[Call]) -> None:
         # Every request is sent before any reply is read.
@@ -243,9 +228,11 @@ class Client(Engine):
             for call in step:
                 conn = None
                 try:
-                    conn = self._checkout(call)
+                    conn = (None if call.fresh else self._pools[call.peer].take()) or self._connect(
+                        call.peer
+                    )
                     conn.send(call.data)
-                except CONNECTION_ERRORS as exc:
+                except Exception as exc:
                     if conn is not None:
                         conn.close()
                     call.error = exc
@@ -255,18 +242,23 @@ class Client(Engine):
                 call, conn = sent[0]
                 try:
                     call.replies = [conn.read(kind) for kind in call.kinds]
-                except CONNECTION_ERRORS as exc:
+                except Exception as exc:
                     conn.close()
                     call.error = exc
                 else:
-                    self._checkin(call, conn)
+                    if call.fresh:
+                        conn.close()
+                    else:
+                        self._pools[call.peer].give(conn)
                 sent.pop(0)
         finally:
             for _, conn in sent:  # interrupted: no reply may be left unread on a pooled one
                 conn.close()
 
     # -- background threads ----------------------------------------------------------------
-    def _node_ejected(self, node: Any) -> None:
+    def _start_prober(self) -> None:
+        """A step ejected a peer: probe until every peer takes traffic again (called with the
+        engine's lock held, which ``_probe_loop`` also takes before it gives up)."""
         with self._prober_lock:
             if self._prober is None and not self._closed.is_set():
                 self._prober = threading.Thread(
@@ -276,38 +268,44 @@ class Client(Engine):
 
     def _probe_loop(self) -> None:
         while not self._closed.is_set():
-            if not self._run(self._probe_round()):
-                with self._prober_lock:
-                    # Checked again under the lock: a node ejected meanwhile keeps us going.
-                    if all(n.health.usable for n in self.nodes.values()):
+            wait = self._run(self.engine.probe())
+            if wait is None:
+                with self._lock, self._prober_lock:
+                    # Checked again under both locks: a peer ejected meanwhile keeps us going.
+                    if self.engine.membership.all_usable():
                         self._prober = None
                         return
-            self._closed.wait(0.05)
+                wait = PROBE_TICK
+            self._closed.wait(wait)
+
+    def _discover(self) -> None:
+        if self._run(self.engine.discover()):
+            self._pools.keep(self.engine.peers.values())
 
     def _discover_loop(self) -> None:
-        while not self._closed.wait(self.discovery_interval):
-            self._run(self._discover())
+        while not self._closed.wait(self.engine.options.discovery_interval):
+            self._discover()
 
     # -- the public surface (each runs one engine operation) -------------------------------
     def get(self, key: str | bytes, default: Any = None) -> Any:
-        return self._run(self._get(key, default))
+        return self._run(self.engine.get(key, default))
 
     def gets(
         self, key: str | bytes, default: Any = None, cas_default: Any = None
     ) -> tuple[Any, Any]:
-        return self._run(self._gets(key, default, cas_default))
+        return self._run(self.engine.gets(key, default, cas_default))
 
     def get_entry(self, key: str | bytes) -> Entry | None:
         """The value with its remaining TTL and CAS token in one round trip (``mg``), or None."""
-        return self._run(self._get_entry(key))
+        return self._run(self.engine.get_entry(key))
 
-    def get_many(self, keys: Iterable) -> dict:
-        return self._run(self._get_many(keys, False))
+    def get_many(self, keys: Iterable[Any]) -> dict[Any, Any]:
+        return self._run(self.engine.get_many(keys, False))
 
     get_multi = get_many
 
-    def gets_many(self, keys: Iterable) -> dict:
-        return self._run(self._get_many(keys, True))
+    def gets_many(self, keys: Iterable[Any]) -> dict[Any, Any]:
+        return self._run(self.engine.get_many(keys, True))
 
     def set(
         self,
@@ -317,7 +315,7 @@ class Client(Engine):
         noreply: bool | None = None,
         flags: int | None = None,
     ) -> bool:
-        return bool(self._run(self._store(b"set", key, value, expire, noreply, flags)))
+        return bool(self._run(self.engine.store(b"set", key, value, expire, noreply, flags)))
 
     def add(
         self,
@@ -327,7 +325,7 @@ class Client(Engine):
         noreply: bool | None = None,
         flags: int | None = None,
     ) -> bool:
-        return bool(self._run(self._store(b"add", key, value, expire, noreply, flags)))
+        return bool(self._run(self.engine.store(b"add", key, value, expire, noreply, flags)))
 
     def replace(
         self,
@@ -337,7 +335,7 @@ class Client(Engine):
         noreply: bool | None = None,
         flags: int | None = None,
     ) -> bool:
-        return bool(self._run(self._store(b"replace", key, value, expire, noreply, flags)))
+        return bool(self._run(self.engine.store(b"replace", key, value, expire, noreply, flags)))
 
     def append(
         self,
@@ -347,7 +345,7 @@ class Client(Engine):
         noreply: bool | None = None,
         flags: int | None = None,
     ) -> bool:
-        return bool(self._run(self._store(b"append", key, value, expire, noreply, flags)))
+        return bool(self._run(self.engine.store(b"append", key, value, expire, noreply, flags)))
 
     def prepend(
         self,
@@ -357,7 +355,7 @@ class Client(Engine):
         noreply: bool | None = None,
         flags: int | None = None,
     ) -> bool:
-        return bool(self._run(self._store(b"prepend", key, value, expire, noreply, flags)))
+        return bool(self._run(self.engine.store(b"prepend", key, value, expire, noreply, flags)))
 
     def cas(
         self,
@@ -369,7 +367,7 @@ class Client(Engine):
         flags: int | None = None,
     ) -> bool | None:
         """True when stored, False when the CAS token is stale (or on failure), None if absent."""
-        return self._run(self._store(b"cas", key, value, expire, noreply, flags, cas))
+        return self._run(self.engine.store(b"cas", key, value, expire, noreply, flags, cas))
 
     def delete(
         self,
@@ -381,7 +379,7 @@ class Client(Engine):
         """True when deleted. With ``cas``: only if unchanged since that token was read (False
         when it changed, None when absent). With ``stale=True`` (servers with meta): the value
         is only marked stale, still served by ``get_or_set`` until one caller refreshes it."""
-        return self._run(self._delete(key, noreply, cas, stale))
+        return self._run(self.engine.delete(key, noreply, cas, stale))
 
     def get_or_set(
         self,
@@ -397,44 +395,46 @@ class Client(Engine):
         """The value of ``key``; when it is missing, ``default()`` (or ``default``) computed by
         exactly one caller across every process and stored with ``expire``, while the others
         wait for it (at most ``wait`` seconds) or get ``fallback``. See the README."""
-        return self._run(self._get_or_set(key, default, expire, lease, recache, wait, fallback))
+        return self._run(
+            self.engine.get_or_set(key, default, expire, lease, recache, wait, fallback)
+        )
 
     def incr(self, key: str | bytes, value: int, noreply: bool | None = False) -> int | None:
-        return self._run(self._delta(b"incr", key, value, bool(noreply)))
+        return self._run(self.engine.delta(b"incr", key, value, bool(noreply)))
 
     def decr(self, key: str | bytes, value: int, noreply: bool | None = False) -> int | None:
-        return self._run(self._delta(b"decr", key, value, bool(noreply)))
+        return self._run(self.engine.delta(b"decr", key, value, bool(noreply)))
 
     def touch(self, key: str | bytes, expire: int = 0, noreply: bool | None = None) -> bool:
-        return self._run(self._touch(key, expire, noreply))
+        return self._run(self.engine.touch(key, expire, noreply))
 
-    def set_many(self, values: Mapping, expire: int = 0, noreply: bool | None = None) -> list:
+    def set_many(
+        self, values: Mapping[Any, Any], expire: int = 0, noreply: bool | None = None
+    ) -> list[Any]:
         """Store every value; returns the keys that were not stored (pymemcache's contract)."""
-        return self._run(self._set_many(values, expire, noreply))
+        return self._run(self.engine.set_many(values, expire, noreply))
 
     set_multi = set_many
 
-    def delete_many(self, keys: Iterable, noreply: bool | None = None) -> bool:
-        return self._run(self._delete_many(keys, noreply))
+    def delete_many(self, keys: Iterable[Any], noreply: bool | None = None) -> bool:
+        return self._run(self.engine.delete_many(keys, noreply))
 
     delete_multi = delete_many
 
     def stats(self, *args: str) -> dict[str, dict[bytes, Any]]:
         """``stats`` of every usable node, by ``host:port``."""
-        return self._run(self._stats(args))
+        return self._run(self.engine.stats(args))
 
     def version(self) -> dict[str, bytes]:
-        return self._run(self._version())
+        return self._run(self.engine.version())
 
     def flush_all(self, delay: int = 0, noreply: bool | None = None) -> bool:
         """Flush every node; True when every node (usable or not) confirmed."""
-        return self._run(self._flush_all(delay, noreply))
+        return self._run(self.engine.flush_all(delay, noreply))
 
     def close(self) -> None:
         self._closed.set()
-        for node in self.nodes.values():
-            for conn in node.drain():
-                conn.close()
+        self._pools.close()
         for thread in (self._prober, self._discoverer):
             if thread is not None and thread is not threading.current_thread():
                 thread.join(timeout=2)

@@ -1,0 +1,119 @@
+"""The drivers' idle connections: one pool per peer, and how a stale one is told apart.
+
+This module owns connection reuse for both drivers: a bounded stack of idle connections per
+peer (``Pools``), the rule that a connection idle for more than ``STALE_CHECK_AFTER`` is
+checked before it carries a request (closed if the server closed it meanwhile, so a restarted
+node's old connections are replaced instead of counting as its failures; one idle for less is
+not checked: a server that closed it within that time died, and a request to it fails anyway),
+and the check itself: an idle connection is stale when its reader holds bytes nobody asked for
+or its socket is readable (the server closed it, or sent what was not asked for), tested with
+``poll``, which takes descriptors of any number, unlike ``select``. A TLS connection is tested
+on its socket too: a TLS record that arrives while it is idle (none does, after a request has
+been answered, from the node or from memcached) would only cost a reconnect, never a failure.
+The time is the engine's injected clock. A connection has ``idle_since``, ``reader``, ``sock``
+and ``close()``.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, Protocol, TypeVar
+
+from .protocol import Reader
+
+STALE_CHECK_AFTER = 0.01  # seconds a pooled connection may sit idle before use checks it
+
+
+class Pooled(Protocol):
+    idle_since: float
+    reader: Reader
+    sock: socket.socket
+
+    def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=Pooled)
+
+
+def stale(conn: Pooled) -> bool:
+    """True when an idle connection must not carry a request: its reader holds bytes nobody
+    asked for, or its socket is readable (closed by the server, or out of step)."""
+    if conn.reader.buffered:
+        return True
+    try:
+        poller = select.poll()
+        poller.register(conn.sock.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):  # closed meanwhile
+        return True
+
+
+class Pool(Generic[C]):
+    """The idle connections to one peer (``list.pop``/``append`` are atomic: no lock)."""
+
+    __slots__ = ("_clock", "_idle", "_size")
+
+    def __init__(self, size: int, clock: Callable[[], float]) -> None:
+        self._idle: list[C] = []
+        self._size = size
+        self._clock = clock
+
+    def take(self) -> C | None:
+        """An idle connection that may carry a request, or None."""
+        now = self._clock()
+        while True:
+            try:
+                conn = self._idle.pop()
+            except IndexError:
+                return None
+            if now - conn.idle_since < STALE_CHECK_AFTER or not stale(conn):
+                return conn
+            conn.close()
+
+    def give(self, conn: C) -> None:
+        """Keep ``conn`` for reuse, or close it when the pool is full."""
+        conn.idle_since = self._clock()
+        if len(self._idle) < self._size:
+            self._idle.append(conn)
+        else:
+            conn.close()
+
+    def close(self) -> None:
+        while True:
+            try:
+                self._idle.pop().close()
+            except IndexError:
+                return
+
+
+class Pools(Generic[C]):
+    """One ``Pool`` per peer, made on first use."""
+
+    __slots__ = ("_clock", "_pools", "_size")
+
+    def __init__(self, size: int, clock: Callable[[], float]) -> None:
+        self._pools: dict[Any, Pool[C]] = {}
+        self._size = size
+        self._clock = clock
+
+    def __getitem__(self, peer: Any) -> Pool[C]:
+        pool = self._pools.get(peer)
+        if pool is None:
+            pool = self._pools.setdefault(peer, Pool(self._size, self._clock))
+        return pool
+
+    def keep(self, peers: Iterable[Any]) -> None:
+        """Close the pools of every peer not in ``peers`` (it left the membership)."""
+        kept = set(peers)
+        for peer in [p for p in self._pools if p not in kept]:
+            pool = self._pools.pop(peer, None)
+            if pool is not None:
+                pool.close()
+
+    def close(self) -> None:
+        for peer in list(self._pools):
+            pool = self._pools.pop(peer, None)
+            if pool is not None:
+                pool.close()
