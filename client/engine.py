@@ -33,7 +33,7 @@ from .membership import Membership
 from .options import Options
 from .peer import Peer
 from .protocol import CONFIG, META, STATS, STATUS, VALUES, ClusterConfig, Meta
-from .recovery import Recovery
+from .recovery import Fence, Recovery
 from .ring import Ring, Server, parse_location
 from .steps import Call, Entry, Op
 
@@ -238,21 +238,9 @@ class Engine:
         that is out journals them instead). Returns the keys it deleted."""
         groups, out = self.membership.previous_owners(keys)
         self.recovery.journal(out)
-        gone: set[bytes] = set()
-        if groups:
-            calls = []
-            for peer, ks in groups.items():
-                data = b"".join([protocol.delete(k) for k in ks])
-                what = "invalidate previous owner"
-                calls.append(Call(peer, data, (STATUS,) * len(ks), what, ks, writes=ks))
-            yield calls
-            for call in calls:
-                if call.error is None:
-                    keys_ = call.keys or []
-                    gone.update(
-                        k for k, r in zip(keys_, call.replies, strict=True) if r == b"DELETED"
-                    )
-        return gone
+        if not groups:
+            return set()
+        return (yield from self._drop(groups, "invalidate previous owner"))
 
     def _first_copy(self, key: bytes) -> dict[Peer, list[bytes]]:
         peer, _ = self.membership.route(key)
@@ -311,15 +299,24 @@ class Engine:
         owner: Peer,
         body: Callable[[list[Peer], bool], Op[T]],
         delete: bool = False,
+        conditional: bool = False,
     ) -> Op[T]:
-        """Run the write ``body`` on ``k``'s copies (usable peers, owner first, and whether the
-        owner is out); a copy it should reach and cannot is journaled for (``fence``), and so
-        is each of its calls for its peer if it fails (the calls carry ``writes``). During a
+        """Run the write ``body`` on ``k``'s copies (owner first, and whether the owner is
+        out): a copy it should reach and cannot is journaled for (``fence``), and so is each
+        of its calls for its peer if it fails (the calls carry ``writes``). A returning copy
+        gets the write after the stand-in that holds the key meanwhile has dropped it; a
+        conditional write (its outcome depends on the value the returning copy may still be
+        owed a replay for) is not made then: it fails, as against a node that is out. During a
         move the key is then removed from its previous owner."""
         membership = self.membership
         if owner.health.usable and self.options.replicas == 1 and membership.previous is None:
             return (yield from body([owner], False))  # the common case: nothing to fence or undo
-        peers, standin = membership.copies(k)
+        standins = membership.returning_standins([k])
+        if standins:
+            if conditional:
+                return (yield from body([], False))
+            yield from self._drop(standins, "stand-in delete")
+        peers, standin = membership.copies(k, writing=True)
         fenced = self.recovery.fence({k: peers})
         try:
             result = yield from body(peers, standin)
@@ -330,6 +327,30 @@ class Engine:
             return result
         finally:
             self.recovery.unfence(fenced)
+
+    def _clear_standins(self, keys: Iterable[bytes]) -> Op[None]:
+        """Before a multi-key write: remove the keys a returning peer gets from the stand-ins
+        that hold them meanwhile."""
+        if self.membership.all_usable():
+            return
+        standins = self.membership.returning_standins(keys)
+        if standins:
+            yield from self._drop(standins, "stand-in delete")
+
+    def _drop(self, groups: dict[Peer, list[bytes]], what: str) -> Op[set[bytes]]:
+        """Delete keys where they must not stay (``{peer: keys}``, all at once); the keys that
+        were there. A delete that fails is journaled for its peer."""
+        calls = []
+        for peer, ks in groups.items():
+            data = b"".join([protocol.delete(k) for k in ks])
+            calls.append(Call(peer, data, (STATUS,) * len(ks), what, ks, writes=ks))
+        yield calls
+        gone: set[bytes] = set()
+        for call in calls:
+            if call.error is None:
+                keys = call.keys or []
+                gone.update(k for k, r in zip(keys, call.replies, strict=True) if r == b"DELETED")
+        return gone
 
     def store(
         self,
@@ -377,7 +398,7 @@ class Engine:
                     ]
             return result
 
-        return (yield from self._write(k, owner, body))
+        return (yield from self._write(k, owner, body, conditional=command != b"set"))
 
     def _store_result(self, call: Call) -> bool | None:
         reply = self.reply(call)
@@ -419,7 +440,7 @@ class Engine:
                 yield from self._sync_copies(k, peers, standin)
             return result
 
-        return (yield from self._write(k, owner, body))
+        return (yield from self._write(k, owner, body, conditional=True))
 
     def touch(self, key: str | bytes, expire: int, noreply: bool | None) -> Op[bool]:
         k, owner = self.membership.owner(key)
@@ -474,7 +495,11 @@ class Engine:
                 return all(call.error is None for call in calls)
             return any([self.reply(call) == b"DELETED" for call in calls])
 
-        return (yield from self._write(k, owner, body, delete=token is None))
+        return (
+            yield from self._write(
+                k, owner, body, delete=token is None, conditional=token is not None
+            )
+        )
 
     def _delete_if_unchanged(self, peer: Peer, k: bytes, cas: bytes) -> Op[bool | None]:
         """Delete ``k`` only if its CAS token is still ``cas``: True when deleted, False when
@@ -500,12 +525,13 @@ class Engine:
     # -- multi-key writes ------------------------------------------------------------------
     def _write_groups(
         self, keys: Iterable[Any]
-    ) -> tuple[dict[Peer, list[bytes]], dict[bytes, Any], list[bytes], list[Peer]]:
-        """Every copy's peer with its keys; the original key of each; keys with no peer; the
-        peers fenced for this write (``unfence`` them when done)."""
+    ) -> tuple[dict[Peer, list[bytes]], dict[bytes, Any], list[bytes], Fence]:
+        """Every copy's peer with its keys (returning peers included); the original key of
+        each; keys with no peer; the writes fenced (``unfence`` them when done); then
+        ``_clear_standins`` before the write."""
         membership = self.membership
         if self.options.replicas == 1:
-            groups, originals, unrouted = membership.group(keys)
+            groups, originals, unrouted = membership.group(keys, writing=True)
         else:
             originals = {self.key(key): key for key in keys}
             groups = membership.group_copies(originals)
@@ -527,6 +553,7 @@ class Engine:
         try:
             if unrouted and self.options.raise_on_error:
                 raise NoServerAvailable("every server is ejected")
+            yield from self._clear_standins(originals)
             serialized = {k: self.serialize(k, values[originals[k]], None) for k in originals}
             calls = []
             for peer, ks in groups.items():
@@ -558,6 +585,7 @@ class Engine:
         try:
             if unrouted and self.options.raise_on_error:
                 raise NoServerAvailable("every server is ejected")
+            yield from self._clear_standins(originals)
             calls = []
             for peer, ks in groups.items():
                 data = b"".join([protocol.delete(k, bool(noreply)) for k in ks])

@@ -1,11 +1,13 @@
-"""Per-node health: live → failing → ejected → probing → live.
+"""Per-node health: live → failing → ejected → probing → returning → live.
 
 This module owns when a node stops receiving traffic and when it gets it back. Every
 connection failure counts (refused, reset, timeout, unexpected close); ``failure_limit``
-consecutive failures eject the node, and only a successful probe (a real round trip made by
-the client's prober) re-admits it, with exponential backoff between probes while it keeps
-failing. It does no I/O, takes no lock (the engine's code runs as one piece between steps;
-see ``steps``) and reads time from an injected clock, so it is tested without sockets.
+consecutive failures eject the node; only a successful probe (a real round trip made by the
+client's prober) makes it *returning*, with exponential backoff between probes while it keeps
+failing; and a returning node is live again once recovery has replayed what it owes it
+(``recovery``). A returning node takes writes but no reads. It does no I/O, takes no lock
+(the engine's code runs as one piece between steps; see ``steps``) and reads time from an
+injected clock, so it is tested without sockets.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ class State(Enum):
     FAILING = "failing"
     EJECTED = "ejected"
     PROBING = "probing"
+    RETURNING = "returning"
 
 
 class NodeHealth:
@@ -53,6 +56,8 @@ class NodeHealth:
         # Whether requests go to this node (failing nodes still get traffic); a plain
         # attribute because every request reads it.
         self.usable = state in (State.LIVE, State.FAILING)
+        # Answered a probe; its journal is being replayed: writes reach it, reads do not.
+        self.returning = state is State.RETURNING
 
     def succeeded(self) -> None:
         if self.consecutive_failures:  # FAILING always has some; LIVE with none needs nothing
@@ -63,6 +68,11 @@ class NodeHealth:
     def failed(self) -> bool:
         """Count one failure; True when it ejected the node."""
         self.failures += 1
+        if self.state is State.RETURNING:  # a write to it failed: out again, probed later
+            self.state = State.EJECTED
+            self._backoff = min(self._backoff * 2, self.probe_max_interval)
+            self.next_probe = self.clock() + self._backoff
+            return True
         if not self.usable:
             return False
         self.consecutive_failures += 1
@@ -83,28 +93,28 @@ class NodeHealth:
         return True
 
     def probe_wait(self) -> float | None:
-        """Seconds until this node's next probe is due (0 when it is due or under way); None
-        while it takes traffic."""
+        """Seconds until this node's next probe is due (0 when it is due, under way, or the
+        node is returning); None while it takes traffic."""
         if self.usable:
             return None
-        if self.state is State.PROBING:
+        if self.state is not State.EJECTED:
             return 0.0
         return max(0.0, self.next_probe - self.clock())
 
-    def probe_again(self) -> None:
-        """A probe succeeded but the node may not take traffic yet (writes made on its behalf
-        are still in flight): probe again at once, without backing off."""
-        if self.state is State.PROBING:
-            self.state = State.EJECTED
-            self.next_probe = self.clock()
-
     def probe_result(self, ok: bool) -> None:
-        if self.state is not State.PROBING:
+        """The probe's outcome: returning when it was answered, else ejected with the next
+        probe backed off. A returning node whose replay failed is ejected the same way."""
+        if self.state not in (State.PROBING, State.RETURNING):
             return
         if ok:
-            self.state = State.LIVE
-            self.consecutive_failures = 0
+            self.state = State.RETURNING
         else:
             self.state = State.EJECTED
             self._backoff = min(self._backoff * 2, self.probe_max_interval)
             self.next_probe = self.clock() + self._backoff
+
+    def readmitted(self) -> None:
+        """A returning node owes nothing any more: it takes reads again."""
+        if self.state is State.RETURNING:
+            self.state = State.LIVE
+            self.consecutive_failures = 0

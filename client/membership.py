@@ -113,11 +113,12 @@ class Membership:
             routes[key] = hit
         return hit
 
-    def route(self, key: bytes) -> tuple[Peer | None, bool]:
-        """The peer a request for ``key`` goes to, and whether it stands in for the owner."""
+    def route(self, key: bytes, writing: bool = False) -> tuple[Peer | None, bool]:
+        """The peer a request for ``key`` goes to, and whether it stands in for the owner (a
+        write also goes to a returning peer)."""
         view = self.view
         peer = view.owner(key)
-        if peer.health.usable:
+        if peer.health.usable or (writing and peer.health.returning):
             return peer, False
         for i in view.ring.candidate_indices(key):
             peer = view.peer_list[i]
@@ -127,18 +128,19 @@ class Membership:
             raise NoServerAvailable("every server is ejected")
         return None, True
 
-    def copies(self, key: bytes) -> tuple[list[Peer], bool]:
-        """The usable peers that hold ``key``'s copies (owner first), and whether the owner
-        itself is missing from them (its copies then get the failover TTL)."""
+    def copies(self, key: bytes, writing: bool = False) -> tuple[list[Peer], bool]:
+        """The usable peers that hold ``key``'s copies (owner first; for a write, returning
+        peers too), and whether the owner itself is missing from them (its copies then get
+        the failover TTL)."""
         replicas = self.options.replicas
         if replicas == 1:
-            peer, standin = self.route(key)
+            peer, standin = self.route(key, writing)
             return ([peer] if peer is not None else []), standin
         view = self.view
         peers = []
         for i in view.ring.candidate_indices(key):
             peer = view.peer_list[i]
-            if peer.health.usable:
+            if peer.health.usable or (writing and peer.health.returning):
                 peers.append(peer)
                 if len(peers) == replicas:
                     break
@@ -147,10 +149,10 @@ class Membership:
         return peers, bool(peers) and peers[0] is not view.owner(key)
 
     def group(
-        self, keys: Iterable[Any]
+        self, keys: Iterable[Any], writing: bool = False
     ) -> tuple[dict[Peer, list[bytes]], dict[bytes, Any], list[bytes]]:
-        """Keys grouped by the peer their first usable copy is on; the original key of each;
-        keys with no usable peer."""
+        """Keys grouped by the peer their first usable copy is on (for a write, a returning
+        owner); the original key of each; keys with no usable peer."""
         groups: dict[Peer, list[bytes]] = {}
         originals: dict[bytes, Any] = {}
         unrouted: list[bytes] = []
@@ -159,7 +161,7 @@ class Membership:
             k, peer = owner(key)
             originals[k] = key
             if not peer.health.usable:
-                found, _ = self.route(k)
+                found, _ = self.route(k, writing)
                 if found is None:
                     unrouted.append(k)
                     continue
@@ -175,9 +177,24 @@ class Membership:
         """Every copy of every key, by peer (the writes of ``set_many``/``delete_many``)."""
         groups: dict[Peer, list[bytes]] = {}
         for k in keys:
-            for peer in self.copies(k)[0]:
+            for peer in self.copies(k, writing=True)[0]:
                 groups.setdefault(peer, []).append(k)
         return groups
+
+    def returning_standins(self, keys: Iterable[bytes]) -> dict[Peer, list[bytes]]:
+        """For keys a returning peer should hold: the usable peers that hold them meanwhile
+        (where their reads go), by peer. A write to the returning peer removes the key there
+        first, so no stand-in keeps a value the returning peer no longer has."""
+        view = self.view
+        replicas = self.options.replicas
+        out: dict[Peer, list[bytes]] = {}
+        for k in keys:
+            holders = view.holders(k, replicas)
+            if any(h.health.returning for h in holders):
+                for peer in self.copies(k)[0]:
+                    if peer not in holders:
+                        out.setdefault(peer, []).append(k)
+        return out
 
     def ttl_for(self, key: bytes, expire: int) -> int:
         """``expire``, capped when the key's owner is out (its copies are on stand-ins), the

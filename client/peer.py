@@ -29,8 +29,10 @@ class Peer:
         "journal_flushes",
         "journal_overflow",
         "journal_size",
+        "late",
         "leases",
         "meta",
+        "returning_since",
         "server",
     )
 
@@ -51,6 +53,11 @@ class Peer:
         self.journal_flushes = 0
         # Writes on this peer's behalf still in flight: it is not re-admitted while any is.
         self.fenced = 0
+        # Keys whose write to this peer failed after it may have reached the node: a request
+        # held by a stalled node or network can be carried out after the replay deleted it,
+        # so they are deleted once more when such a late write would have landed.
+        self.late: set[bytes] = set()
+        self.returning_since = 0.0
         self.leases: dict[str, float] = {"won": 0, "waits": 0, "wait_seconds": 0.0, "fallbacks": 0}
 
     def record(self, keys: Iterable[bytes], standins: Iterable[Peer] = ()) -> None:

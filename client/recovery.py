@@ -3,11 +3,18 @@
 This module owns rule 3 of the README's consistency section ("a node that was out misses
 nothing silently"): every executed call is counted for or against its peer (``settle``, which
 says which peers it ejected), a failed write is journaled for its peer (the node may still
-apply it late), a write routed around an ejected peer is journaled for it with the stand-ins
-that got it and counted as in flight (``fence``/``unfence``), and an ejected peer that
-answers a probe is re-admitted only once the journal has been replayed as deletes on it and
-on those stand-ins (or it was flushed, when the journal overflowed) with no write in flight
-on its behalf. It does no I/O: probes and replays are calls of the operations it yields.
+apply it late), and a write routed around an ejected peer is journaled for it with the
+stand-ins that got it and counted as in flight (``fence``), journaled again when it is done
+(``unfence``: it may have landed after a replay). An ejected peer that answers a probe is
+*returning*: writes reach it again (the engine first removes the key from the stand-in that
+holds it meanwhile), so nothing new is journaled for it, and the journal it has is replayed
+as deletes on it and on those stand-ins (or it is flushed, when the journal overflowed). It
+is re-admitted once it owes nothing: an empty journal, no write in flight on its behalf, and
+— when a write to it failed after it may have reached the node, so that the node can still
+carry it out after the replay (a request held by a stalled process or network) — those keys
+deleted once more after ``late_window`` seconds of it answering. Since a returning peer's
+journal only shrinks, re-admission ends under any write load. It does no I/O: probes and
+replays are calls of the operations it yields.
 """
 
 from __future__ import annotations
@@ -24,8 +31,10 @@ log = logging.getLogger("ringcache.client")
 
 _REPLAYED = frozenset((b"DELETED", b"NOT_FOUND", b"OK"))
 _ONE_STATUS = (STATUS,)
-# The shortest wait between probe rounds (a peer whose probe must be repeated at once).
+# The shortest wait between probe rounds (while a peer is returning).
 PROBE_TICK = 0.01
+# What ``fence`` counted: each peer out, the key written on its behalf, and where it went.
+Fence = list[tuple[Peer, bytes, list[Peer]]]
 
 
 class Recovery:
@@ -33,6 +42,10 @@ class Recovery:
 
     def __init__(self, membership: Membership) -> None:
         self.membership = membership
+        options = membership.options
+        self.clock = options.clock
+        # How long after a peer answers a write it was sent before may still be carried out.
+        self.late_window = max(2 * options.timeout, 0.5)
 
     def settle(self, step: list[Call]) -> list[Peer]:
         """Count each executed call for or against its peer; the peers it ejected."""
@@ -50,6 +63,8 @@ class Recovery:
                 raise error  # not the node failing: a bug, raised as it is
             if call.writes:
                 peer.record(call.writes)
+                if not isinstance(error, ConnectionRefusedError):  # it may have been sent
+                    peer.late.update(call.writes)
             if peer.health.failed():
                 log.warning(
                     "ejected %s after %d failures (%s: %r)",
@@ -63,28 +78,32 @@ class Recovery:
                 log.info("%s failed on %s: %r", call.what, peer.server, error)
         return ejected
 
-    def fence(self, placed: dict[bytes, list[Peer]]) -> list[Peer]:
+    def fence(self, placed: dict[bytes, list[Peer]]) -> Fence:
         """Before writing keys (``{key: the peers it goes to}``) elsewhere than where they
-        belong: journal each for every peer that should hold it and is out, with the peers
-        that get it instead, and count the write as in flight on its behalf (``unfence`` when
-        done)."""
+        belong: journal each for every peer that should hold it and is out (a returning peer
+        gets the write itself), with the peers that get it instead, and count the write as in
+        flight on its behalf (``unfence`` when done)."""
         view = self.membership.view
-        fenced: list[Peer] = []
+        fenced: Fence = []
         if all(p.health.usable for p in view.peer_list):
             return fenced
         replicas = self.membership.options.replicas
         for k, targets in placed.items():
             for peer in view.holders(k, replicas):
-                if not peer.health.usable:
+                if not peer.health.usable and not peer.health.returning:
                     peer.record((k,), targets)
                     peer.fenced += 1
-                    fenced.append(peer)
+                    fenced.append((peer, k, targets))
         return fenced
 
     @staticmethod
-    def unfence(fenced: list[Peer]) -> None:
-        for peer in fenced:
+    def unfence(fenced: Fence) -> None:
+        """The fenced writes are done: journaled again for peers still not live (a replay may
+        have run while they were in flight, and they may have landed after it)."""
+        for peer, k, targets in fenced:
             peer.fenced -= 1
+            if not peer.health.usable:
+                peer.record((k,), targets)
 
     def journal(self, keys: list[tuple[bytes, Peer]]) -> None:
         """Journal keys for peers that are out (a previous owner during a move)."""
@@ -93,48 +112,60 @@ class Recovery:
 
     # -- probing ---------------------------------------------------------------------------
     def probe(self) -> Op[float | None]:
-        """Probe every ejected peer that is due (a real round trip on a fresh connection) and
-        re-admit those that may take traffic again. Returns the seconds until the next probe
-        is due, or None when every peer takes traffic (the driver's prober then stops)."""
+        """Probe every ejected peer that is due (a real round trip on a fresh connection),
+        then replay what the returning ones are owed and re-admit those that owe nothing.
+        Returns the seconds until the next probe is due, or None when every peer takes
+        traffic (the driver's prober then stops)."""
         peers = list(self.membership.peers.values())
+        returning = [p for p in peers if p.health.returning]
         due = [p for p in peers if p.health.probe_due()]
         if due:
             calls = [Call(p, protocol.VERSION, _ONE_STATUS, "probe", fresh=True) for p in due]
             yield calls
-            answered = []
             for call in calls:
                 reply = call.replies[0] if call.error is None else None
-                if isinstance(reply, bytes) and reply.startswith(b"VERSION "):
-                    answered.append(call.peer)
-                else:
-                    call.peer.health.probe_result(False)
-            if answered:
-                yield from self.readmit(answered)
+                answered = isinstance(reply, bytes) and reply.startswith(b"VERSION ")
+                call.peer.health.probe_result(answered)
+                if answered:
+                    call.peer.returning_since = self.clock()
+                    returning.append(call.peer)
+        if returning:
+            yield from self.readmit(returning)
         waits = [
             w for p in self.membership.peers.values() if (w := p.health.probe_wait()) is not None
         ]
         return max(min(waits), PROBE_TICK) if waits else None
 
     def readmit(self, peers: list[Peer]) -> Op[None]:
-        """Peers that answered a probe take traffic again once neither they nor the stand-ins
-        that took writes on their behalf hold anything this client replaced or deleted
-        meanwhile: the journal's keys are deleted on the peer and on those stand-ins (or, if
-        it overflowed, the peer is flushed), again for what was journaled meanwhile, and a
-        peer is re-admitted only with an empty journal and no write in flight on its behalf."""
+        """Returning peers take reads again once neither they nor the stand-ins that took
+        writes on their behalf hold anything this client replaced or deleted meanwhile: the
+        journal's keys are deleted on the peer and on those stand-ins (or, if it overflowed,
+        the peer is flushed), again for what was journaled meanwhile; the keys of writes that
+        failed on it once more after ``late_window``; and a peer is re-admitted only with
+        nothing left to replay and no write in flight on its behalf (else it stays returning
+        until a later round)."""
         pending = peers
         while pending:
             calls: list[Call] = []
-            taken: dict[Peer, tuple[dict[bytes, set[Peer]], bool, list[Call]]] = {}
+            taken: dict[Peer, tuple[dict[bytes, set[Peer]], bool, bool, list[Call]]] = {}
             for peer in pending:
-                journal, overflow = peer.journal, peer.journal_overflow
+                if not peer.health.returning:
+                    continue  # failed meanwhile: ejected again
+                journal, overflow, late = peer.journal, peer.journal_overflow, False
                 if not journal and not overflow:
                     if peer.fenced:
-                        peer.health.probe_again()  # a write on its behalf is in flight
+                        continue  # a write on its behalf is in flight
+                    if peer.late:
+                        if self.clock() - peer.returning_since < self.late_window:
+                            continue  # a late write may still land
+                        journal, late = {k: set() for k in peer.late}, True
+                        peer.late = set()
                     else:
-                        peer.health.probe_result(True)
+                        peer.health.readmitted()
                         log.warning("re-admitted %s after a successful probe", peer.server)
-                    continue
-                peer.journal, peer.journal_overflow = {}, False
+                        continue
+                else:
+                    peer.journal, peer.journal_overflow = {}, False
                 own: list[Call] = []
                 if overflow:
                     own.append(Call(peer, protocol.flush_all(), _ONE_STATUS, "flush", fresh=True))
@@ -150,13 +181,13 @@ class Recovery:
                 for target, ks in by_peer.items():
                     data = b"".join([protocol.delete(k) for k in ks])
                     own.append(Call(target, data, (STATUS,) * len(ks), "replay", ks, fresh=True))
-                taken[peer] = (journal, overflow, own)
+                taken[peer] = (journal, overflow, late, own)
                 calls += own
             if not calls:
                 return
             yield calls
             pending = []
-            for peer, (journal, overflow, own) in taken.items():
+            for peer, (journal, overflow, late, own) in taken.items():
                 if all(c.error is None and all(r in _REPLAYED for r in c.replies) for c in own):
                     if overflow:
                         peer.journal_flushes += 1
@@ -167,4 +198,6 @@ class Recovery:
                 peer.journal_overflow = peer.journal_overflow or overflow
                 for k, standins in journal.items():
                     peer.record((k,), standins)
+                if late:
+                    peer.late.update(journal)
                 peer.health.probe_result(False)

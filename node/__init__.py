@@ -1,8 +1,11 @@
 """ringcache's cache node: a memcached-compatible server in Python on trio.
 
-Modules: ``config`` (flags), ``protocol`` (sans-IO framing), ``commands`` (request handling),
-``store`` (item semantics), ``slabs`` (memory), ``stats`` (counters and ``stats`` text),
-``server`` (trio I/O). ``Node`` and ``Config`` are the public entry points.
+Modules: ``config`` (flags), ``protocol`` (sans-IO framing), ``commands`` and ``meta``
+(request handling), ``state`` (what sessions share), ``store`` (item semantics) with
+``assoc``, ``items`` and ``crawler`` beside it, ``slabs`` (memory), ``counters`` (the
+counters), ``stats`` (the ``stats`` texts), ``auth`` (``-Y``), ``tls`` (``-Z``), ``reactor``
+(the hot loop) and ``server`` (the trio code around it). ``Node`` and ``Config`` are the
+public entry points.
 """
 
 from .config import Config, parse_args

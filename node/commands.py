@@ -4,18 +4,18 @@ This module owns command dispatch and the rules that decide each reply (token co
 ``noreply``, the order of checks, which error a bad request gets) following memcached 1.6.18's
 proto_text.c. It is the one place where a ``ProtocolError`` becomes reply bytes. It calls the
 store and renders ``stats`` through ``stats``; it never does I/O, so it is tested with bytes in
-and bytes out, and ``server`` drives it over sockets.
+and bytes out, and the reactor (``reactor``) feeds it what each connection receives and sends
+what it answers.
 """
 
 from __future__ import annotations
 
 import re
-import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from . import stats as stats_text
-from .auth import AuthFile, AuthGate
+from .auth import AuthGate
 from .config import VERSION
 from .defs import (
     DELTA_OK,
@@ -55,11 +55,9 @@ from .protocol import (
     StorageRequest,
     bad_format,
 )
-from .tls import ServerTLS
 
 if TYPE_CHECKING:
-    from .config import Config
-    from .store import Store
+    from .state import NodeState
 
 _STORE_REPLIES = {
     STORED: R_STORED,
@@ -91,34 +89,6 @@ class DropPending(Exception):
     def __init__(self, reply: bytes) -> None:
         super().__init__()
         self.reply = reply
-
-
-class NodeState:
-    """What the sessions of one node share besides the store: settings and connections."""
-
-    def __init__(self, cfg: Config, store: Store, log: Callable[[str], None] | None = None):
-        self.cfg = cfg
-        self.store = store
-        self.verbosity = cfg.verbose
-        self.connections: dict[int, Session] = {}
-        self.next_id = 0
-        self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
-        self.listen_addr = f"{cfg.listen}:{cfg.port}"
-        self.shutdown_requested = False
-        # ``lru_crawler crawl``: the server replaces this with a wake-up of its crawler task,
-        # which crawls in bounded steps; without a server the pass runs at once.
-        self.request_crawl: Callable[[], object] = lambda: store.crawl(budget=1 << 62)
-        # Cluster membership served by `config get cluster` (ElastiCache auto-discovery).
-        self.cluster_version = 0
-        self.cluster_members: list[bytes] = []
-        # ``-Z``: the TLS context the server wraps connections with; stats, refresh_certs.
-        self.tls = ServerTLS(cfg, lambda: store.clock.now) if cfg.ssl_enabled else None
-        # ``-Y``: every connection must authenticate before its first command.
-        self.authfile = AuthFile(cfg.auth_file) if cfg.auth_file else None
-
-    def cluster_config(self) -> bytes:
-        body = b"%d\n%s\n" % (self.cluster_version, b" ".join(self.cluster_members))
-        return b"CONFIG cluster 0 %d\r\n%s\r\nEND\r\n" % (len(body), body)
 
 
 # Unknown commands whose first letter memcached dispatches on answer ERROR without the

@@ -1,8 +1,8 @@
 """Names the node's layers share: key limits, storage modes, result codes, C number parsing.
 
-``protocol``, ``meta``, ``commands`` and ``store`` all import from here and from nowhere
-else below them, so dependencies point one way (protocol never imports store). This module
-imports nothing of the node.
+It imports nothing of the node, so every layer can: ``protocol`` imports only this module
+(framing never reaches storage), and ``store``, ``meta``, ``commands`` and ``auth`` share its
+names instead of importing each other's.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ from .protocol import (
 from .slabs import F_FETCHED, NONE
 
 if TYPE_CHECKING:
-    from .stats import Stats
+    from .counters import Stats
     from .store import Store
 
 R_MN = b"MN\r\n"

@@ -21,7 +21,8 @@ import ssl
 import traceback
 from collections import deque
 
-from .commands import NodeState, Session
+from .commands import Session
+from .state import NodeState
 
 RECV_SIZE = 64 * 1024
 EVENTS_PER_TURN = 512

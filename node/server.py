@@ -17,10 +17,11 @@ from collections.abc import Callable
 import trio
 
 from .auth import AuthFileError
-from .commands import NodeState, Session
+from .commands import Session
 from .config import Config, ConfigError, listen_addresses
 from .protocol import R_TOO_MANY_CONNECTIONS
 from .reactor import Reactor
+from .state import NodeState
 from .store import Store
 
 # While connections keep the hot loop busy it yields to trio's other tasks (accepting,

@@ -1,8 +1,8 @@
-"""Counters of one node and the text of every ``stats`` reply.
+"""The text of every ``stats`` reply.
 
-This module owns the counters (global, per slab class) and renders ``stats``, ``stats items``,
-``stats slabs``, ``stats settings``, ``stats sizes`` and ``stats conns`` with memcached
-1.6.18's names and order. It reads the store and slabs but never changes them.
+This module renders ``stats``, ``stats items``, ``stats slabs``, ``stats settings``, ``stats
+sizes`` and ``stats conns`` with memcached 1.6.18's names and order, from the counters
+(``counters``), the store and the slabs; it reads them but never changes them.
 """
 
 from __future__ import annotations
@@ -17,100 +17,6 @@ from .tls import settings_lines as tls_settings
 if TYPE_CHECKING:
     from .config import Config
     from .store import Store
-
-CLASS_COUNTERS = (
-    # slab_stats (per class, summed into the global stats)
-    "get_hits",
-    "cmd_set",
-    "delete_hits",
-    "incr_hits",
-    "decr_hits",
-    "cas_hits",
-    "cas_badval",
-    "touch_hits",
-    # itemstats (per class)
-    "evicted",
-    "evicted_nonzero",
-    "evicted_time",
-    "outofmemory",
-    "tailrepairs",
-    "reclaimed",
-    "expired_unfetched",
-    "evicted_unfetched",
-    "evicted_active",
-    "crawler_reclaimed",
-    "crawler_items_checked",
-    "lrutail_reflocked",
-    "moves_to_cold",
-    "moves_to_warm",
-    "moves_within_lru",
-    "direct_reclaims",
-)
-
-GLOBAL_COUNTERS = (
-    "cmd_get",
-    "cmd_flush",
-    "cmd_touch",
-    "cmd_meta",
-    "get_misses",
-    "get_expired",
-    "get_flushed",
-    "delete_misses",
-    "incr_misses",
-    "decr_misses",
-    "cas_misses",
-    "touch_misses",
-    "store_too_large",
-    "store_no_memory",
-    "auth_cmds",
-    "auth_errors",
-    "bytes_read",
-    "bytes_written",
-    "total_items",
-    "total_connections",
-    "rejected_connections",
-    "conn_yields",
-    "slabs_moved",
-    "slab_reassign_evictions",
-    "lru_crawler_starts",
-    "listen_disabled_num",
-)
-
-
-class ClassCounters:
-    __slots__ = CLASS_COUNTERS
-
-    def __init__(self) -> None:
-        for name in CLASS_COUNTERS:
-            setattr(self, name, 0)
-
-
-class Stats:
-    """Every counter of one node; the store and server add to them directly."""
-
-    __slots__ = (*GLOBAL_COUNTERS, "cls")
-
-    def __init__(self, nclasses: int) -> None:
-        self.cls = [ClassCounters() for _ in range(nclasses + 1)]
-        self.reset()
-
-    def reset(self) -> None:
-        """``stats reset``: every counter, as memcached's ``stats_reset`` (current items, bytes
-        and connections are state, not counters, and stay)."""
-        for name in GLOBAL_COUNTERS:
-            setattr(self, name, 0)
-        for counters in self.cls:
-            for name in CLASS_COUNTERS:
-                setattr(counters, name, 0)
-
-    def count_delta_miss(self, incr: bool) -> None:
-        if incr:
-            self.incr_misses += 1
-        else:
-            self.decr_misses += 1
-
-    def class_sum(self, name: str) -> int:
-        return sum(getattr(c, name) for c in self.cls)
 
 
 def _lines(pairs: list[tuple[str, object]]) -> bytes:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from .assoc import HashIndex
 from .config import Config
+from .counters import Stats
 from .crawler import Crawler
 from .defs import (
     ADD,
@@ -66,7 +67,6 @@ from .slabs import (
     PAGE_SHIFT,
     Slabs,
 )
-from .stats import Stats
 
 ITEM_UPDATE_INTERVAL = 60
 # cas, exptime, time, nbytes, flags, nkey, iflags, clsid, mflags, hash (header offsets 16..47)

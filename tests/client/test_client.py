@@ -277,20 +277,6 @@ def start_node_on_port(port: int) -> ServerProcess:
     return ServerProcess(argv, port, proc, Path(os.devnull))
 
 
-def test_failover_writes_get_a_capped_ttl(nodes, make_client):
-    c = make_client([n.location for n in nodes], failover_ttl=1, **FAST)
-    victim = nodes[0]
-    keys = keys_owned_by(c, victim, 3)
-    os.kill(victim.pid, signal.SIGKILL)
-    victim.proc.wait(5)
-    for _ in range(3):
-        c.get(keys[0])  # eject
-    assert c.set(keys[1], b"v", expire=0)
-    assert c.get(keys[1]) == b"v"
-    time.sleep(2.1)
-    assert c.get(keys[1]) is None  # the stand-in's copy expired with the failover TTL
-
-
 def test_a_memcached_peer_as_stand_in(memcached, nodes, make_client):
     c = make_client([nodes[0].location, memcached.location], **FAST)
     keys = keys_owned_by(c, nodes[0], 5)

@@ -327,6 +327,46 @@ def test_a_failed_write_is_journaled_for_its_node_which_may_apply_it_late():
     wire.take()
 
 
+def test_a_write_that_may_have_reached_the_node_is_deleted_again_after_the_late_window():
+    """A request held by a stalled node (or network) can be carried out after the replay:
+    its key is deleted once more when such a late write would have landed (2 x timeout,
+    at least 0.5 s after the node answered), and only then is the node re-admitted."""
+    engine, wire = make(probe_interval=0.25, timeout=0.5)
+    key = key_on(engine, "h2")
+    k = key.encode()
+    wire.answer("h2", TimeoutError("stalled"), TimeoutError("stalled"))
+    assert wire.run(engine.store(b"set", key, b"v", 0, None, None)) is False
+    assert wire.run(engine.get(key, None)) is None
+    assert wire.ejected == ["h2"] and engine.peers["h2"].late == {k}
+    wire.take()
+    wire.clock.t += 0.25
+    wire.answer("h2", b"VERSION 1.6.18\r\n", b"DELETED\r\n")
+    assert wire.run(engine.probe()) == 0.01
+    wire.clock.t += 0.5
+    assert wire.run(engine.probe()) == 0.01  # still within the late window: nothing sent
+    assert wire.take() == [("h2", b"version\r\n"), ("h2", b"delete %s\r\n" % k)]
+    assert engine.peers["h2"].health.returning
+    wire.clock.t += 0.6
+    wire.answer("h2", b"NOT_FOUND\r\n")
+    assert wire.run(engine.probe()) is None
+    assert wire.take() == [("h2", b"delete %s\r\n" % k)]
+    assert engine.peers["h2"].health.usable and not engine.peers["h2"].late
+
+
+def test_a_refused_write_never_reached_the_node_and_needs_no_second_delete():
+    engine, wire = make(probe_interval=0.25)
+    key = key_on(engine, "h2")
+    refused = ConnectionRefusedError(111, "refused")
+    wire.answer("h2", refused, refused)
+    wire.run(engine.store(b"set", key, b"v", 0, None, None))
+    wire.run(engine.store(b"set", key, b"v", 0, None, None))
+    assert wire.ejected == ["h2"] and not engine.peers["h2"].late
+    wire.clock.t += 0.25
+    wire.answer("h2", b"VERSION 1.6.18\r\n", b"DELETED\r\n")
+    assert wire.run(engine.probe()) is None
+    wire.take()
+
+
 def test_a_replay_that_fails_keeps_the_node_out_and_its_journal():
     engine, wire = make(probe_interval=0.25)
     eject(engine, wire, "h1")
@@ -363,6 +403,7 @@ def test_a_write_in_flight_on_an_ejected_nodes_behalf_holds_its_readmission():
     engine, wire = make(probe_interval=0.25)
     eject(engine, wire, "h1")
     key = key_on(engine, "h1")
+    k = key.encode()
     standin = standin_of(engine, key)
     write = engine.store(b"set", key, b"v", 0, None, None)
     (call,) = next(write)  # the write is on its way to the stand-in
@@ -370,17 +411,55 @@ def test_a_write_in_flight_on_an_ejected_nodes_behalf_holds_its_readmission():
     wire.clock.t += 0.25
     wire.answer("h1", b"VERSION 1.6.18\r\n", b"NOT_FOUND\r\n")
     wire.answer(standin, b"NOT_FOUND\r\n")
-    assert wire.run(engine.probe()) == 0.01  # answered, but not re-admitted: probe again soon
-    assert not engine.peers["h1"].health.usable
+    assert wire.run(engine.probe()) == 0.01  # answered, but not re-admitted: soon again
+    assert engine.peers["h1"].health.returning
     call.replies = [b"STORED"]
     engine.settle([call])
     with pytest.raises(StopIteration):
         write.send([call])
-    assert engine.peers["h1"].fenced == 0
-    wire.answer("h1", b"VERSION 1.6.18\r\n")
+    # It may have landed after the replay: journaled again, and replayed before re-admission.
+    assert engine.peers["h1"].fenced == 0 and k in engine.peers["h1"].journal
+    wire.take()
+    wire.answer("h1", b"DELETED\r\n")
+    wire.answer(standin, b"DELETED\r\n")
     assert wire.run(engine.probe()) is None
     assert engine.peers["h1"].health.usable
+    assert wire.take() == [("h1", b"delete %s\r\n" % k), (standin, b"delete %s\r\n" % k)]
+
+
+def test_writes_reach_a_returning_node_so_its_readmission_ends_under_load():
+    """While the journal is replayed, a write goes to the returning owner after the stand-in
+    dropped the key: nothing new is journaled, and the next round re-admits it."""
+    engine, wire = make(probe_interval=0.25)
+    eject(engine, wire, "h1")
+    old, new = key_on(engine, "h1"), key_on(engine, "h1", skip=1)
+    standin = standin_of(engine, old)
+    wire.answer(standin, b"STORED\r\n")
+    wire.run(engine.store(b"set", old, b"v", 0, None, None))
     wire.take()
+    wire.clock.t += 0.25
+    probe = engine.probe()
+    (version,) = next(probe)
+    version.replies = [b"VERSION 1.6.18"]
+    replay = probe.send([version])  # the replay is on its way
+    assert engine.peers["h1"].health.returning and not engine.peers["h1"].health.usable
+    wire.answer(standin, b"DELETED\r\n")
+    wire.answer("h1", b"STORED\r\n")
+    assert wire.run(engine.store(b"set", new, b"w", 0, None, None)) is True
+    n = new.encode()
+    assert wire.take() == [(standin, b"delete %s\r\n" % n), ("h1", b"set %s 0 0 1\r\nw\r\n" % n)]
+    assert n not in engine.peers["h1"].journal
+    # A read still goes to the stand-in; a conditional write is not made at all.
+    wire.answer(standin, b"END\r\n")
+    assert wire.run(engine.get(new, None)) is None
+    assert wire.run(engine.store(b"add", new, b"x", 0, None, None)) is False
+    assert wire.run(engine.delta(b"incr", new, 1, False)) is None
+    assert wire.take() == [(standin, b"get %s\r\n" % n)]
+    for call in replay:  # type: ignore[union-attr]
+        call.replies = [b"DELETED"]
+    with pytest.raises(StopIteration) as done:
+        probe.send(replay)
+    assert done.value.value is None and engine.peers["h1"].health.usable
 
 
 def test_a_probe_that_is_not_answered_backs_off():

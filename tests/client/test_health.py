@@ -49,7 +49,23 @@ def test_only_a_probe_readmits_and_backoff_grows():
     clock.t += 0.1
     assert h.probe_due()
     h.probe_result(True)
+    assert h.state is State.RETURNING and h.returning and not h.usable  # writes, no reads
+    assert h.probe_wait() == 0.0
+    h.readmitted()
     assert h.state is State.LIVE and h.usable and h.consecutive_failures == 0
+    assert h.probe_wait() is None
+
+
+def test_a_failure_while_returning_ejects_again_and_keeps_backing_off():
+    clock = FakeClock()
+    h = NodeHealth(failure_limit=3, probe_interval=0.5, probe_max_interval=8, clock=clock)
+    for _ in range(3):
+        h.failed()
+    clock.t += 0.5
+    assert h.probe_due()
+    h.probe_result(True)
+    assert h.failed()  # one failure is enough: it has not been re-admitted
+    assert h.state is State.EJECTED and h.probe_wait() == 1.0
 
 
 def test_failures_while_ejected_do_not_eject_again():
@@ -70,6 +86,7 @@ def test_a_new_ejection_restarts_the_backoff():
     clock.t += 10
     assert h.probe_due()
     h.probe_result(True)
+    h.readmitted()
     h.failed()
     clock.t += 0.5
     assert h.probe_due()

@@ -8,9 +8,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from ringcache.node.commands import NodeState, Session
+from ringcache.node.commands import Session
 from ringcache.node.config import parse_args
 from ringcache.node.defs import ADD, APPEND, CAS, NOT_FOUND, PREPEND, REPLACE, SET, STORED
+from ringcache.node.state import NodeState
 from ringcache.node.store import Clock, Store
 
 KEYS = st.sampled_from([b"a", b"b", b"c", b"key:" + b"x" * 200, b"\x01ctl"])

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from ringcache.node.commands import STREAM_CHUNK, NodeState, Session
+from ringcache.node.commands import STREAM_CHUNK, Session
 from ringcache.node.config import parse_args
 from ringcache.node.protocol import MULTIGET_LIMIT, Parser, StorageRequest
+from ringcache.node.state import NodeState
 from ringcache.node.store import Store
 
 
