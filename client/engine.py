@@ -178,14 +178,18 @@ class Engine:
     ) -> Op[dict[Any, Any]]:
         """``get``/``gets`` of ``keys``: ``first`` groups them by the peer of their first copy;
         keys a copy does not have are asked of the next copy, then (during a move, without
-        CAS) of their previous owner."""
+        CAS) of their previous owner. (Not a generator itself: with one copy and no move it
+        is the one fetch, without a layer of its own.)"""
+        if self.options.replicas == 1 and self.membership.previous is None:
+            return self._fetch(first, cas, "gets" if cas else "get")
+        return self._read_copies(first, keys, cas)
+
+    def _read_copies(
+        self, first: dict[Peer, list[bytes]], keys: list[bytes], cas: bool
+    ) -> Op[dict[Any, Any]]:
         found: dict[bytes, Found] = {}
         groups = first
         replicas = self.options.replicas
-        if replicas == 1 and self.membership.previous is None:
-            if groups:
-                found = yield from self._fetch(groups, cas, "gets" if cas else "get")
-            return found
         # Each key's copies, fixed before the first read: a copy that fails and is ejected
         # meanwhile must not shift the others.
         copies = {k: self.membership.copies(k)[0] for k in keys} if replicas > 1 else {}
@@ -222,8 +226,10 @@ class Engine:
         calls = [
             Call(peer, protocol.get(ks, cas), _ONE_VALUES, what) for peer, ks in groups.items()
         ]
+        found: dict[bytes, Found] = {}
+        if not calls:
+            return found
         yield calls
-        found = {}
         for call in calls:
             values = self.reply(call)
             if values is not FAILED:
@@ -308,9 +314,18 @@ class Engine:
         conditional write (its outcome depends on the value the returning copy may still be
         owed a replay for) is not made then: it fails, as against a node that is out. During a
         move the key is then removed from its previous owner."""
+        if owner.health.usable and self.options.replicas == 1 and self.membership.previous is None:
+            return body([owner], False)  # the common case, without a layer of its own
+        return self._write_around(k, body, delete, conditional)
+
+    def _write_around(
+        self,
+        k: bytes,
+        body: Callable[[list[Peer], bool], Op[T]],
+        delete: bool,
+        conditional: bool,
+    ) -> Op[T]:
         membership = self.membership
-        if owner.health.usable and self.options.replicas == 1 and membership.previous is None:
-            return (yield from body([owner], False))  # the common case: nothing to fence or undo
         standins = membership.returning_standins([k])
         if standins:
             if conditional:
@@ -380,8 +395,12 @@ class Engine:
                 yield calls
                 if noreply:
                     return all(call.error is None for call in calls)
-                results = [self._store_result(call) for call in calls]
-                return next((r for r in results if r), results[0])
+                result = self._store_result(calls[0])
+                for call in calls[1:]:  # with replicas: stored if any copy stored it
+                    other = self._store_result(call)
+                    if other and not result:
+                        result = other
+                return result
             # A conditional write is decided by the first copy; what it wrote is then copied.
             request = protocol.store(command, k, flags, ttl, data, token)
             call = Call(peers[0], request, _ONE_STATUS, what, writes=writes)

@@ -157,8 +157,13 @@ class Membership:
         originals: dict[bytes, Any] = {}
         unrouted: list[bytes] = []
         owner = self.owner
+        routes = self.view.routes
         for key in keys:
-            k, peer = owner(key)
+            try:  # the route cache first: this loop runs once per key of a multi-key call
+                hit = routes.get(key)
+            except TypeError:
+                hit = None
+            k, peer = hit or owner(key)
             originals[k] = key
             if not peer.health.usable:
                 found, _ = self.route(k, writing)

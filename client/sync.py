@@ -26,7 +26,7 @@ from .keys import validate_key
 from .leases import NO_FALLBACK
 from .options import Options
 from .peer import Peer
-from .pool import Pools
+from .pool import Pool, Pools
 from .protocol import LINE, NEED_DATA
 from .recovery import PROBE_TICK
 from .ring import Server
@@ -223,36 +223,35 @@ class Client(Face):
 
     def _execute(self, step: list[Call]) -> None:
         # Every request is sent before any reply is read.
-        sent: list[tuple[Call, Connection]] = []
+        sent: list[tuple[Call, Connection, Pool[Connection] | None]] = []
         try:
             for call in step:
+                pool = None if call.fresh else self._pools[call.peer]
                 conn = None
                 try:
-                    conn = (None if call.fresh else self._pools[call.peer].take()) or self._connect(
-                        call.peer
-                    )
+                    conn = (pool and pool.take()) or self._connect(call.peer)
                     conn.send(call.data)
                 except Exception as exc:
                     if conn is not None:
                         conn.close()
                     call.error = exc
                     continue
-                sent.append((call, conn))
+                sent.append((call, conn, pool))
             while sent:
-                call, conn = sent[0]
+                call, conn, pool = sent[0]
                 try:
                     call.replies = [conn.read(kind) for kind in call.kinds]
                 except Exception as exc:
                     conn.close()
                     call.error = exc
                 else:
-                    if call.fresh:
+                    if pool is None:
                         conn.close()
                     else:
-                        self._pools[call.peer].give(conn)
+                        pool.give(conn)
                 sent.pop(0)
         finally:
-            for _, conn in sent:  # interrupted: no reply may be left unread on a pooled one
+            for _, conn, _ in sent:  # interrupted: no reply may be left unread on a pooled one
                 conn.close()
 
     # -- background threads ----------------------------------------------------------------
