@@ -1,9 +1,12 @@
 """A Django cache backend on the ringcache client: ``ringcache.client.django.RingCache``.
 
 This module owns the mapping from Django's cache API to ``Client``: Django's timeout rules
-(None = never, 0 = expire now, over 30 days = absolute time), key making and validation, and
-``OPTIONS`` passed to the client. It reuses Django's own memcached base class so that every
-behaviour Django's memcached backends have, it has too.
+(None = never, 0 = expire now, over 30 days = absolute time), key making and validation,
+``OPTIONS`` passed to the client, and the client's lifetime: Django makes a backend object per
+thread, and all of them share one ``Client`` per process for each configuration (one pool,
+one view of which node is out, one recovery journal; Django's ticket 33625), which stays
+correct across ``fork()`` (``sync.Client`` starts afresh in the child). It reuses Django's own
+memcached base class so that every behaviour Django's memcached backends have, it has too.
 
     CACHES = {"default": {
         "BACKEND": "ringcache.client.django.RingCache",
@@ -14,6 +17,7 @@ behaviour Django's memcached backends have, it has too.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from django.core.cache.backends.base import DEFAULT_TIMEOUT
@@ -22,6 +26,21 @@ from django.utils.functional import cached_property
 
 from . import sync
 from .sync import Client
+
+# One client per process for each (LOCATION, OPTIONS): {key: client}.
+_SHARED: dict[tuple[str, str], Client] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_client(servers: Any, options: dict[str, Any]) -> Client:
+    """The process's client for this configuration, made on first use (again after it was
+    closed)."""
+    key = (repr(servers), repr(sorted(options.items(), key=lambda item: item[0])))
+    with _SHARED_LOCK:
+        client = _SHARED.get(key)
+        if client is None or client.closed:
+            client = _SHARED[key] = Client(servers, **options)
+        return client
 
 
 class RingCache(BaseMemcachedCache):
@@ -33,7 +52,7 @@ class RingCache(BaseMemcachedCache):
 
     @cached_property
     def _cache(self) -> Client:
-        return Client(self._servers, **self._options)
+        return shared_client(self._servers, self._options)
 
     def get_or_set(
         self, key: str, default: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None

@@ -4,18 +4,21 @@ This module owns I/O only: ``Connection`` (a blocking socket with a ``protocol.R
 timeouts of ``steps``' policy set on the socket itself), running an operation's steps (a
 single call inline; several calls all sent before any reply is read), the lock that makes the
 engine's code between two steps one piece when many threads share the client, the per-peer
-pools (``pool``), and the prober and discovery threads, started when a step's outcome says a
-peer was ejected. Every rule of the client is ``engine.Engine``'s; the public methods only run
-its operations.
+pools (``pool``), the prober and discovery threads, started when a step's outcome says a
+peer was ejected, and ``fork()``: a child's copy of a client uses none of the parent's
+sockets, locks or threads. Every rule of the client is ``engine.Engine``'s; the public
+methods only run its operations.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import struct
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
@@ -37,6 +40,9 @@ __all__ = ["Client", "Connection", "NoServerAvailable", "validate_key"]
 
 
 T = TypeVar("T")
+
+# Every open Client of this process: after fork() the child's copies start afresh.
+_CLIENTS: weakref.WeakSet[Client] = weakref.WeakSet()
 
 
 class Connection:
@@ -149,12 +155,39 @@ class Client(Face):
         self._prober: threading.Thread | None = None
         self._prober_lock = threading.Lock()
         self._discoverer: threading.Thread | None = None
+        _CLIENTS.add(self)
         if opts.discovery:
             self._discover()
-            self._discoverer = threading.Thread(
-                target=self._discover_loop, name="ringcache-discovery", daemon=True
-            )
-            self._discoverer.start()
+            self._start_discovery()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def _after_fork(self) -> None:
+        """In a child made by fork(): nothing of the parent's is used again — its sockets
+        (their descriptors are closed here, without a byte sent on them), its locks (another
+        thread may have held one when the process forked) and its threads (which the child
+        does not have). What the engine knows (health, journal, membership) is kept."""
+        self._pools.close()  # closing a descriptor sends nothing, TLS or not
+        self._lock = threading.Lock()
+        self._prober_lock = threading.Lock()
+        self._pools = Pools(self.engine.options.pool_size, self.engine.options.clock)
+        self._prober = None
+        self._discoverer = None
+        if self._closed.is_set():
+            return
+        self._closed = threading.Event()
+        if not self.engine.membership.all_usable():
+            self._start_prober()
+        if self.engine.options.discovery:
+            self._start_discovery()
+
+    def _start_discovery(self) -> None:
+        self._discoverer = threading.Thread(
+            target=self._discover_loop, name="ringcache-discovery", daemon=True
+        )
+        self._discoverer.start()
 
     # -- running the engine's operations ---------------------------------------------------
     def _run(self, op: Op[T]) -> T:
@@ -443,3 +476,11 @@ class Client(Face):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _forget_parents_connections() -> None:
+    for client in list(_CLIENTS):
+        client._after_fork()
+
+
+os.register_at_fork(after_in_child=_forget_parents_connections)

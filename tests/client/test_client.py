@@ -320,3 +320,36 @@ def test_values_interoperate_with_python_memcached_and_pymemcache(nodes, make_cl
         assert python_memcached.set(key + "-theirs", value)
         assert ours.get(key + "-theirs") == value
     python_memcached.disconnect_all()
+
+
+def test_a_client_made_before_fork_shares_no_socket_with_the_child(nodes):
+    """gunicorn --preload: a client made (and used) before the server forks its workers. The
+    child starts afresh — no socket, lock or thread of the parent's — so neither process ever
+    reads a reply meant for the other."""
+    c = Client([n.location for n in nodes], **FAST)
+    for i in range(30):
+        assert c.set(f"parent:{i}", i)
+    pid = os.fork()
+    if pid == 0:  # the child: its own keys, checked
+        code = 0
+        try:
+            for r in range(100):
+                for i in range(30):
+                    c.set(f"child:{i}", r * 100 + i)
+                    if c.get(f"child:{i}") != r * 100 + i or c.get(f"parent:{i}") not in (
+                        None,
+                        *range(i, 100 * 100, 100),
+                    ):
+                        code = 1
+        except BaseException:
+            code = 2
+        os._exit(code)
+    wrong = 0
+    for r in range(100):
+        for i in range(30):
+            c.set(f"parent:{i}", r * 100 + i)
+            if c.get(f"parent:{i}") != r * 100 + i:
+                wrong += 1
+    _, status = os.waitpid(pid, 0)
+    c.close()
+    assert wrong == 0 and os.waitstatus_to_exitcode(status) == 0

@@ -242,3 +242,85 @@ def test_a_dead_node_is_a_miss_not_an_exception(cluster):
         c._cache.close()
         for n in nodes:
             n.stop()
+
+
+def test_every_threads_backend_shares_one_client_per_process(cluster):
+    """Django makes a backend object per thread; they share one client: one pool, one view of
+    which node is out, one journal (Django's ticket 33625)."""
+    import threading
+
+    from django.core.cache import CacheHandler
+
+    location = ";".join(n.location for n in cluster)
+    options = {"connect_timeout": 0.3, "timeout": 0.3, "probe_interval": 0.1}
+    handler = CacheHandler(
+        {
+            "default": {
+                "BACKEND": "ringcache.client.django.RingCache",
+                "LOCATION": location,
+                "OPTIONS": options,
+            }
+        }
+    )
+    backends = []
+
+    def request():
+        backend = handler["default"]
+        backend.set("shared", 1)
+        assert backend.get("shared") == 1
+        backends.append(backend)
+
+    threads = [threading.Thread(target=request) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len({id(b) for b in backends}) == 20  # Django's own objects, one per thread
+    assert len({id(b._cache) for b in backends}) == 1
+
+
+def test_a_dead_node_is_learned_once_by_a_thread_per_request_server():
+    """As under ``manage.py runserver``: every request on a new thread, one node killed. The
+    process learns it once (failure_limit failures), and one prober runs, not one per thread."""
+    import threading
+
+    from django.core.cache import CacheHandler
+
+    nodes = [start_node() for _ in range(3)]
+    try:
+        location = ";".join(n.location for n in nodes)
+        options = {"connect_timeout": 0.3, "timeout": 0.3, "probe_interval": 0.1}
+        settings_ = {
+            "default": {
+                "BACKEND": "ringcache.client.django.RingCache",
+                "LOCATION": location,
+                "OPTIONS": options,
+            }
+        }
+        os.kill(nodes[0].pid, signal.SIGKILL)
+        nodes[0].proc.wait(5)
+        handler = CacheHandler(settings_)
+        results = []
+
+        def request(i):
+            backend = handler["default"]
+            backend.set(f"code:{i}", "1234", 30)
+            results.append(backend.get(f"code:{i}") == "1234")
+
+        for i in range(50):
+            t = threading.Thread(target=request, args=(i,))
+            t.start()
+            t.join(10)
+        client = handler["default"]._cache
+        stats = client.node_stats()[nodes[0].location]
+        probers = [t for t in threading.enumerate() if t.name == "ringcache-prober"]
+        print(
+            f"\n[django] 50 requests, one node dead: {sum(results)} codes verified, "
+            f"{stats['failures']} failures counted, {len(probers)} prober thread(s)"
+        )
+        assert stats["state"] == "ejected" and stats["failures"] == 2
+        assert sum(results) >= 48 and len(probers) == 1
+        client.close()
+    finally:
+        for n in nodes:
+            n.stop()
