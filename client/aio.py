@@ -132,6 +132,7 @@ class AsyncClient(Face):
         self._nursery: trio.Nursery | None = None
         self._nursery_manager: Any = None
         self._probing = False
+        self._wake = trio.Event()
 
     async def __aenter__(self) -> AsyncClient:
         if self._nursery is not None:
@@ -143,6 +144,8 @@ class AsyncClient(Face):
             if self.engine.options.discovery:
                 await self._discover()
                 self._nursery.start_soon(self._discover_loop, name="ringcache-discovery")
+            if self.engine.debts.enabled and len(self.engine.peers) > 1:
+                self._start_prober()
         except BaseException as exc:
             await self.__aexit__(type(exc), exc, exc.__traceback__)
             raise
@@ -241,14 +244,22 @@ class AsyncClient(Face):
 
     # -- background tasks ------------------------------------------------------------------
     def _start_prober(self) -> None:
-        if self._nursery is not None and not self._probing:
-            self._probing = True
-            self._nursery.start_soon(self._probe_loop, name="ringcache-prober")
+        """Run the engine's background rounds (probes, debts, watching) in a task of the
+        nursery: from the start when the engine watches, else once a step ejects a peer."""
+        if self._nursery is None:
+            return
+        if self._probing:
+            self._wake.set()
+            return
+        self._probing = True
+        self._nursery.start_soon(self._maintain, name="ringcache-prober")
 
-    async def _probe_loop(self) -> None:
+    async def _maintain(self) -> None:
         try:
-            while (wait := await self._run(self.engine.probe())) is not None:
-                await trio.sleep(wait)
+            while (wait := await self._run(self.engine.maintain())) is not None:
+                with trio.move_on_after(wait):
+                    await self._wake.wait()
+                self._wake = trio.Event()
         finally:
             self._probing = False
 

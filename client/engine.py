@@ -27,13 +27,14 @@ from typing import Any, TypeVar
 from pymemcache.serde import pickle_serde
 
 from . import leases, protocol
+from .debts import REFRESH, Debts
 from .errors import NoServerAvailable, ReplyError, UnknownCommandError
 from .keys import check_cas, check_int, validate_key
 from .membership import Membership
 from .options import Options
 from .peer import Peer
 from .protocol import CONFIG, META, STATS, STATUS, VALUES, ClusterConfig, Meta
-from .recovery import Fence, Recovery
+from .recovery import PROBE_TICK, Fence, Recovery
 from .ring import Ring, Server, parse_location
 from .steps import Call, Entry, Op
 
@@ -64,7 +65,8 @@ class Engine:
     def __init__(self, location: str | Iterable[Any] | Mapping[str, Any], options: Options) -> None:
         self.options = options
         self.membership = Membership(parse_location(location), options)
-        self.recovery = Recovery(self.membership)
+        self.debts = Debts(self.membership)
+        self.recovery = Recovery(self.membership, self.debts)
         self.settle = self.recovery.settle
         self.probe = self.recovery.probe
         self._plain_serde = options.serde is pickle_serde
@@ -117,6 +119,26 @@ class Engine:
         if isinstance(reply, ClusterConfig):
             return self.membership.adopt(reply.version, reply.servers)
         return False
+
+    # -- the background ----------------------------------------------------------------------
+    def maintain(self) -> Op[float | None]:
+        """What a client does in the background, one round: probe the ejected peers (and
+        re-admit those that may be), renew this client's debts, and eject the peers that
+        another client owes a replay. Returns the seconds until the next round is due, or
+        None when there is nothing to do until a step ejects a peer (every peer takes
+        traffic, and without ``agreement`` nothing is watched)."""
+        wait = yield from self.probe()
+        yield from self.debts.refresh()
+        for peer in (yield from self.debts.watch()):
+            if peer.health.eject():
+                log.warning("ejected %s: another client owes it a replay", peer.server)
+                wait = 0.0
+        waits = [] if wait is None else [wait]
+        if self.debts.owed:
+            waits.append(REFRESH)
+        if self.debts.enabled and len(self.peers) > 1:
+            waits.append(max(self.debts.next_watch - self.options.clock(), 0.0))
+        return max(min(waits), PROBE_TICK) if waits else None
 
     # -- values ----------------------------------------------------------------------------
     def serialize(self, key: bytes, value: Any, flags: int | None) -> tuple[bytes, int]:
@@ -334,6 +356,8 @@ class Engine:
         peers, standin = membership.copies(k, writing=True)
         fenced = self.recovery.fence({k: peers})
         try:
+            if fenced:
+                yield from self.debts.register([peer for peer, _, _ in fenced])
             result = yield from body(peers, standin)
             if membership.previous is not None:
                 gone = yield from self._invalidate_previous([k])
@@ -572,6 +596,8 @@ class Engine:
         try:
             if unrouted and self.options.raise_on_error:
                 raise NoServerAvailable("every server is ejected")
+            if fenced:
+                yield from self.debts.register([peer for peer, _, _ in fenced])
             yield from self._clear_standins(originals)
             serialized = {k: self.serialize(k, values[originals[k]], None) for k in originals}
             calls = []
@@ -604,6 +630,8 @@ class Engine:
         try:
             if unrouted and self.options.raise_on_error:
                 raise NoServerAvailable("every server is ejected")
+            if fenced:
+                yield from self.debts.register([peer for peer, _, _ in fenced])
             yield from self._clear_standins(originals)
             calls = []
             for peer, ks in groups.items():

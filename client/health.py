@@ -85,6 +85,16 @@ class NodeHealth:
         self.next_probe = self.clock() + self._backoff
         return True
 
+    def eject(self) -> bool:
+        """Take the node out now (another client owes it a replay); True when it was in."""
+        if not self.usable:
+            return False
+        self.state = State.EJECTED
+        self.ejections += 1
+        self._backoff = self.probe_interval
+        self.next_probe = self.clock() + self._backoff
+        return True
+
     def probe_due(self) -> bool:
         """True (and the node marked PROBING) when an ejected node should be probed now."""
         if self.state is not State.EJECTED or self.clock() < self.next_probe:

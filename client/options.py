@@ -34,7 +34,8 @@ class Options:
     the TTL of what is written on a stand-in (0: no cap); ``pool_size`` idle connections are
     kept per node; ``journal_size`` keys may be journaled for an ejected node before it is
     flushed instead; ``replicas`` copies of every key are kept on the first nodes of its ring
-    order.
+    order; ``agreement`` keeps the debts (``debts``) that make the never-lie rules hold across
+    every client of the cluster, not only within this one.
     """
 
     connect_timeout: float = 0.5
@@ -53,6 +54,7 @@ class Options:
     discovery_interval: float = 5.0
     replicas: int = 1
     journal_size: int = 10000
+    agreement: bool = True
     security: Security | None = field(default=None)
 
     def __post_init__(self) -> None:

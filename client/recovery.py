@@ -12,9 +12,12 @@ as deletes on it and on those stand-ins (or it is flushed, when the journal over
 is re-admitted once it owes nothing: an empty journal, no write in flight on its behalf, and
 — when a write to it failed after it may have reached the node, so that the node can still
 carry it out after the replay (a request held by a stalled process or network) — those keys
-deleted once more after ``late_window`` seconds of it answering. Since a returning peer's
-journal only shrinks, re-admission ends under any write load. It does no I/O: probes and
-replays are calls of the operations it yields.
+deleted once more after ``late_window`` seconds of it answering — and, across clients
+(``debts``), once no other client owes it a replay: this client settles its own debt first,
+a live debt of another keeps the peer returning, and a debt whose client died makes this
+client flush the peer before it reads it. Since a returning peer's journal only shrinks,
+re-admission ends under any write load. It does no I/O: probes, replays and the debts' reads
+and writes are calls of the operations it yields.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import logging
 
 from . import protocol
+from .debts import Debts
 from .membership import Membership
 from .peer import Peer
 from .protocol import STATUS
@@ -40,8 +44,9 @@ Fence = list[tuple[Peer, bytes, list[Peer]]]
 class Recovery:
     """Health accounting, the journal's fence, and probing with re-admission."""
 
-    def __init__(self, membership: Membership) -> None:
+    def __init__(self, membership: Membership, debts: Debts) -> None:
         self.membership = membership
+        self.debts = debts
         options = membership.options
         self.clock = options.clock
         # How long after a peer answers a write it was sent before may still be carried out.
@@ -145,6 +150,7 @@ class Recovery:
         nothing left to replay and no write in flight on its behalf (else it stays returning
         until a later round)."""
         pending = peers
+        ready: list[Peer] = []
         while pending:
             calls: list[Call] = []
             taken: dict[Peer, tuple[dict[bytes, set[Peer]], bool, bool, list[Call]]] = {}
@@ -161,8 +167,7 @@ class Recovery:
                         journal, late = {k: set() for k in peer.late}, True
                         peer.late = set()
                     else:
-                        peer.health.readmitted()
-                        log.warning("re-admitted %s after a successful probe", peer.server)
+                        ready.append(peer)
                         continue
                 else:
                     peer.journal, peer.journal_overflow = {}, False
@@ -184,7 +189,7 @@ class Recovery:
                 taken[peer] = (journal, overflow, late, own)
                 calls += own
             if not calls:
-                return
+                break
             yield calls
             pending = []
             for peer, (journal, overflow, late, own) in taken.items():
@@ -201,3 +206,41 @@ class Recovery:
                 if late:
                     peer.late.update(journal)
                 peer.health.probe_result(False)
+
+        if ready:
+            yield from self._agree(ready)
+
+    def _agree(self, peers: list[Peer]) -> Op[None]:
+        """Peers this client owes nothing: its debts settled, re-admitted unless another
+        client owes them a replay; flushed first where a debtor died."""
+        yield from self.debts.settle(peers)
+        verdicts = yield from self.debts.check(peers)
+        flush = []
+        for peer in peers:
+            verdict = verdicts[peer]
+            if verdict.live:
+                log.info("%s stays out: owed a replay by %s", peer.server, sorted(verdict.live))
+            elif verdict.orphans:
+                flush.append(peer)
+            else:
+                self._readmit(peer)
+        if not flush:
+            return
+        calls = [Call(p, protocol.flush_all(), _ONE_STATUS, "flush", fresh=True) for p in flush]
+        yield calls
+        for call in calls:
+            peer = call.peer
+            if call.error is not None or call.replies[0] != b"OK":
+                peer.health.probe_result(False)
+                continue
+            orphans = verdicts[peer].orphans
+            log.warning("flushed %s: owed a replay by %s, gone", peer.server, sorted(orphans))
+            yield from self.debts.forget(peer, orphans)
+            self._readmit(peer)
+
+    @staticmethod
+    def _readmit(peer: Peer) -> None:
+        if peer.journal or peer.journal_overflow or peer.fenced or peer.late:
+            return  # owed something again meanwhile: a later round
+        peer.health.readmitted()
+        log.warning("re-admitted %s after a successful probe", peer.server)

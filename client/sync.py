@@ -154,11 +154,14 @@ class Client(Face):
         self._closed = threading.Event()
         self._prober: threading.Thread | None = None
         self._prober_lock = threading.Lock()
+        self._wake = threading.Event()
         self._discoverer: threading.Thread | None = None
         _CLIENTS.add(self)
         if opts.discovery:
             self._discover()
             self._start_discovery()
+        if self.engine.debts.enabled and len(self.engine.peers) > 1:
+            self._start_prober()
 
     @property
     def closed(self) -> bool:
@@ -178,7 +181,9 @@ class Client(Face):
         if self._closed.is_set():
             return
         self._closed = threading.Event()
-        if not self.engine.membership.all_usable():
+        self._wake = threading.Event()
+        self.engine.debts.renew_identity()  # the parent's debts are the parent's
+        if not self.engine.membership.all_usable() or self.engine.debts.enabled:
             self._start_prober()
         if self.engine.options.discovery:
             self._start_discovery()
@@ -289,18 +294,21 @@ class Client(Face):
 
     # -- background threads ----------------------------------------------------------------
     def _start_prober(self) -> None:
-        """A step ejected a peer: probe until every peer takes traffic again (called with the
-        engine's lock held, which ``_probe_loop`` also takes before it gives up)."""
+        """Run the engine's background rounds (probes, debts, watching) in a thread of their
+        own: from the start when the engine watches, else once a step ejects a peer (called
+        with the engine's lock held, which ``_maintain`` also takes before it stops)."""
         with self._prober_lock:
             if self._prober is None and not self._closed.is_set():
                 self._prober = threading.Thread(
-                    target=self._probe_loop, name="ringcache-prober", daemon=True
+                    target=self._maintain, name="ringcache-prober", daemon=True
                 )
                 self._prober.start()
+            else:
+                self._wake.set()
 
-    def _probe_loop(self) -> None:
+    def _maintain(self) -> None:
         while not self._closed.is_set():
-            wait = self._run(self.engine.probe())
+            wait = self._run(self.engine.maintain())
             if wait is None:
                 with self._lock, self._prober_lock:
                     # Checked again under both locks: a peer ejected meanwhile keeps us going.
@@ -308,7 +316,8 @@ class Client(Face):
                         self._prober = None
                         return
                 wait = PROBE_TICK
-            self._closed.wait(wait)
+            self._wake.wait(wait)
+            self._wake.clear()
 
     def _discover(self) -> None:
         if self._run(self.engine.discover()):
@@ -466,6 +475,7 @@ class Client(Face):
 
     def close(self) -> None:
         self._closed.set()
+        self._wake.set()
         self._pools.close()
         for thread in (self._prober, self._discoverer):
             if thread is not None and thread is not threading.current_thread():

@@ -89,7 +89,10 @@ class Wire:
 
 
 def make(location: Any = LOCATION, **options: Any) -> tuple[Engine, Wire]:
+    """An engine on ``LOCATION``; the cross-client debts are off unless asked for (their own
+    tests below), so the other tests show only the bytes of their own rule."""
     clock = Clock(100.0)
+    options.setdefault("agreement", False)
     opts = Options(clock=clock, wall_clock=lambda: NOW, **options)
     engine = Engine(location, opts)
     return engine, Wire(engine, clock)
@@ -647,3 +650,130 @@ def test_get_or_set_without_meta_is_get_then_set():
         ("h1", b"get k\r\n"),
         ("h1", b"set k 0 60 1\r\nv\r\n"),
     ]
+
+
+# -- agreement across clients: debts kept in the nodes --------------------------------------
+def index_value(key: bytes, ids: bytes, cas: int) -> bytes:
+    return b"VALUE %s 0 %d %d\r\n%s\r\n" % (key, len(ids), cas, ids)
+
+
+def test_a_write_around_an_ejected_node_registers_this_clients_debt_first():
+    engine, wire = make(agreement=True)
+    eject(engine, wire, "h1")
+    me = engine.debts.identity
+    key = key_on(engine, "h1")
+    standin = standin_of(engine, key)
+    other = ({"h2", "h3"} - {standin}).pop()
+    item = b"ringcache:debt:h1:" + me
+    wire.answer(standin, b"STORED\r\n", b"END\r\n", b"STORED\r\n", b"STORED\r\n")
+    wire.answer(other, b"STORED\r\n", b"END\r\n", b"STORED\r\n")
+    assert wire.run(engine.store(b"set", key, b"v", 0, None, None)) is True
+    sent = wire.take()
+    for name in ("h2", "h3"):  # on every node but the one owed, before the write
+        mine = [data for n, data in sent if n == name]
+        assert mine[:3] == [
+            b"set %s 0 3 1\r\n1\r\n" % item,
+            b"gets ringcache:debts:h1\r\n",
+            b"add ringcache:debts:h1 0 0 %d\r\n%s\r\n" % (len(me), me),
+        ]
+    assert sent[-1] == (standin, b"set %s 0 30 1\r\nv\r\n" % key.encode())
+    assert engine.peers["h1"] in engine.debts.owed
+    # Owed already: the next write around it sends nothing more.
+    wire.answer(standin, b"STORED\r\n")
+    wire.run(engine.store(b"set", key, b"w", 0, None, None))
+    assert len(wire.take()) == 1
+
+
+def test_a_returning_node_waits_for_another_clients_debt_and_is_flushed_for_a_dead_one():
+    engine, wire = make(agreement=True, probe_interval=0.25)
+    eject(engine, wire, "h1")  # this client owes nothing: it only read
+    index = b"ringcache:debts:h1"
+    item = b"ringcache:debt:h1:other.1"
+    wire.clock.t += 0.25
+    wire.answer("h1", b"VERSION 1.6.18\r\n")
+    wire.answer(
+        "h2",
+        index_value(index, b"other.1", 5) + b"END\r\n",
+        b"VALUE %s 0 1\r\n1\r\nEND\r\n" % item,
+    )
+    wire.answer("h3", b"END\r\n")
+    assert wire.run(engine.probe()) == 0.01  # another client's live debt: stays returning
+    assert engine.peers["h1"].health.returning
+    assert wire.take() == [
+        ("h1", b"version\r\n"),
+        ("h2", b"get %s\r\n" % index),
+        ("h3", b"get %s\r\n" % index),
+        ("h2", b"get %s\r\n" % item),
+    ]
+    # Its client died: the debt's item expired, the index still names it.
+    wire.answer("h1", b"OK\r\n")
+    wire.answer(
+        "h2",
+        index_value(index, b"other.1", 5) + b"END\r\n",
+        b"END\r\n",
+        index_value(index, b"other.1", 5) + b"END\r\n",
+        b"STORED\r\n",
+    )
+    wire.answer("h3", b"END\r\n", b"END\r\n")
+    assert wire.run(engine.probe()) is None
+    assert wire.take() == [
+        ("h2", b"get %s\r\n" % index),
+        ("h3", b"get %s\r\n" % index),
+        ("h2", b"get %s\r\n" % item),
+        ("h1", b"flush_all 0\r\n"),  # before anyone reads it
+        ("h2", b"gets %s\r\n" % index),
+        ("h3", b"gets %s\r\n" % index),
+        ("h2", b"cas %s 0 -1 0 5\r\n\r\n" % index),  # the last debtor gone: the index too
+    ]
+    assert engine.peers["h1"].health.usable
+
+
+def test_this_clients_debt_is_settled_before_it_re_admits_the_node():
+    engine, wire = make(["h1:11211", "h2:11211"], agreement=True, probe_interval=0.25)
+    eject(engine, wire, "h1")
+    me = engine.debts.identity
+    key = key_on(engine, "h1")
+    index, item = b"ringcache:debts:h1", b"ringcache:debt:h1:" + me
+    wire.answer("h2", b"STORED\r\n", b"END\r\n", b"STORED\r\n", b"STORED\r\n")
+    wire.run(engine.store(b"set", key, b"v", 0, None, None))
+    wire.take()
+    wire.clock.t += 0.25
+    wire.answer("h1", b"VERSION 1.6.18\r\n", b"DELETED\r\n")
+    wire.answer(
+        "h2",
+        b"DELETED\r\n",
+        index_value(index, me, 9) + b"END\r\n",
+        b"STORED\r\n",
+        b"DELETED\r\n",
+        b"END\r\n",
+    )
+    assert wire.run(engine.probe()) is None
+    assert wire.take()[3:] == [
+        ("h2", b"gets %s\r\n" % index),
+        ("h2", b"cas %s 0 -1 0 9\r\n\r\n" % index),
+        ("h2", b"delete %s\r\n" % item),
+        ("h2", b"get %s\r\n" % index),  # nobody else owes it anything
+    ]
+    assert engine.peers["h1"].health.usable and not engine.debts.owed
+
+
+def test_the_watch_ejects_a_live_node_another_client_owes_without_moving_hit_ratios():
+    engine, wire = make(agreement=True)
+    index = b"ringcache:debts:h1"
+    wire.answer("h1", b"NOT_FOUND\r\nNOT_FOUND\r\n")
+    wire.answer("h2", b"TOUCHED\r\n", index_value(index, b"other.1", 3) + b"END\r\n")
+    assert wire.run(engine.maintain()) == 0.01
+    assert wire.take() == [
+        ("h1", b"touch ringcache:debts:h2 0\r\ntouch ringcache:debts:h3 0\r\n"),
+        ("h2", b"touch ringcache:debts:h1 0\r\n"),  # touch: no get_hits/get_misses moved
+        ("h2", b"get %s\r\n" % index),
+    ]
+    assert engine.peers["h1"].health.state is State.EJECTED
+    # Its own debt alone is no reason.
+    engine2, wire2 = make(agreement=True)
+    wire2.answer("h1", b"NOT_FOUND\r\nNOT_FOUND\r\n")
+    me = engine2.debts.identity
+    wire2.answer("h2", b"TOUCHED\r\n", index_value(index, me, 3) + b"END\r\n")
+    assert wire2.run(engine2.maintain()) == pytest.approx(0.5)
+    assert engine2.peers["h1"].health.usable
+    wire2.take()
