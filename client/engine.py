@@ -4,18 +4,20 @@ This module owns what a client call means for the cluster, built on the parts be
 ``options`` (one frozen value, the TTL rules), ``keys`` (argument rules), ``membership``
 (views, routing, the previous owners of a move), ``recovery`` (health accounting, the
 journal's fence, probing and re-admission), ``debts`` (the agreement across clients),
-``leases`` (``get_or_set``) and ``peer`` (one server's state). What it adds is each operation: replication (reads fall back copy by copy,
-writes reach every copy, a conditional write or an arithmetic result is decided by the first
-copy and copied to the others with the TTL it has), the failover TTL of writes on a stand-in,
-moves (a miss is read from the previous owner; a write or delete also removes the key there),
-meta-protocol detection per peer, serde, and the one place that decides whether an error
-reaches the application (``reply``). These are the rules of "the cache never lies" in the
+``leases`` (``get_or_set``) and ``peer`` (one server's state). What it adds is each
+operation: replication (reads fall back copy by copy, writes reach every copy, a conditional
+write or an arithmetic result is decided by the first copy and copied to the others with the
+TTL it has), the failover TTL of writes on a stand-in, moves (a miss is read from the
+previous owner; a write or delete also removes the key there), meta-protocol detection per
+peer, serde, and the one place that decides whether an error reaches the application
+(``reply``). These are the rules of "the cache never lies" in the
 README: a value may be forgotten, never served after it was replaced, deleted or expired.
 
 Each operation is a generator (``steps.Op``) that yields steps for a driver to carry out and
 returns the call's result; the engine does no I/O, reads only the clocks in its options, and
 never calls a driver: ``settle`` returns the peers a step ejected, ``maintain`` (a round of
-probes, debt renewals and watching) the time until the next round. ``sync.Client`` and ``aio.AsyncClient`` hold an engine and run its operations.
+probes, debt renewals and watching) the time until the next round. ``sync.Client`` and
+``aio.AsyncClient`` hold an engine and run its operations.
 """
 
 from __future__ import annotations
