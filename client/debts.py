@@ -91,7 +91,7 @@ class Debts:
     def register(self, peers: Iterable[Peer]) -> Op[bool]:
         """Before this client writes around ``peers``: its debt for each on every registry.
         False when one could not be registered anywhere (the write must not be made)."""
-        new = [p for p in set(peers) if p not in self.owed]
+        new = [p for p in dict.fromkeys(peers) if p not in self.owed]
         if not new or not self.enabled:
             return True
         me = self.identity
@@ -261,7 +261,8 @@ class Debts:
         """Apply ``change`` to the index of each ``(registry, peer)`` with ``gets``/``cas``
         (``add`` when there is none), again where another client changed it meanwhile. The
         pairs whose index now says what ``change`` wanted."""
-        pending = {(r, p) for r, ps in targets.items() for p in ps}
+        # A dict, not a set: the calls go out in the order the targets were given.
+        pending = {(r, p): None for r, ps in targets.items() for p in ps}
         done: list[tuple[Peer, Peer]] = []
         for _ in range(EDIT_ROUNDS):
             if not pending:
@@ -277,7 +278,8 @@ class Debts:
             writes: list[tuple[Call, list[tuple[Peer, Peer]]]] = []
             for call, (registry, peers) in zip(calls, reads.items(), strict=True):
                 if call.error is not None or isinstance(call.replies[0], BaseException):
-                    pending -= {(registry, p) for p in peers}  # this copy is given up
+                    for p in peers:  # this copy is given up
+                        pending.pop((registry, p), None)
                     continue
                 found = {key: (data, token) for key, _, data, token in call.replies[0]}
                 parts, pairs = [], []
@@ -287,7 +289,7 @@ class Debts:
                     ids = [] if data is None else data.split()
                     wanted = change(ids)
                     if (wanted == ids and data is not None) or (data is None and not wanted):
-                        pending.discard((registry, peer))
+                        pending.pop((registry, peer), None)
                         done.append((registry, peer))
                         continue
                     value = b" ".join(wanted)
@@ -305,11 +307,9 @@ class Debts:
                 continue
             yield [call for call, _ in writes]
             for call, pairs in writes:
-                if call.error is not None:
-                    pending -= set(pairs)
-                    continue
-                for pair, reply in zip(pairs, call.replies, strict=True):
-                    if reply == b"STORED":
-                        pending.discard(pair)
+                for pair, reply in zip(pairs, call.replies or [None] * len(pairs), strict=True):
+                    if call.error is not None or reply == b"STORED":
+                        pending.pop(pair, None)  # stored, or this copy is given up
+                    if call.error is None and reply == b"STORED":
                         done.append(pair)
         return done

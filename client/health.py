@@ -69,9 +69,7 @@ class NodeHealth:
         """Count one failure; True when it ejected the node."""
         self.failures += 1
         if self.state is State.RETURNING:  # a write to it failed: out again, probed later
-            self.state = State.EJECTED
-            self._backoff = min(self._backoff * 2, self.probe_max_interval)
-            self.next_probe = self.clock() + self._backoff
+            self._out(min(self._backoff * 2, self.probe_max_interval))
             return True
         if not self.usable:
             return False
@@ -79,21 +77,21 @@ class NodeHealth:
         if self.consecutive_failures < self.failure_limit:
             self.state = State.FAILING
             return False
-        self.state = State.EJECTED
-        self.ejections += 1
-        self._backoff = self.probe_interval
-        self.next_probe = self.clock() + self._backoff
-        return True
+        return self.eject()
 
     def eject(self) -> bool:
-        """Take the node out now (another client owes it a replay); True when it was in."""
+        """Take the node out now (its failures reached the limit, or another client owes it a
+        replay); True when it was in."""
         if not self.usable:
             return False
-        self.state = State.EJECTED
         self.ejections += 1
-        self._backoff = self.probe_interval
-        self.next_probe = self.clock() + self._backoff
+        self._out(self.probe_interval)
         return True
+
+    def _out(self, backoff: float) -> None:
+        self.state = State.EJECTED
+        self._backoff = backoff
+        self.next_probe = self.clock() + backoff
 
     def probe_due(self) -> bool:
         """True (and the node marked PROBING) when an ejected node should be probed now."""
@@ -119,9 +117,7 @@ class NodeHealth:
         if ok:
             self.state = State.RETURNING
         else:
-            self.state = State.EJECTED
-            self._backoff = min(self._backoff * 2, self.probe_max_interval)
-            self.next_probe = self.clock() + self._backoff
+            self._out(min(self._backoff * 2, self.probe_max_interval))
 
     def readmitted(self) -> None:
         """A returning node owes nothing any more: it takes reads again."""

@@ -82,9 +82,7 @@ def read_loop(client: Any, shared: Shared, slot: int, seed: int) -> None:
                 shared.wrong_at[1] = now
 
 
-def worker(role: str, index: int, slot: int, location: Any, options: dict, shared: Shared) -> None:
-    """A process: its own client (as a pre-fork server's worker has), writing or reading."""
-    client = Client(location, **options)
+def run_role(client: Any, role: str, index: int, slot: int, shared: Shared) -> None:
     try:
         if role == "writer":
             write_loop(client, shared, index, slot)
@@ -92,17 +90,16 @@ def worker(role: str, index: int, slot: int, location: Any, options: dict, share
             read_loop(client, shared, slot, 1000 + index)
     finally:
         client.close()
+
+
+def worker(role: str, index: int, slot: int, location: Any, options: dict, shared: Shared) -> None:
+    """A process: its own client (as a pre-fork server's worker has), writing or reading."""
+    run_role(Client(location, **options), role, index, slot, shared)
 
 
 def forked_worker(role: str, index: int, slot: int, client: Client, shared: Shared) -> None:
     """A process made by fork() that uses the client its parent made before forking."""
-    try:
-        if role == "writer":
-            write_loop(client, shared, index, slot)
-        else:
-            read_loop(client, shared, slot, 1000 + index)
-    finally:
-        client.close()
+    run_role(client, role, index, slot, shared)
 
 
 class Processes:
@@ -201,11 +198,7 @@ def threads_of_django_backends(location: str, options: dict, shared: Shared, n: 
             pass
 
     def run(role: str, index: int, slot: int) -> None:
-        backend = Backend()
-        if role == "writer":
-            write_loop(backend, shared, index, slot)
-        else:
-            read_loop(backend, shared, slot, 1000 + index)
+        run_role(Backend(), role, index, slot, shared)
 
     threads = []
     for slot in range(n):
