@@ -1,10 +1,10 @@
 """ringcache's cluster client: ketama placement, failures as fast misses, parallel multi-key.
 
-``Client`` is the synchronous client (``sync.py``), ``AsyncClient`` the trio one (``aio.py``);
-each holds an engine (``engine.py`` and the parts it is composed of) and runs its operations
-over the sans-IO protocol (``protocol.py``). ``Ring`` and
-``parse_location`` place keys exactly as libmemcached (``ketama_weighted``) and twemproxy
-(``ketama``/``md5``) do; ``ringcache.client.django.RingCache`` is the Django backend.
+``Client`` is the synchronous client (``sync.py``), ``AsyncClient`` the asyncio and trio one
+(``aio.py``); each holds an engine (``engine.py`` and the parts it is composed of) and runs
+its operations over the sans-IO protocol (``protocol.py``). ``Ring`` and ``parse_location``
+place keys exactly as libmemcached (``ketama_weighted``) and twemproxy (``ketama``/``md5``)
+do; ``ringcache.client.django.RingCache`` is the Django backend.
 """
 
 from .aio import AsyncClient

@@ -1,22 +1,28 @@
-"""The trio driver: the engine's steps on trio streams, fanned out in a nursery.
+"""The async driver: the engine's steps on anyio streams, for trio and asyncio alike.
 
-This module owns I/O only: trio connections with a ``protocol.Reader`` each, the timeouts of
+This module owns I/O only: connections with a ``protocol.Reader`` each, the timeouts of
 ``steps``' policy (each step of opening within ``connect_timeout``, each send and receive
-within ``timeout``), running a step (a single call inline, several at once in a nursery), the
-translation of trio's I/O errors into the built-in ones the sync driver raises, the per-peer
-pools (``pool``), and the background tasks (prober, discovery), which live in a nursery that
-``async with AsyncClient(...)`` opens and closes. A call that is cancelled or fails midway
-closes its connection instead of returning it to the pool, so no unread reply is ever left on
-a pooled connection. Every rule of the client is ``engine.Engine``'s.
+within ``timeout``), running a step (a single call inline, several at once in a task group),
+the translation of the event loop's I/O errors into the built-in ones the sync driver
+raises, the per-peer pools (``pool``), and the background tasks (the engine's rounds,
+discovery), which live in a task group that ``async with AsyncClient(...)`` opens and closes.
+It runs on anyio, so one class serves trio and asyncio (uvloop too) without two copies. A call
+that is cancelled or fails midway closes its connection instead of returning it to the pool,
+so no unread reply is ever left on a pooled connection. Every rule of the client is
+``engine.Engine``'s.
 """
 
 from __future__ import annotations
 
 import inspect
+import socket
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
-import trio
+import anyio
+import anyio.abc
+import sniffio
+from anyio.streams.tls import TLSStream
 
 from .engine import Engine, Face
 from .errors import RingcacheError, UnexpectedCloseError
@@ -29,15 +35,18 @@ from .ring import Server
 from .security import Security
 from .steps import Call, Compute, Entry, Op, Pause
 
+T = TypeVar("T")
+
 
 def _io_error(exc: BaseException, call: Call) -> BaseException:
-    """trio's words for an I/O failure, in the built-in exceptions both drivers raise."""
-    if isinstance(exc, trio.TooSlowError):
-        error: BaseException = TimeoutError(f"{call.what} on {call.peer.server} timed out")
-    elif isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError):
-        error = ConnectionResetError(f"{call.what} on {call.peer.server}: {exc!r}")
+    """The event loop's words for an I/O failure, in the built-in exceptions both drivers
+    raise."""
+    if isinstance(exc, anyio.BrokenResourceError | anyio.ClosedResourceError):
+        error: BaseException = ConnectionResetError(f"{call.what} on {call.peer.server}: {exc!r}")
+    elif isinstance(exc, anyio.EndOfStream):
+        error = UnexpectedCloseError("the server closed the connection")
     elif isinstance(exc, OSError) and exc.errno is None and exc.__cause__ is not None:
-        # open_tcp_stream's "all attempts to connect failed": the first attempt's own error
+        # "all attempts to connect failed": the first attempt's own error
         # (ConnectionRefusedError, …), as a blocking connect raises it.
         cause = exc.__cause__
         while isinstance(cause, BaseExceptionGroup):
@@ -49,18 +58,18 @@ def _io_error(exc: BaseException, call: Call) -> BaseException:
     return error
 
 
-T = TypeVar("T")
-
-
 class _Conn:
-    """One trio connection to a node (TLS when the client has ``tls``), with its reply
-    reader; every send and receive within ``timeout`` seconds."""
+    """One connection to a node (TLS when the client has ``tls``), with its reply reader;
+    every send and receive within ``timeout`` seconds."""
 
-    __slots__ = ("idle_since", "reader", "sock", "stream", "timeout")
+    __slots__ = ("idle_since", "plain", "reader", "sock", "stream", "timeout")
 
-    def __init__(self, stream: trio.abc.Stream, sock: Any, timeout: float) -> None:
+    def __init__(
+        self, stream: anyio.abc.ByteStream, plain: anyio.abc.SocketStream, timeout: float
+    ) -> None:
         self.stream = stream
-        self.sock = sock  # the socket under the stream
+        self.plain = plain  # the TCP or unix stream under TLS, if any
+        self.sock: socket.socket = plain.extra(anyio.abc.SocketAttribute.raw_socket)
         self.reader = Reader()
         self.idle_since = 0.0
         self.timeout = timeout
@@ -72,78 +81,95 @@ class _Conn:
         address = server.address
         security: Security | None = options.security
         limit = options.connect_timeout
-        with trio.fail_after(limit):
+        with anyio.fail_after(limit):
             if isinstance(address, str):
-                plain: trio.SocketStream = await trio.open_unix_socket(address)
+                plain: anyio.abc.SocketStream = await anyio.connect_unix(address)
             else:
-                plain = await trio.open_tcp_stream(*address)
-        stream: trio.abc.Stream = plain
+                plain = await anyio.connect_tcp(*address)
+        stream: anyio.abc.ByteStream = plain
         try:
             if security is not None and security.tls is not None and not isinstance(address, str):
-                stream = trio.SSLStream(
-                    plain, security.tls, server_hostname=security.server_hostname(server)
-                )
-                with trio.fail_after(limit):
-                    await stream.do_handshake()
-            conn = cls(stream, plain.socket, limit)
+                with anyio.fail_after(limit):
+                    stream = await TLSStream.wrap(
+                        plain,
+                        hostname=security.server_hostname(server),
+                        ssl_context=security.tls,
+                        standard_compatible=False,
+                    )
+            conn = cls(stream, plain, limit)
             if security is not None and security.login is not None:
                 await conn.send(security.login)
                 security.check_login(await conn.read(STATUS), server)
             conn.timeout = options.timeout
         except BaseException:
-            plain.socket.close()
+            _close(plain)
             raise
         return conn
 
     async def send(self, data: bytes) -> None:
-        with trio.fail_after(self.timeout):
-            await self.stream.send_all(data)
+        with anyio.fail_after(self.timeout):
+            await self.stream.send(data)
 
     async def read(self, kind: int) -> Any:
         reader = self.reader
         reply = reader.next(kind)
         while reply is NEED_DATA:
-            with trio.fail_after(self.timeout):
-                chunk = await self.stream.receive_some(65536)
-            if not chunk:
-                raise UnexpectedCloseError("the server closed the connection")
-            # trio's sockets give bytes; its Stream ABC also allows bytearray, which no stream
-            # of ours returns.
-            reader.feed(chunk)  # type: ignore[arg-type]
+            with anyio.fail_after(self.timeout):
+                chunk = await self.stream.receive(65536)
+            reader.feed(chunk)
             reply = reader.next(kind)
         return reply
 
     def close(self) -> None:
-        self.sock.close()
+        _close(self.plain)
+
+
+def _close(plain: anyio.abc.SocketStream) -> None:
+    """Close a connection at once, from synchronous code (the pools close stale and surplus
+    connections so): asyncio's transport is aborted — anyio's own close is a coroutine, and
+    the socket under a transport must not be closed behind its back — and under trio the
+    socket itself is closed."""
+    transport = getattr(plain, "_transport", None)  # anyio's asyncio SocketStream
+    if transport is not None:
+        transport.abort()
+    else:
+        plain.extra(anyio.abc.SocketAttribute.raw_socket).close()
 
 
 class AsyncClient(Face):
-    """``await client.get("k")``: the cluster client for trio programs.
+    """``await client.get("k")``: the cluster client for trio and asyncio programs.
 
     Use it as ``async with AsyncClient(location) as client:``: the block is the lifetime of its
-    background tasks (the prober that re-admits ejected nodes, discovery); they end with it,
-    and a crash of one of them cancels the block and is raised from it.
+    background tasks (the rounds that re-admit ejected nodes and watch the debts, discovery);
+    they end with it, and a crash of one of them cancels the block and is raised from it.
     """
 
     def __init__(self, location: str | Iterable[Any] | Mapping[str, Any], **options: Any) -> None:
         opts = Options.from_kwargs(**options)
         self.engine = Engine(location, opts)
         self._pools: Pools[_Conn] = Pools(opts.pool_size, opts.clock)
-        self._nursery: trio.Nursery | None = None
-        self._nursery_manager: Any = None
+        self._group: anyio.abc.TaskGroup | None = None
         self._probing = False
-        self._wake = trio.Event()
+        self._wake: anyio.Event | None = None
 
     async def __aenter__(self) -> AsyncClient:
-        if self._nursery is not None:
+        try:
+            sniffio.current_async_library()
+        except sniffio.AsyncLibraryNotFoundError:
+            raise RuntimeError(
+                "AsyncClient needs a running event loop (trio or asyncio): use it inside "
+                "`async with AsyncClient(...) as client:` in a coroutine"
+            ) from None
+        if self._group is not None:
             raise RuntimeError("this AsyncClient is already open")
-        manager = trio.open_nursery()
-        self._nursery = await manager.__aenter__()
-        self._nursery_manager = manager
+        group = anyio.create_task_group()
+        await group.__aenter__()
+        self._group = group
+        self._wake = anyio.Event()
         try:
             if self.engine.options.discovery:
                 await self._discover()
-                self._nursery.start_soon(self._discover_loop, name="ringcache-discovery")
+                group.start_soon(self._discover_loop, name="ringcache-discovery")
             if self.engine.debts.enabled and len(self.engine.peers) > 1:
                 self._start_prober()
         except BaseException as exc:
@@ -152,14 +178,15 @@ class AsyncClient(Face):
         return self
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
-        nursery, manager = self._nursery, self._nursery_manager
-        if nursery is None:
+        group = self._group
+        if group is None:
             return False
-        nursery.cancel_scope.cancel()
+        group.cancel_scope.cancel()
+        cancelled_class = anyio.get_cancelled_exc_class()
         try:
-            return bool(await manager.__aexit__(exc_type, exc, tb))
-        except BaseExceptionGroup as group:
-            cancelled, rest = group.split(trio.Cancelled)
+            return bool(await group.__aexit__(exc_type, exc, tb))
+        except BaseExceptionGroup as raised:
+            cancelled, rest = raised.split(cancelled_class)
             crashes = [] if rest is None else [e for e in rest.exceptions if e is not exc]
             if crashes:
                 raise RingcacheError(
@@ -169,19 +196,19 @@ class AsyncClient(Face):
                 return False  # the block's own exception, raised as itself
             raise
         finally:
-            self._nursery = self._nursery_manager = None
+            self._group = None
             self._probing = False
             self._pools.close()
 
     async def aclose(self) -> None:
         """End the background tasks and close the pooled connections."""
-        if self._nursery is not None:
-            self._nursery.cancel_scope.cancel()
+        if self._group is not None:
+            self._group.cancel_scope.cancel()
         self._pools.close()
 
     # -- running the engine's operations ---------------------------------------------------
     async def _run(self, op: Op[T]) -> T:
-        if self._nursery is None:
+        if self._group is None:
             op.close()
             raise RuntimeError("use the client inside `async with AsyncClient(...) as client:`")
         try:
@@ -191,14 +218,14 @@ class AsyncClient(Face):
                     if len(step) == 1:
                         await self._perform(step[0])
                     else:
-                        async with trio.open_nursery() as nursery:
+                        async with anyio.create_task_group() as group:
                             for call in step:
-                                nursery.start_soon(self._perform, call)
+                                group.start_soon(self._perform, call)
                     if self.engine.settle(step):
                         self._start_prober()
                     step = op.send(step)
                 elif type(step) is Pause:
-                    await trio.sleep(step.seconds)
+                    await anyio.sleep(step.seconds)
                     step = op.send(None)
                 else:  # a plain or an async callable
                     assert type(step) is Compute
@@ -245,21 +272,22 @@ class AsyncClient(Face):
     # -- background tasks ------------------------------------------------------------------
     def _start_prober(self) -> None:
         """Run the engine's background rounds (probes, debts, watching) in a task of the
-        nursery: from the start when the engine watches, else once a step ejects a peer."""
-        if self._nursery is None:
+        group: from the start when the engine watches, else once a step ejects a peer."""
+        if self._group is None:
             return
         if self._probing:
-            self._wake.set()
+            if self._wake is not None:
+                self._wake.set()
             return
         self._probing = True
-        self._nursery.start_soon(self._maintain, name="ringcache-prober")
+        self._group.start_soon(self._maintain, name="ringcache-prober")
 
     async def _maintain(self) -> None:
         try:
             while (wait := await self._run(self.engine.maintain())) is not None:
-                with trio.move_on_after(wait):
-                    await self._wake.wait()
-                self._wake = trio.Event()
+                self._wake = wake = anyio.Event()
+                with anyio.move_on_after(wait):
+                    await wake.wait()
         finally:
             self._probing = False
 
@@ -269,7 +297,7 @@ class AsyncClient(Face):
 
     async def _discover_loop(self) -> None:
         while True:
-            await trio.sleep(self.engine.options.discovery_interval)
+            await anyio.sleep(self.engine.options.discovery_interval)
             await self._discover()
 
     # -- the public surface (each runs one engine operation) -------------------------------

@@ -82,7 +82,7 @@ class Call:
 
 
 class Pause:
-    """A step that asks the driver to wait ``seconds`` (``time.sleep`` or ``trio.sleep``)."""
+    """A step that asks the driver to wait ``seconds`` (``time.sleep`` or ``anyio.sleep``)."""
 
     __slots__ = ("seconds",)
 

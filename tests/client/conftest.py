@@ -1,17 +1,18 @@
 """Fixtures of the client tests: nodes, and ``make_client``, which runs each test that takes it
-on both drivers — the sync ``Client`` and the trio ``AsyncClient`` (driven from the test's
-thread through a trio loop of its own), so both are held to the same assertions."""
+on the sync ``Client`` and on ``AsyncClient`` under trio and under asyncio (each driven from
+the test's thread through an event loop of its own), so all three are held to the same
+assertions."""
 
 from __future__ import annotations
 
 import inspect
-import threading
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
+import anyio
+import anyio.from_thread
 import pytest
-import trio
 
 from ringcache.client import AsyncClient, Client
 from tests.conftest import start_node
@@ -27,54 +28,45 @@ def nodes():
         n.stop()
 
 
-class TrioDriven:
-    """An ``AsyncClient`` inside ``async with``, in a trio loop on its own thread; every
-    coroutine method is called synchronously (``trio.from_thread``), everything else is the
-    client's own attribute."""
+class AsyncDriven:
+    """An ``AsyncClient`` inside ``async with``, in an event loop (trio or asyncio) on a thread
+    of its own (anyio's blocking portal); every coroutine method is called synchronously,
+    everything else is the client's own attribute."""
 
-    def __init__(self, location: Any, **options: Any) -> None:
-        object.__setattr__(self, "client", None)
-        object.__setattr__(self, "_error", None)
-        ready = threading.Event()
-        thread = threading.Thread(
-            target=trio.run, args=(self._main, location, options, ready), daemon=True
-        )
-        object.__setattr__(self, "_thread", thread)
-        thread.start()
-        ready.wait(10)
-        if self._error is not None:
-            raise self._error
-
-    async def _main(self, location: Any, options: dict, ready: threading.Event) -> None:
+    def __init__(self, location: Any, backend: str = "trio", **options: Any) -> None:
+        portal_cm = anyio.from_thread.start_blocking_portal(backend)
+        portal = portal_cm.__enter__()
         try:
-            async with AsyncClient(location, **options) as client:
-                object.__setattr__(self, "_token", trio.lowlevel.current_trio_token())
-                object.__setattr__(self, "_stop", trio.Event())
-                object.__setattr__(self, "client", client)
-                ready.set()
-                await self._stop.wait()
-        except BaseException as exc:  # reported to the test's thread
-            object.__setattr__(self, "_error", exc)
-        finally:
-            ready.set()
+            client_cm = portal.wrap_async_context_manager(AsyncClient(location, **options))
+            client = client_cm.__enter__()
+        except BaseException:
+            portal_cm.__exit__(None, None, None)
+            raise
+        object.__setattr__(self, "_portal_cm", portal_cm)
+        object.__setattr__(self, "_portal", portal)
+        object.__setattr__(self, "_client_cm", client_cm)
+        object.__setattr__(self, "client", client)
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self.client, name)
         if inspect.iscoroutinefunction(attr):
-            return lambda *a, **k: trio.from_thread.run(
-                partial(attr, *a, **k), trio_token=self._token
-            )
+            return lambda *a, **k: self._portal.call(partial(attr, *a, **k))
         return attr
 
     def __setattr__(self, name: str, value: Any) -> None:
         setattr(self.client, name, value)
 
     def close(self) -> None:
-        if self.client is not None and self._thread.is_alive():
-            trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
-        self._thread.join(10)
-        if self._error is not None:
-            raise self._error
+        client_cm = self.__dict__.pop("_client_cm", None)
+        if client_cm is not None:
+            try:
+                client_cm.__exit__(None, None, None)
+            finally:
+                self._portal_cm.__exit__(None, None, None)
+
+
+def TrioDriven(location: Any, **options: Any) -> AsyncDriven:
+    return AsyncDriven(location, "trio", **options)
 
 
 @pytest.fixture(params=["node", "memcached", "memcached without meta"])
@@ -94,7 +86,7 @@ def server(request, nodes):
     proxy.close()
 
 
-@pytest.fixture(params=["sync", "trio"])
+@pytest.fixture(params=["sync", "trio", "asyncio"])
 def driver(request) -> str:
     return request.param
 
@@ -106,7 +98,9 @@ def make_client(driver: str) -> Iterator[Callable[..., Any]]:
 
     def make(location: Any, **options: Any) -> Any:
         client = (
-            Client(location, **options) if driver == "sync" else TrioDriven(location, **options)
+            Client(location, **options)
+            if driver == "sync"
+            else AsyncDriven(location, driver, **options)
         )
         made.append(client)
         return client
