@@ -14,6 +14,7 @@ so no unread reply is ever left on a pooled connection. Every rule of the client
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import socket
 from collections.abc import Iterable, Mapping
@@ -59,8 +60,9 @@ def _io_error(exc: BaseException, call: Call) -> BaseException:
 
 
 class _Conn:
-    """One connection to a node (TLS when the client has ``tls``), with its reply reader;
-    every send and receive within ``timeout`` seconds."""
+    """One connection to a node on anyio streams (trio, and any loop but asyncio), TLS when
+    the client has ``tls``, with its reply reader; every send and receive within ``timeout``
+    seconds."""
 
     __slots__ = ("idle_since", "plain", "reader", "sock", "stream", "timeout")
 
@@ -98,30 +100,147 @@ class _Conn:
                     )
             conn = cls(stream, plain, limit)
             if security is not None and security.login is not None:
-                await conn.send(security.login)
-                security.check_login(await conn.read(STATUS), server)
+                (reply,) = await conn.exchange(security.login, (STATUS,))
+                security.check_login(reply, server)
             conn.timeout = options.timeout
         except BaseException:
             _close(plain)
             raise
         return conn
 
-    async def send(self, data: bytes) -> None:
-        with anyio.fail_after(self.timeout):
-            await self.stream.send(data)
-
-    async def read(self, kind: int) -> Any:
-        reader = self.reader
-        reply = reader.next(kind)
-        while reply is NEED_DATA:
-            with anyio.fail_after(self.timeout):
-                chunk = await self.stream.receive(65536)
-            reader.feed(chunk)
-            reply = reader.next(kind)
-        return reply
+    async def exchange(self, data: bytes, kinds: tuple[int, ...]) -> list[Any]:
+        """Send ``data`` and read a reply of each kind: the send and every receive within
+        ``timeout`` (one cancel scope whose deadline moves forward before each receive: a
+        scope per send and receive costs a third of a call on asyncio)."""
+        timeout = self.timeout
+        stream, reader = self.stream, self.reader
+        replies = []
+        with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
+            await stream.send(data)
+            for kind in kinds:
+                reply = reader.next(kind)
+                while reply is NEED_DATA:
+                    scope.deadline = anyio.current_time() + timeout
+                    reader.feed(await stream.receive(65536))
+                    reply = reader.next(kind)
+                replies.append(reply)
+            return replies
+        raise TimeoutError("timed out waiting for the server")  # the deadline passed
 
     def close(self) -> None:
         _close(self.plain)
+
+
+class _Wire(asyncio.Protocol):
+    """The asyncio side of a connection: bytes in feed the reader; a reply that completes, an
+    EOF or a lost connection wakes the one waiting read."""
+
+    def __init__(self) -> None:
+        self.reader = Reader()
+        self.transport: asyncio.Transport | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.closed: BaseException | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # a stream transport
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.closed = UnexpectedCloseError("the server closed the connection")
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed is None:
+            self.closed = exc or UnexpectedCloseError("the server closed the connection")
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class _AsyncioConn:
+    """One connection to a node on asyncio's own transports (TLS included): what ``_Conn``
+    does, without anyio's stream layer, which yields to the loop on every send and pauses
+    and resumes reading on every receive (a third of emcache's throughput, measured). Same
+    policy: each step of opening within ``connect_timeout``, the send and each receive of a
+    call within ``timeout``."""
+
+    __slots__ = ("idle_since", "loop", "reader", "sock", "timeout", "transport", "wire")
+
+    def __init__(self, wire: _Wire, timeout: float) -> None:
+        assert wire.transport is not None
+        self.wire = wire
+        self.transport = wire.transport
+        self.reader = wire.reader
+        self.sock = self.transport.get_extra_info("socket")
+        self.loop = asyncio.get_running_loop()
+        self.idle_since = 0.0
+        self.timeout = timeout
+
+    @classmethod
+    async def open(cls, server: Server, options: Options) -> _AsyncioConn:
+        loop = asyncio.get_running_loop()
+        address = server.address
+        security = options.security
+        limit = options.connect_timeout
+        tls = None if security is None or isinstance(address, str) else security.tls
+        async with asyncio.timeout(limit):  # the connect and the TLS handshake
+            if isinstance(address, str):
+                _, wire = await loop.create_unix_connection(_Wire, address)
+            else:
+                host, port = address
+                hostname = None
+                if security is not None and tls is not None:
+                    hostname = security.server_hostname(server)
+                _, wire = await loop.create_connection(
+                    _Wire, host, port, ssl=tls, server_hostname=hostname
+                )
+        conn = cls(wire, limit)
+        try:
+            if security is not None and security.login is not None:
+                (reply,) = await conn.exchange(security.login, (STATUS,))
+                security.check_login(reply, server)
+        except BaseException:
+            conn.close()
+            raise
+        conn.timeout = options.timeout
+        return conn
+
+    async def exchange(self, data: bytes, kinds: tuple[int, ...]) -> list[Any]:
+        wire, reader = self.wire, self.reader
+        if wire.closed is not None:
+            raise wire.closed
+        self.transport.write(data)
+        replies = []
+        for kind in kinds:
+            reply = reader.next(kind)
+            while reply is NEED_DATA:
+                if wire.closed is not None:
+                    raise wire.closed
+                waiter = wire.waiter = self.loop.create_future()
+                timer = self.loop.call_later(self.timeout, _expire, waiter)
+                try:
+                    await waiter
+                finally:
+                    timer.cancel()
+                    wire.waiter = None
+                reply = reader.next(kind)
+            replies.append(reply)
+        return replies
+
+    def close(self) -> None:
+        self.transport.abort()
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError("timed out waiting for the server"))
 
 
 def _close(plain: anyio.abc.SocketStream) -> None:
@@ -147,14 +266,15 @@ class AsyncClient(Face):
     def __init__(self, location: str | Iterable[Any] | Mapping[str, Any], **options: Any) -> None:
         opts = Options.from_kwargs(**options)
         self.engine = Engine(location, opts)
-        self._pools: Pools[_Conn] = Pools(opts.pool_size, opts.clock)
+        self._pools: Pools[_Conn | _AsyncioConn] = Pools(opts.pool_size, opts.clock)
+        self._opener: Any = _Conn.open  # asyncio's own transports under asyncio (__aenter__)
         self._group: anyio.abc.TaskGroup | None = None
         self._probing = False
         self._wake: anyio.Event | None = None
 
     async def __aenter__(self) -> AsyncClient:
         try:
-            sniffio.current_async_library()
+            library = sniffio.current_async_library()
         except sniffio.AsyncLibraryNotFoundError:
             raise RuntimeError(
                 "AsyncClient needs a running event loop (trio or asyncio): use it inside "
@@ -162,6 +282,7 @@ class AsyncClient(Face):
             ) from None
         if self._group is not None:
             raise RuntimeError("this AsyncClient is already open")
+        self._opener = _AsyncioConn.open if library == "asyncio" else _Conn.open
         group = anyio.create_task_group()
         await group.__aenter__()
         self._group = group
@@ -244,16 +365,15 @@ class AsyncClient(Face):
             op.close()  # a cancelled operation still releases what it holds
 
     async def _perform(self, call: Call) -> None:
-        conn: _Conn | None = None
+        conn: _Conn | _AsyncioConn | None = None
         peer: Peer = call.peer
         pool = None if call.fresh else self._pools[peer]
         try:
             if pool is not None:
                 conn = pool.take()
             if conn is None:
-                conn = await _Conn.open(peer.server, self.engine.options)
-            await conn.send(call.data)
-            call.replies = [await conn.read(kind) for kind in call.kinds]
+                conn = await self._opener(peer.server, self.engine.options)
+            call.replies = await conn.exchange(call.data, call.kinds)
         except Exception as exc:  # the engine decides what it means (``settle``)
             if conn is not None:
                 conn.close()

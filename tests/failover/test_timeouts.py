@@ -1,4 +1,4 @@
-"""One timeout policy and one failure set on both drivers (``steps``): each step of opening a
+"""One timeout policy and one failure set on every driver (sync, and async on trio and asyncio) (``steps``): each step of opening a
 connection waits at most ``connect_timeout``, each send and receive of a request at most
 ``timeout``, and the same failures are counted with the same exceptions. Wall-clock bounds,
 with room for a loaded 2-core machine, hence in the failover suite."""
@@ -14,7 +14,7 @@ import time
 import pytest
 
 from ringcache.client import Client
-from tests.client.conftest import TrioDriven
+from tests.client.conftest import AsyncDriven
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.failover
@@ -56,7 +56,9 @@ class Silent:
 
 
 def make(driver: str, location, **options):
-    return Client(location, **options) if driver == "sync" else TrioDriven(location, **options)
+    if driver == "sync":
+        return Client(location, **options)
+    return AsyncDriven(location, driver, **options)
 
 
 def timed(fn) -> float:
@@ -65,7 +67,7 @@ def timed(fn) -> float:
     return time.monotonic() - started
 
 
-@pytest.mark.parametrize("driver", ["sync", "trio"])
+@pytest.mark.parametrize("driver", ["sync", "trio", "asyncio"])
 def test_a_request_without_an_answer_fails_after_timeout_not_connect_plus_timeout(driver):
     with Silent() as server:
         c = make(
@@ -81,7 +83,7 @@ def test_a_request_without_an_answer_fails_after_timeout_not_connect_plus_timeou
     assert all(0.28 <= e < 1.3 for e in elapsed), elapsed  # 2.3 s if the whole call had one limit
 
 
-@pytest.mark.parametrize("driver", ["sync", "trio"])
+@pytest.mark.parametrize("driver", ["sync", "trio", "asyncio"])
 def test_a_tls_handshake_without_an_answer_fails_after_connect_timeout(driver):
     ctx = ssl.create_default_context()
     with Silent() as server:
@@ -101,7 +103,7 @@ def test_a_tls_handshake_without_an_answer_fails_after_connect_timeout(driver):
     assert 0.28 <= elapsed < 1.3
 
 
-@pytest.mark.parametrize("driver", ["sync", "trio"])
+@pytest.mark.parametrize("driver", ["sync", "trio", "asyncio"])
 def test_both_drivers_count_the_same_failures_with_the_same_exceptions(driver, caplog):
     refused = free_port()
     with Silent() as server:
