@@ -42,6 +42,7 @@ bench: $(STAMP)  ## never in CI: ratios against memcached, pymemcache, pylibmc; 
 	$(BIN)/python -m bench.node_memcaslap $(BENCH_ARGS)
 	$(BIN)/python -m bench.tls_throughput
 	$(BIN)/python -m bench.client_ops
+	$(BIN)/python -m bench.async_ops
 	$(BIN)/python -m bench.move_keys
 	$(BIN)/python -m bench.herd
 	$(BIN)/python -m bench.failover_timeline --out failover-timeline.png

@@ -1,7 +1,8 @@
-"""One timeout policy and one failure set on every driver (sync, and async on trio and asyncio) (``steps``): each step of opening a
-connection waits at most ``connect_timeout``, each send and receive of a request at most
-``timeout``, and the same failures are counted with the same exceptions. Wall-clock bounds,
-with room for a loaded 2-core machine, hence in the failover suite."""
+"""One timeout policy and one failure set on every driver — sync, and async on trio and on
+asyncio (``steps``): each step of opening a connection waits at most ``connect_timeout``,
+each send and receive of a request at most ``timeout``, and the same failures are counted with
+the same exceptions. Wall-clock bounds, with room for a loaded 2-core machine, hence in the
+failover suite."""
 
 from __future__ import annotations
 
