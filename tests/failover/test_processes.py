@@ -168,3 +168,23 @@ def test_a_partial_partition_is_bounded_by_the_watch(local_cluster):
         hole.close()
     report("partial partition (one writer cut off from a node)", figures)
     assert figures["wrong_window_s"] <= 1.5  # the watch interval, 0.5 s, plus a loaded machine
+
+
+def test_a_blackholed_node_returns_without_a_lie_to_any_process(local_cluster):
+    """A proxy in front of a node holds everyone's traffic for 2.5 s (and then delivers it:
+    requests that were sent land late), like a partition that neither refuses nor resets."""
+    from tests.proxy import Proxy
+
+    lc, base = local_cluster
+    hole = Proxy(base)
+    try:
+        with Processes([hole.location, *lc.locations()[1:]], OPTIONS) as p:
+            hole.blocked.set()
+            time.sleep(2.5)
+            hole.blocked.clear()
+            time.sleep(3.0)
+        figures = p.figures()
+    finally:
+        hole.close()
+    report("blackhole 2.5 s", figures)
+    assert figures["wrong"] == 0 and figures["hits"] > 0
