@@ -65,10 +65,6 @@ class AsyncDriven:
                 self._portal_cm.__exit__(None, None, None)
 
 
-def TrioDriven(location: Any, **options: Any) -> AsyncDriven:
-    return AsyncDriven(location, "trio", **options)
-
-
 @pytest.fixture(params=["node", "memcached", "memcached without meta"])
 def server(request, nodes):
     """A node, Debian's memcached, and that memcached behind a proxy that turns every meta
