@@ -369,9 +369,16 @@ class Engine:
         finally:
             self.recovery.unfence(fenced)
 
-    def _clear_standins(self, keys: Iterable[bytes]) -> Op[None]:
-        """Before a multi-key write: remove the keys a returning peer gets from the stand-ins
-        that hold them meanwhile."""
+    def _before_writing(
+        self, keys: Iterable[bytes], unrouted: list[bytes], fenced: Fence
+    ) -> Op[None]:
+        """Before a multi-key write: refuse it when keys have nowhere to go (with
+        ``raise_on_error``), register this client's debts for the peers written around, and
+        remove the keys a returning peer gets from the stand-ins that hold them meanwhile."""
+        if unrouted and self.options.raise_on_error:
+            raise NoServerAvailable("every server is ejected")
+        if fenced:
+            yield from self.debts.register([peer for peer, _, _ in fenced])
         if self.membership.all_usable():
             return
         standins = self.membership.returning_standins(keys)
@@ -573,7 +580,7 @@ class Engine:
     ) -> tuple[dict[Peer, list[bytes]], dict[bytes, Any], list[bytes], Fence]:
         """Every copy's peer with its keys (returning peers included); the original key of
         each; keys with no peer; the writes fenced (``unfence`` them when done); then
-        ``_clear_standins`` before the write."""
+        ``_before_writing``."""
         membership = self.membership
         if self.options.replicas == 1:
             groups, originals, unrouted = membership.group(keys, writing=True)
@@ -596,11 +603,7 @@ class Engine:
         """Store every value; returns the keys that were not stored (pymemcache's contract)."""
         groups, originals, unrouted, fenced = self._write_groups(values)
         try:
-            if unrouted and self.options.raise_on_error:
-                raise NoServerAvailable("every server is ejected")
-            if fenced:
-                yield from self.debts.register([peer for peer, _, _ in fenced])
-            yield from self._clear_standins(originals)
+            yield from self._before_writing(originals, unrouted, fenced)
             serialized = {k: self.serialize(k, values[originals[k]], None) for k in originals}
             calls = []
             for peer, ks in groups.items():
@@ -630,11 +633,7 @@ class Engine:
     def delete_many(self, keys: Iterable[Any], noreply: bool | None) -> Op[bool]:
         groups, originals, unrouted, fenced = self._write_groups(keys)
         try:
-            if unrouted and self.options.raise_on_error:
-                raise NoServerAvailable("every server is ejected")
-            if fenced:
-                yield from self.debts.register([peer for peer, _, _ in fenced])
-            yield from self._clear_standins(originals)
+            yield from self._before_writing(originals, unrouted, fenced)
             calls = []
             for peer, ks in groups.items():
                 data = b"".join([protocol.delete(k, bool(noreply)) for k in ks])
