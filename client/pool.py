@@ -88,32 +88,28 @@ class Pool(Generic[C]):
                 return
 
 
-class Pools(Generic[C]):
-    """One ``Pool`` per peer, made on first use."""
-
-    __slots__ = ("_clock", "_pools", "_size")
+class Pools(dict[Any, Pool[C]]):
+    """One ``Pool`` per peer, made on first use (a dict: a lookup of an existing pool, on every
+    call, runs no Python code)."""
 
     def __init__(self, size: int, clock: Callable[[], float]) -> None:
-        self._pools: dict[Any, Pool[C]] = {}
+        super().__init__()
         self._size = size
         self._clock = clock
 
-    def __getitem__(self, peer: Any) -> Pool[C]:
-        pool = self._pools.get(peer)
-        if pool is None:
-            pool = self._pools.setdefault(peer, Pool(self._size, self._clock))
-        return pool
+    def __missing__(self, peer: Any) -> Pool[C]:
+        return self.setdefault(peer, Pool(self._size, self._clock))
 
     def keep(self, peers: Iterable[Any]) -> None:
         """Close the pools of every peer not in ``peers`` (it left the membership)."""
         kept = set(peers)
-        for peer in [p for p in self._pools if p not in kept]:
-            pool = self._pools.pop(peer, None)
+        for peer in [p for p in self if p not in kept]:
+            pool = self.pop(peer, None)
             if pool is not None:
                 pool.close()
 
     def close(self) -> None:
-        for peer in list(self._pools):
-            pool = self._pools.pop(peer, None)
+        for peer in list(self):
+            pool = self.pop(peer, None)
             if pool is not None:
                 pool.close()
