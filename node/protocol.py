@@ -1,7 +1,8 @@
 """memcached's text protocol, sans-IO: bytes in → requests, replies → bytes.
 
 This module owns framing (lines ending in ``\\n`` or ``\\r\\n``, data blocks, the 2048-byte
-rule, swallowing the data of values that can never fit), the validation of storage command
+rule, swallowing the data of values that can never fit — answered, as memcached answers them,
+once swallowed), the validation of storage command
 lines (which decides the framing), and the reply constants and error types. It never imports
 trio and never touches storage: ``commands`` executes what it parses.
 
@@ -398,7 +399,7 @@ def parse_storage(tokens: list[bytes], fits: Callable[[int, int, int], bool]):
 class Parser:
     """Splits a byte stream into command lines and storage requests with their data."""
 
-    __slots__ = ("buf", "fits", "pending", "pos", "scan", "swallow")
+    __slots__ = ("buf", "fits", "oversized", "pending", "pos", "scan", "swallow")
 
     def __init__(self, fits: Callable[[int, int, int], bool]) -> None:
         self.buf = bytearray()
@@ -406,6 +407,9 @@ class Parser:
         self.scan = 0
         self.pending: StorageRequest | None = None
         self.swallow = 0
+        # A store whose value can never fit, answered (as memcached answers it) only once its
+        # data block has been swallowed.
+        self.oversized: StorageRequest | None = None
         self.fits = fits
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
@@ -431,6 +435,11 @@ class Parser:
         ``ProtocolError``.
         """
         buf = self.buf
+        if self.oversized is not None:
+            if self.swallow:
+                return None
+            req, self.oversized = self.oversized, None
+            return req
         pending = self.pending
         if pending is not None:
             end = self.pos + pending.nbytes
@@ -475,12 +484,16 @@ class Parser:
             else:
                 req = parse_storage(tokens, self.fits)
             if not req.fits:
-                # The value can never be stored: answer now and drop its bytes unbuffered.
+                # The value can never be stored: drop its bytes unbuffered, and answer once
+                # the last of them has arrived, as memcached does.
                 have = len(buf) - self.pos
                 take = min(have, req.nbytes)
                 self.pos += take
                 self.scan = self.pos
                 self.swallow = req.nbytes - take
+                if self.swallow:
+                    self.oversized = req
+                    return None
                 return req
             self.pending = req
             return self.next()

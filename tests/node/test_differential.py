@@ -181,3 +181,25 @@ def test_same_replies(servers, name, steps):
     actual = run_script(node.port, steps)
     if not same_lines(normalise(actual), normalise(expected)):
         assert normalise(actual) == normalise(expected)
+
+
+@pytest.mark.skipif(MEMCACHED is None, reason="Debian's memcached binary is not installed")
+@pytest.mark.parametrize("header", [b"set big 0 0 %d\r\n", b"ms big %d T0\r\n"])
+def test_a_value_too_large_is_answered_after_its_data_block(header):
+    """memcached swallows the data block of a value that can never fit and only then answers;
+    so does the node (the same bytes, split at the same place, the same replies at each)."""
+    size = 2 * 1024 * 1024
+    seen = []
+    for start in (start_memcached, start_node):
+        server = start()
+        try:
+            raw = RawClient(server.port)
+            raw.send(header % size)
+            before = raw.read_for(quiet=0.3, limit=1.0)
+            raw.send(b"x" * size + b"\r\nmn\r\n")
+            after = raw.read_until(b"MN\r\n")
+            raw.close()
+            seen.append((before, after))
+        finally:
+            server.stop()
+    assert seen[0] == seen[1] == (b"", b"SERVER_ERROR object too large for cache\r\nMN\r\n")

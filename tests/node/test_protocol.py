@@ -109,20 +109,20 @@ def test_partial_line_and_partial_data_wait_for_more():
     assert run(s, b"\nget a\r\n") == b"STORED\r\nVALUE a 0 5\r\nabcde\r\nEND\r\n"
 
 
-def test_too_large_value_is_swallowed_without_buffering():
-    s = session()
-    assert run(s, b"set big 0 0 2000000\r\n") == b"SERVER_ERROR object too large for cache\r\n"
-    for _ in range(20):
-        assert run(s, b"x" * 100000) == b""
-        assert s.parser.buffered() == 0
-    assert run(s, b"\r\nget big\r\n") == b"END\r\n"
+def test_too_large_value_is_swallowed_without_buffering_and_answered_after_it():
+    """As memcached 1.6.18: the error comes once the whole data block has been swallowed."""
+    for header in (b"set big 0 0 2000000\r\n", b"ms big 2000000 T0\r\n"):
+        s = session()
+        assert run(s, header) == b""
+        for _ in range(20):
+            assert run(s, b"x" * 100000) == b""
+            assert s.parser.buffered() == 0
+        assert run(s, b"\r\nget big\r\n") == b"SERVER_ERROR object too large for cache\r\nEND\r\n"
 
 
 def test_huge_declared_length_is_swallowed():
     s = session()
-    assert run(s, b"set big 0 0 2147483645\r\nshort\r\n") == (
-        b"SERVER_ERROR object too large for cache\r\n"
-    )
+    assert run(s, b"set big 0 0 2147483645\r\nshort\r\n") == b""  # as memcached: no reply yet
     assert s.parser.swallow == 2147483647 - len(b"short\r\n")
     assert s.parser.buffered() == 0
 
@@ -317,9 +317,11 @@ def test_ms_too_large_is_swallowed_without_buffering():
     s = session("-I", "1m")
     s.feed(b"ms big 2000000 T0\r\n" + b"z" * 1000)
     out, _ = s.step()
-    assert out == b"SERVER_ERROR object too large for cache\r\n"
+    assert out == b""  # answered after the data block, as memcached answers it
     assert s.parser.buffered() == 0
-    assert run(s, b"z" * (2000000 - 1000) + b"\r\nmn\r\n") == b"MN\r\n"
+    assert run(s, b"z" * (2000000 - 1000) + b"\r\nmn\r\n") == (
+        b"SERVER_ERROR object too large for cache\r\nMN\r\n"
+    )
 
 
 def test_meta_flags_parse_like_memcached():
