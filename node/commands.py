@@ -225,7 +225,7 @@ class Session(MetaCommands):
                     out.append(exc.reply)
                 if self.stream is not None:
                     break
-            if parser.pos == len(parser.buf):
+            if parser.pos == len(parser.buf) and (parser.oversized is None or parser.swallow):
                 starved = True  # nothing buffered (the common end of a batch)
                 break
             try:

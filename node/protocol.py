@@ -2,8 +2,8 @@
 
 This module owns framing (lines ending in ``\\n`` or ``\\r\\n``, data blocks, the 2048-byte
 rule, swallowing the data of values that can never fit — answered, as memcached answers them,
-once swallowed), the validation of storage command
-lines (which decides the framing), and the reply constants and error types. It never imports
+once swallowed), the validation of storage command lines (which decides the framing), and the
+reply constants and error types. It never imports
 trio and never touches storage: ``commands`` executes what it parses.
 
 The receive buffer is one ``bytearray`` with a read offset; consumed bytes are dropped in

@@ -120,6 +120,17 @@ def test_too_large_value_is_swallowed_without_buffering_and_answered_after_it():
         assert run(s, b"\r\nget big\r\n") == b"SERVER_ERROR object too large for cache\r\nEND\r\n"
 
 
+def test_a_swallowed_block_that_ends_with_a_read_is_answered_at_once():
+    """The last bytes of a too-large value arrive at the very end of a read: nothing is left
+    in the buffer, and the error is still answered then (a client waits for it)."""
+    s = session()
+    header = b"set big 0 0 2000000\r\n"
+    buf = bytearray(header + b"x" * 500000)
+    assert s.receive(buf, len(buf)) == (b"", False)
+    rest = bytearray(b"x" * 1500000 + b"\r\n")
+    assert s.receive(rest, len(rest)) == (b"SERVER_ERROR object too large for cache\r\n", False)
+
+
 def test_huge_declared_length_is_swallowed():
     s = session()
     assert run(s, b"set big 0 0 2147483645\r\nshort\r\n") == b""  # as memcached: no reply yet
