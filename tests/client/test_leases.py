@@ -199,6 +199,12 @@ def test_leases_with_replicas_on_a_stand_in_and_during_a_move(nodes):
         assert compute.calls == 1
     finally:
         os.kill(victim.pid, signal.SIGCONT)
+    # Every client re-admits the victim (and the winner settles the debt it registered for it:
+    # until then any other client, the mover below included, keeps the victim out).
+    deadline = time.monotonic() + 10
+    while any(c.node_stats()[victim.location]["state"] != "live" for c in plain):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
 
     # During a move the value still on its previous owner is returned, not recomputed.
     publish(nodes, nodes[:2], version=2)
