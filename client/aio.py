@@ -286,7 +286,7 @@ class AsyncClient(Face):
             if self.engine.options.discovery:
                 await self._discover()
                 group.start_soon(self._discover_loop, name="ringcache-discovery")
-            if self.engine.debts.enabled and len(self.engine.peers) > 1:
+            if self.engine.needs_rounds:
                 self._start_prober()
         except BaseException as exc:
             await self.__aexit__(type(exc), exc, exc.__traceback__)

@@ -83,6 +83,11 @@ class Debts:
         self.identity = b"%d.%s" % (os.getpid(), secrets.token_hex(4).encode())
         self.owed = {}
 
+    @property
+    def watching(self) -> bool:
+        """Whether ``watch`` has anything to look at: agreement on, and two nodes or more."""
+        return self.enabled and len(self.membership.view.peer_list) > 1
+
     def registries(self, peer: Peer) -> list[Peer]:
         """Where ``peer``'s debts are kept: every usable node but ``peer``."""
         return [p for p in self.membership.view.peer_list if p is not peer and p.health.usable]
@@ -201,7 +206,7 @@ class Debts:
         """Every ``WATCH`` seconds: the nodes this client takes as live that another client
         owes a replay (their index exists on one other node, and lists someone else)."""
         now = self.clock()
-        if now < self.next_watch or not self.enabled:
+        if now < self.next_watch or not self.watching:
             return []
         self.next_watch = now + WATCH
         live = [p for p in self.membership.view.peer_list if p.health.usable]
@@ -236,11 +241,11 @@ class Debts:
 
     # -- the index items -------------------------------------------------------------------
     def _read_indexes(
-        self, reads: dict[Peer, list[Peer]], cas: bool = False
+        self, reads: dict[Peer, list[Peer]]
     ) -> Op[dict[tuple[Peer, Peer], list[bytes]]]:
         """``{(registry, peer): debtor ids}`` of the registries that answered."""
         calls = [
-            Call(r, protocol.get([index_key(p) for p in ps], cas), _ONE_VALUES, "debt index")
+            Call(r, protocol.get([index_key(p) for p in ps]), _ONE_VALUES, "debt index")
             for r, ps in reads.items()
         ]
         yield calls

@@ -138,9 +138,15 @@ class Engine:
         waits = [] if wait is None else [wait]
         if self.debts.owed:
             waits.append(REFRESH)
-        if self.debts.enabled and len(self.peers) > 1:
+        if self.debts.watching:
             waits.append(max(self.debts.next_watch - self.options.clock(), 0.0))
         return max(min(waits), PROBE_TICK) if waits else None
+
+    @property
+    def needs_rounds(self) -> bool:
+        """Whether a driver must run ``maintain`` rounds now: a peer is out, or the debts of
+        the other clients are watched (from the start, with agreement and two nodes or more)."""
+        return self.debts.watching or not self.membership.all_usable()
 
     # -- values ----------------------------------------------------------------------------
     def serialize(self, key: bytes, value: Any, flags: int | None) -> tuple[bytes, int]:

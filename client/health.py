@@ -44,6 +44,7 @@ class NodeHealth:
         self.failures = 0  # every failure ever counted
         self.ejections = 0
         self.next_probe = 0.0
+        self.returning_since = 0.0  # when it last answered a probe after being out
         self._backoff = probe_interval
 
     @property
@@ -115,6 +116,8 @@ class NodeHealth:
         if self.state not in (State.PROBING, State.RETURNING):
             return
         if ok:
+            if self.state is State.PROBING:
+                self.returning_since = self.clock()
             self.state = State.RETURNING
         else:
             self._out(min(self._backoff * 2, self.probe_max_interval))

@@ -32,7 +32,6 @@ class Peer:
         "late",
         "leases",
         "meta",
-        "returning_since",
         "server",
     )
 
@@ -57,7 +56,6 @@ class Peer:
         # held by a stalled node or network can be carried out after the replay deleted it,
         # so they are deleted once more when such a late write would have landed.
         self.late: set[bytes] = set()
-        self.returning_since = 0.0
         self.leases: dict[str, float] = {"won": 0, "waits": 0, "wait_seconds": 0.0, "fallbacks": 0}
 
     def record(self, keys: Iterable[bytes], standins: Iterable[Peer] = ()) -> None:

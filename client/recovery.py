@@ -88,10 +88,10 @@ class Recovery:
         belong: journal each for every peer that should hold it and is out (a returning peer
         gets the write itself), with the peers that get it instead, and count the write as in
         flight on its behalf (``unfence`` when done)."""
-        view = self.membership.view
         fenced: Fence = []
-        if all(p.health.usable for p in view.peer_list):
+        if self.membership.all_usable():
             return fenced
+        view = self.membership.view
         replicas = self.membership.options.replicas
         for k, targets in placed.items():
             for peer in view.holders(k, replicas):
@@ -132,7 +132,6 @@ class Recovery:
                 answered = isinstance(reply, bytes) and reply.startswith(b"VERSION ")
                 call.peer.health.probe_result(answered)
                 if answered:
-                    call.peer.returning_since = self.clock()
                     returning.append(call.peer)
         if returning:
             yield from self.readmit(returning)
@@ -162,7 +161,7 @@ class Recovery:
                     if peer.fenced:
                         continue  # a write on its behalf is in flight
                     if peer.late:
-                        if self.clock() - peer.returning_since < self.late_window:
+                        if self.clock() - peer.health.returning_since < self.late_window:
                             continue  # a late write may still land
                         journal, late = {k: set() for k in peer.late}, True
                         peer.late = set()

@@ -142,7 +142,7 @@ class Client(Face):
     """A memcached client for a cluster of servers placed with ketama.
 
     ``Client(["10.0.0.1:11211", "10.0.0.2:11211"])``; every LOCATION form Django accepts works;
-    the options are ``options.Options``'. Safe to share between threads.
+    the options are those of ``options.Options``. Safe to share between threads.
     """
 
     def __init__(self, location: str | Iterable[Any] | Mapping[str, Any], **options: Any) -> None:
@@ -160,7 +160,7 @@ class Client(Face):
         if opts.discovery:
             self._discover()
             self._start_discovery()
-        if self.engine.debts.enabled and len(self.engine.peers) > 1:
+        if self.engine.needs_rounds:
             self._start_prober()
 
     @property
@@ -175,7 +175,6 @@ class Client(Face):
         self._pools.close()  # closing a descriptor sends nothing, TLS or not
         self._lock = threading.Lock()
         self._prober_lock = threading.Lock()
-        self._pools = Pools(self.engine.options.pool_size, self.engine.options.clock)
         self._prober = None
         self._discoverer = None
         if self._closed.is_set():
@@ -183,7 +182,7 @@ class Client(Face):
         self._closed = threading.Event()
         self._wake = threading.Event()
         self.engine.debts.renew_identity()  # the parent's debts are the parent's
-        if not self.engine.membership.all_usable() or self.engine.debts.enabled:
+        if self.engine.needs_rounds:
             self._start_prober()
         if self.engine.options.discovery:
             self._start_discovery()
@@ -312,7 +311,7 @@ class Client(Face):
             if wait is None:
                 with self._lock, self._prober_lock:
                     # Checked again under both locks: a peer ejected meanwhile keeps us going.
-                    if self.engine.membership.all_usable():
+                    if not self.engine.needs_rounds:
                         self._prober = None
                         return
                 wait = PROBE_TICK
