@@ -19,13 +19,23 @@ from tests.conftest import start_node
 from tests.proxy import NoMeta, Proxy
 
 
-@pytest.fixture
-def nodes():
-    """Three node processes on free ports, stopped (by pid) afterwards."""
+def _three_nodes() -> Iterator[list[Any]]:
     started = [start_node() for _ in range(3)]
     yield started
     for n in started:
         n.stop()
+
+
+@pytest.fixture
+def nodes():
+    """Three node processes on free ports, stopped (by pid) afterwards."""
+    yield from _three_nodes()
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Three node processes shared by the tests of one module (Django's), stopped after it."""
+    yield from _three_nodes()
 
 
 class AsyncDriven:

@@ -20,14 +20,6 @@ from ringcache.client.django import RingCache
 from tests.conftest import start_node
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    nodes = [start_node() for _ in range(3)]
-    yield nodes
-    for n in nodes:
-        n.stop()
-
-
 def make_cache(cluster, **params):
     location = params.pop("LOCATION", ";".join(n.location for n in cluster))
     options = {"connect_timeout": 0.3, "timeout": 0.3, "probe_interval": 0.1}

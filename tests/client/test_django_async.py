@@ -18,18 +18,9 @@ import django.core.cache.backends.base as django_base
 
 from ringcache.client import django as backend_module
 from ringcache.client.django import RingCache
-from tests.conftest import start_node
 from tests.proxy import Proxy
 
 OPTIONS = {"connect_timeout": 0.3, "timeout": 0.3, "probe_interval": 0.1}
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    nodes = [start_node() for _ in range(3)]
-    yield nodes
-    for n in nodes:
-        n.stop()
 
 
 @pytest.fixture
