@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -29,7 +28,7 @@ import emcache
 import uvloop
 from django.core.cache.backends.memcached import PyMemcacheCache
 
-from bench.client_ops import start_memcached
+from bench.client_ops import memcached_servers
 from ringcache.client import AsyncClient
 from ringcache.client.django import RingCache
 
@@ -114,11 +113,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    if shutil.which("memcached") is None:
-        print("memcached is missing: apt-get install memcached")
-        return 2
-    servers = [start_memcached() for _ in range(3)]
-    try:
+    with memcached_servers(3) as servers:
+        if servers is None:
+            return 2
         port = servers[0][1]
         for loop_name, factory in (("asyncio", None), ("uvloop", uvloop.new_event_loop)):
             with asyncio.Runner(loop_factory=factory) as runner:
@@ -146,10 +143,6 @@ def main() -> int:
             print(f"  {name:28} {ms:8.2f} ms")
         ratio = many["PyMemcacheCache.aget_many"] / many["RingCache.aget_many"]
         print(f"  RingCache is {ratio:.1f}x faster (goal >= 10x)")
-    finally:
-        for proc, _ in servers:
-            proc.terminate()
-            proc.wait(5)
     return 0
 
 

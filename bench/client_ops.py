@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import pylibmc
 from pymemcache.client.base import Client as PlainClient
@@ -66,15 +68,30 @@ def race(contenders: dict, seconds: float, rounds: int = 15) -> dict[str, tuple[
     return {name: (statistics.median(rates[name]), statistics.median(cpus[name])) for name in rates}
 
 
+@contextlib.contextmanager
+def memcached_servers(n: int) -> Iterator[list[tuple[subprocess.Popen, int]] | None]:
+    """``n`` Debian memcached processes on 127.0.0.1 (None, said, when memcached is missing),
+    stopped by pid afterwards."""
+    if shutil.which("memcached") is None:
+        print("memcached is missing: apt-get install memcached")
+        yield None
+        return
+    servers = [start_memcached() for _ in range(n)]
+    try:
+        yield servers
+    finally:
+        for proc, _ in servers:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=10)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args()
-    if shutil.which("memcached") is None:
-        print("memcached is missing: apt-get install memcached")
-        return 2
-    servers = [start_memcached() for _ in range(3)]
-    try:
+    with memcached_servers(3) as servers:
+        if servers is None:
+            return 2
         locations = [f"127.0.0.1:{port}" for _, port in servers]
         keys = [f"bench:key:{i}" for i in range(100)]
         value = b"v" * 100
@@ -127,10 +144,6 @@ def main() -> int:
             )
         ours.close()
         one.close()
-    finally:
-        for proc, _ in servers:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=10)
     return 0
 
 
