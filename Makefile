@@ -51,15 +51,21 @@ secrets:  ## CA, node certificate and key, authfile and passwords for deploy/ (N
 	bash deploy/make-secrets.sh deploy/secrets
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis .run
+	rm -rf $(VENV) .pytest_cache .hypothesis
 
 # -- the local cluster (ringcache CLI) ------------------------------------------------------
+# One per user, wherever make runs: its state is where the CLI keeps it ($RINGCACHE_RUN_DIR,
+# else $XDG_STATE_HOME/ringcache, else ~/.local/state/ringcache). NODES, PORT and MEMORY shape
+# a new cluster and are passed only when given (make cluster PORT=12000): a running cluster
+# keeps its shape, and `up` refuses another one (grow or shrink it with ringcache add/remove).
 NODES ?= 3
+given = $(if $(filter command line environment,$(origin $(1))),$(2) $($(1)))
+UP_ARGS = $(call given,NODES,--nodes) $(call given,PORT,--port) $(call given,MEMORY,--memory)
 
 .PHONY: cluster status stats down
 
 cluster: $(STAMP)  ## start NODES nodes on 127.0.0.1:PORT.. in the background, print LOCATION
-	$(BIN)/ringcache up --nodes $(NODES) --port $(PORT) --memory $(MEMORY)
+	$(BIN)/ringcache up $(UP_ARGS)
 
 status: $(STAMP)
 	$(BIN)/ringcache status

@@ -123,8 +123,8 @@ def test_add_and_remove_on_a_secured_remote_cluster(remote, tls_files, tmp_path)
     plain = ringcache("--location", old, "add", new_member, "--grace", "0.1")
     assert plain.returncode != 0
     anonymous = ringcache("--location", old, "--ca", tls_files.ca_cert, "add", new_member)
-    assert anonymous.returncode != 0 and "unauthenticated" in anonymous.stdout
-    assert "--user/--password" in anonymous.stdout
+    assert anonymous.returncode != 0 and "unauthenticated" in anonymous.stderr
+    assert "--user/--password" in anonymous.stderr
 
     secured = {
         "RINGCACHE_CA": tls_files.ca_cert,
