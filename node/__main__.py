@@ -120,10 +120,14 @@ def main(argv: list[str] | None = None) -> int:
             fh.write(f"{os.getpid()}\n")
     if cfg.verbose > 1:
         sys.stderr.write(class_table(cfg))
+        for sock in listeners:
+            sys.stderr.write(f"<{sock.fileno()} server listening (auto-negotiate)\n")
         sys.stderr.flush()
     node.listeners = listeners
     try:
         trio.run(_run, node)
+        if node.state.verbosity:  # as ``verbosity`` left it
+            print("Exiting normally", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         pass
     finally:

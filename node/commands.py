@@ -5,7 +5,9 @@ This module owns command dispatch and the rules that decide each reply (token co
 proto_text.c. It is the one place where a ``ProtocolError`` becomes reply bytes. It calls the
 store and renders ``stats`` through ``stats``; it never does I/O, so it is tested with bytes in
 and bytes out, and the reactor (``reactor``) feeds it what each connection receives and sends
-what it answers.
+what it answers. With ``-vv`` it prints each command line and hands each reply to
+``transcript`` (which decides what memcached would print of it); a reply that ``noreply``
+swallows is still said (``_quiet``).
 """
 
 from __future__ import annotations
@@ -55,15 +57,19 @@ from .protocol import (
     StorageRequest,
     bad_format,
 )
+from .transcript import reply_lines
 
 if TYPE_CHECKING:
     from .state import NodeState
 
+R_BAD_EXPTIME = ClientError("invalid exptime argument").reply()
 _STORE_REPLIES = {
     STORED: R_STORED,
     NOT_STORED: R_NOT_STORED,
     EXISTS: R_EXISTS,
     NOT_FOUND: R_NOT_FOUND,
+    TOO_LARGE: R_TOO_LARGE,
+    NO_MEMORY: R_NO_MEMORY,
 }
 
 # A multiget with more keys than this is answered in chunks between sends, so that one
@@ -99,14 +105,17 @@ _DISPATCHED_LETTERS = frozenset(b"gsacidt")
 class Session(MetaCommands):
     """The protocol state of one client connection."""
 
-    def __init__(self, node: NodeState, peer: str = "127.0.0.1:0") -> None:
+    def __init__(self, node: NodeState, peer: str = "127.0.0.1:0", fd: int | None = None) -> None:
         self.node = node
         self.store = node.store
         self.stats = node.store.stats
         self.parser = Parser(self.store.item_size_ok)
         self.peer = peer
+        # memcached names a connection by its descriptor (in -vv and ``stats conns``).
         node.next_id += 1
-        self.id = node.next_id
+        self.id = node.next_id if fd is None else fd
+        self.negotiated = False  # the first bytes arrived (memcached's protocol negotiation)
+        self._command_word = b""  # of the last command line -vv printed
         self.last_cmd = self.store.clock.now
         self.stream: Iterator[bytes] | None = None
         self.closing = False
@@ -148,6 +157,10 @@ class Session(MetaCommands):
     # -- driving ---------------------------------------------------------------------------
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         self.settled = False
+        if not self.negotiated:
+            self.negotiated = True
+            if self.node.verbosity > 1:
+                self.node.log(f"{self.id}: Client using the ascii protocol")
         self.parser.feed(data)
         self.stats.bytes_read += len(data)
 
@@ -213,7 +226,7 @@ class Session(MetaCommands):
             if self.stream is not None:
                 try:
                     for chunk in self.stream:
-                        out.append(chunk)
+                        out.append(self._log_out(chunk) if verbose else chunk)
                         size += len(chunk)
                         if size >= max_bytes:
                             break
@@ -222,7 +235,7 @@ class Session(MetaCommands):
                 except DropPending as exc:
                     self.stream = None
                     out.clear()
-                    out.append(exc.reply)
+                    out.append(self._log_out(exc.reply) if verbose else exc.reply)
                 if self.stream is not None:
                     break
             if parser.pos == len(parser.buf) and (parser.oversized is None or parser.swallow):
@@ -234,13 +247,18 @@ class Session(MetaCommands):
                 self.closing = True
                 break
             except ProtocolError as exc:
-                self._verbose_in(b"<storage line>")
-                if not getattr(exc, "noreply", False):
-                    out.append(self._reply(exc.reply()))
+                if verbose:
+                    self._log_in(parser.line)
+                if getattr(exc, "noreply", False):
+                    self._quiet(exc.reply())
+                else:
+                    out.append(self._log_out(exc.reply()) if verbose else exc.reply())
                 continue
             if req is None:
                 starved = True
                 break
+            if verbose:
+                self._log_in(parser.line)
             self.last_cmd = self.store.clock.now
             try:
                 if type(req) is list:
@@ -256,8 +274,9 @@ class Session(MetaCommands):
             except Close:
                 self.closing = True
                 break
+            verbose = self.node.verbosity > 1  # ``verbosity`` may have changed it
             if reply:
-                out.append(self._reply(reply) if verbose else reply)
+                out.append(self._log_out(reply) if verbose else reply)
                 size += len(reply)
             if self.closing or size >= max_bytes:
                 break
@@ -313,28 +332,33 @@ class Session(MetaCommands):
             or self.verified_cert
         )
 
-    def _reply(self, reply: bytes) -> bytes:
-        if self.node.verbosity > 1:
-            first = reply.split(b"\r\n", 1)[0]
-            self.node.log(f">{self.id} {first.decode('latin-1')}")
+    # -- the -vv transcript (transcript.py decides which reply lines memcached prints) --------
+    def _log_in(self, line: bytes) -> None:
+        self.node.log(f"<{self.id} {line.decode('latin-1')}")
+        self._command_word = line.lstrip(b" ").split(b" ", 1)[0]
+
+    def _log_out(self, reply: bytes) -> bytes:
+        for line in reply_lines(self._command_word, reply):
+            self.node.log(f">{self.id} {line.decode('latin-1')}")
         return reply
 
-    def _verbose_in(self, line: bytes) -> None:
+    def _quiet(self, reply: bytes) -> bytes:
+        """A reply that ``noreply`` swallows: nothing is sent; ``-vv`` still says it."""
         if self.node.verbosity > 1:
-            self.node.log(f"<{self.id} {line.decode('latin-1')}")
+            line = reply.split(b"\r\n", 1)[0]
+            self.node.log(f">{self.id} NOREPLY {line.decode('latin-1')}")
+        return b""
 
     # -- storage ---------------------------------------------------------------------------
     def _storage(self, req: StorageRequest) -> bytes:
-        if self.node.verbosity > 1:
-            self._verbose_in(b"%s %d bytes" % (req.key, req.nbytes - 2))
         if req.meta is not None:
             return self._mset(req)
         if req.data is None:
             self.store.oversized(req.mode, req.key)
-            return b"" if req.noreply else R_TOO_LARGE
+            return self._quiet(R_TOO_LARGE) if req.noreply else R_TOO_LARGE
         if req.data[-2:] != b"\r\n":
             self.store.count_set(len(req.key), req.flags, req.nbytes)
-            return b"" if req.noreply else R_BAD_DATA_CHUNK
+            return self._quiet(R_BAD_DATA_CHUNK) if req.noreply else R_BAD_DATA_CHUNK
         return self._store(
             req.mode, req.key, req.flags, req.exptime, req.data, req.cas, req.noreply
         )
@@ -344,17 +368,11 @@ class Session(MetaCommands):
         store = self.store
         result, _ = store.store(mode, key, flags, store.clock.realtime(exptime), data, cas)
         if noreply:
-            return b""
-        if result == TOO_LARGE:
-            return R_TOO_LARGE
-        if result == NO_MEMORY:
-            return R_NO_MEMORY
+            return self._quiet(_STORE_REPLIES[result]) if self.node.verbosity > 1 else b""
         return _STORE_REPLIES[result]
 
     # -- other commands --------------------------------------------------------------------
     def _command(self, tokens: list[bytes], out: list[bytes]) -> bytes:
-        if self.node.verbosity > 1:
-            self._verbose_in(b" ".join(tokens))
         ntokens = len(tokens) + 1 if len(tokens) < MAX_TOKENS else MAX_TOKENS
         if ntokens < 2 or len(tokens[0]) < 2:
             return R_ERROR
@@ -446,7 +464,10 @@ class Session(MetaCommands):
         try:
             for key in keys[start:] if start else keys:
                 if len(key) > KEY_MAX_LENGTH:
-                    # memcached drops every reply not yet sent and answers with this alone.
+                    # memcached drops every reply not yet sent and answers with this alone
+                    # (its -vv has told of the keys it was sending).
+                    if self.node.verbosity > 1:
+                        self._log_out(b"".join(parts))
                     raise DropPending(R_BAD_FORMAT)
                 looked_up += 1
                 hit = get(key, touch)
@@ -488,15 +509,14 @@ class Session(MetaCommands):
                 ntokens == 5 and hold_is_zero and noreply
             )
             if not valid:
+                error = ClientError("bad command line format.  Usage: delete <key> [noreply]")
                 if noreply:
-                    return b""
-                raise ClientError("bad command line format.  Usage: delete <key> [noreply]")
+                    return self._quiet(error.reply())
+                raise error
         if len(tokens[1]) > KEY_MAX_LENGTH:
-            return b"" if noreply else R_BAD_FORMAT
-        found = self.store.delete(tokens[1])
-        if noreply:
-            return b""
-        return R_DELETED if found else R_NOT_FOUND
+            return self._quiet(R_BAD_FORMAT) if noreply else R_BAD_FORMAT
+        reply = R_DELETED if self.store.delete(tokens[1]) else R_NOT_FOUND
+        return self._quiet(reply) if noreply else reply
 
     def _incr(self, tokens, ntokens, out):
         return self._arith(tokens, ntokens, True)
@@ -516,31 +536,28 @@ class Session(MetaCommands):
                 error = ClientError("invalid numeric delta argument")
             else:
                 result, digits, _, _ = self.store.delta(tokens[1], incr, delta)
-                if noreply:
-                    return b""
                 if result == DELTA_OK:
-                    return digits + b"\r\n"
+                    return self._quiet(digits + b"\r\n") if noreply else digits + b"\r\n"
                 if result == NOT_FOUND:
-                    return R_NOT_FOUND
+                    return self._quiet(R_NOT_FOUND) if noreply else R_NOT_FOUND
                 if result == NON_NUMERIC:
                     error = ClientError("cannot increment or decrement non-numeric value")
                 else:
                     error = ServerError("out of memory")
-        return b"" if noreply else error.reply()
+        return self._quiet(error.reply()) if noreply else error.reply()
 
     def _touch(self, tokens, ntokens, out):
         if ntokens not in (4, 5):
             return R_ERROR
         noreply = self._noreply(tokens, ntokens)
         if len(tokens[1]) > KEY_MAX_LENGTH:
-            return b"" if noreply else R_BAD_FORMAT
+            return self._quiet(R_BAD_FORMAT) if noreply else R_BAD_FORMAT
         exptime = c_strtonum(tokens[2], 32, True)
         if exptime is None:
-            return b"" if noreply else ClientError("invalid exptime argument").reply()
+            return self._quiet(R_BAD_EXPTIME) if noreply else R_BAD_EXPTIME
         found = self.store.touch(tokens[1], self.store.clock.realtime(exptime))
-        if noreply:
-            return b""
-        return R_TOUCHED if found else R_NOT_FOUND
+        reply = R_TOUCHED if found else R_NOT_FOUND
+        return self._quiet(reply) if noreply else reply
 
     def _flush_all(self, tokens, ntokens, out):
         if not 2 <= ntokens <= 4:
@@ -551,9 +568,9 @@ class Session(MetaCommands):
             delay = c_strtonum(tokens[1], 32, True)
             if delay is None:
                 self.stats.cmd_flush += 1
-                return b"" if noreply else ClientError("invalid exptime argument").reply()
+                return self._quiet(R_BAD_EXPTIME) if noreply else R_BAD_EXPTIME
         self.store.flush_all(delay)
-        return b"" if noreply else R_OK
+        return self._quiet(R_OK) if noreply else R_OK
 
     def _version(self, tokens, ntokens, out):
         return b"VERSION %s\r\n" % VERSION.encode()
@@ -564,9 +581,9 @@ class Session(MetaCommands):
         noreply = self._noreply(tokens, ntokens)
         level = c_strtonum(tokens[1], 32, False)
         if level is None:
-            return b"" if noreply else R_BAD_FORMAT
+            return self._quiet(R_BAD_FORMAT) if noreply else R_BAD_FORMAT
         self.node.verbosity = min(level, 2)
-        return b"" if noreply else R_OK
+        return self._quiet(R_OK) if noreply else R_OK
 
     def _quit(self, tokens, ntokens, out):
         raise Close()
@@ -682,16 +699,16 @@ class Session(MetaCommands):
             if tokens[2] == b"ratio":
                 ratio = _c_strtod(tokens[3]) if ntokens >= 5 else None
                 if ratio is None:
-                    return b"" if noreply else R_ERROR
+                    return self._quiet(R_ERROR) if noreply else R_ERROR
                 self.store.automove_ratio = ratio
-                return b"" if noreply else R_OK
+                return self._quiet(R_OK) if noreply else R_OK
             level = c_strtonum(tokens[2], 32, False)
             if level is None:
-                return b"" if noreply else R_BAD_FORMAT
+                return self._quiet(R_BAD_FORMAT) if noreply else R_BAD_FORMAT
             if level > 2:
-                return b"" if noreply else R_ERROR
+                return self._quiet(R_ERROR) if noreply else R_ERROR
             self.store.automove = level
-            return b"" if noreply else R_OK
+            return self._quiet(R_OK) if noreply else R_OK
         return R_ERROR
 
     def _lru_crawler(self, tokens, ntokens, out):

@@ -399,7 +399,7 @@ def parse_storage(tokens: list[bytes], fits: Callable[[int, int, int], bool]):
 class Parser:
     """Splits a byte stream into command lines and storage requests with their data."""
 
-    __slots__ = ("buf", "fits", "oversized", "pending", "pos", "scan", "swallow")
+    __slots__ = ("buf", "fits", "line", "oversized", "pending", "pos", "scan", "swallow")
 
     def __init__(self, fits: Callable[[int, int, int], bool]) -> None:
         self.buf = bytearray()
@@ -411,6 +411,9 @@ class Parser:
         # data block has been swallowed.
         self.oversized: StorageRequest | None = None
         self.fits = fits
+        # The command line of the request ``next`` returned or failed on last, as memcached's
+        # ``-vv`` prints it (the C string: up to a NUL, without the line end).
+        self.line = b""
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         if self.pos and self.pos >= len(self.buf) // 2:
@@ -471,6 +474,7 @@ class Parser:
         self.pos = self.scan = cont
         if 0 in line:  # an int needle: memchr, without a TypeError inside bytes.__contains__
             line = line[: line.find(b"\0")]  # memcached reads the line as a C string
+        self.line = line
         # Tokens are separated by spaces only: a tab is part of a token, as in memcached.
         tokens = line.split(b" ")
         if b"" in tokens:

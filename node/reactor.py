@@ -198,7 +198,7 @@ class Reactor:
             return
         conn.handshaking = False
         conn.session.verified_cert = bool(sock.getpeercert())
-        if self.state.verbosity > 1:
+        if self.state.verbosity > 2:  # not in memcached's -vv transcript
             self.state.log(f"<{conn.session.id} TLS {sock.version()} {sock.cipher()[0]}")
         self._watch(conn, _READ)
 
@@ -231,6 +231,8 @@ class Reactor:
         now = self.state.store.clock.now
         for conn in list(self.conns.values()):
             if conn.out is None and not conn.queued and now - conn.session.last_cmd > idle:
+                if self.state.verbosity > 1:
+                    self.state.log(f"Closing idle fd {conn.session.id}")
                 self.close(conn)
 
     def close(self, conn: Connection) -> None:

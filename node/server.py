@@ -243,6 +243,6 @@ class Node:
                 except OSError:
                     sock.close()
                     continue
-                self.reactor.add(sock, Session(self.state, peer), handshake=True)
+                self.reactor.add(sock, Session(self.state, peer, sock.fileno()), handshake=True)
             else:
-                self.reactor.add(sock, Session(self.state, peer))
+                self.reactor.add(sock, Session(self.state, peer, sock.fileno()))

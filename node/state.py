@@ -28,12 +28,13 @@ class NodeState:
         self.verbosity = cfg.verbose
         self.connections: dict[int, Any] = {}  # id -> its commands.Session
         self.next_id = 0
-        self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.log = log or _log_to_stderr
         self.listen_addr = f"{cfg.listen}:{cfg.port}"
         self.shutdown_requested = False
         # ``lru_crawler crawl``: the server replaces this with a wake-up of its crawler task,
         # which crawls in bounded steps; without a server the pass runs at once.
         self.request_crawl: Callable[[], object] = lambda: store.crawl(budget=1 << 62)
+        store.cas_mismatch = self._cas_mismatch
         # Cluster membership served by `config get cluster` (ElastiCache auto-discovery).
         self.cluster_version = 0
         self.cluster_members: list[bytes] = []
@@ -45,3 +46,18 @@ class NodeState:
     def cluster_config(self) -> bytes:
         body = b"%d\n%s\n" % (self.cluster_version, b" ".join(self.cluster_members))
         return b"CONFIG cluster 0 %d\r\n%s\r\nEND\r\n" % (len(body), body)
+
+    def _cas_mismatch(self, expected: int, got: int) -> None:
+        if self.verbosity > 1:
+            self.log(f"CAS:  failure: expected {expected}, got {got}")
+
+
+def _log_to_stderr(line: str) -> None:
+    """One log line on stderr; protocol text (bytes read as latin-1) goes out as the bytes it
+    was, as memcached prints it."""
+    try:
+        data = line.encode("latin-1")
+    except UnicodeEncodeError:
+        data = line.encode("utf-8", "replace")
+    sys.stderr.buffer.write(data + b"\n")
+    sys.stderr.buffer.flush()

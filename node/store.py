@@ -126,6 +126,8 @@ class Store(HashIndex, Items, Crawler):
         self.automove = cfg.slab_automove
         self.automove_ratio = 0.8
         self.cas_id = 0
+        # Told of a CAS that did not match (``-vv`` prints it, as memcached does).
+        self.cas_mismatch: Callable[[int, int], object] | None = None
         self.oldest_live = 0
         self.oldest_cas = 0
         self.curr_items = 0
@@ -256,6 +258,8 @@ class Store(HashIndex, Items, Crawler):
                 mflags |= M_STALE | (opage[ooff + OFF_MFLAGS] & M_TOKEN_SENT)
             else:
                 counters[old_cls].cas_badval += 1
+                if self.cas_mismatch is not None:
+                    self.cas_mismatch(old_cas, cas_in)
                 return EXISTS, 0
         if mode in (APPEND, PREPEND):
             if cas_in != 0 and cas_in != old_cas:
