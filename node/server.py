@@ -75,8 +75,11 @@ def open_listeners(cfg: Config) -> list[socket.socket]:
                 sock.close()
                 for other in listeners:
                     other.close()
+                where = f"TCP port {address.port}"
+                if address.host:
+                    where += f" of {address.host}"
                 raise ListenError(
-                    exc.errno, f"failed to listen on TCP port {address.port}: {exc.strerror}"
+                    exc.errno, f"failed to listen on {where}: {exc.strerror}"
                 ) from None
             sock.setblocking(False)
             listeners.append(sock)

@@ -365,7 +365,17 @@ def test_help_and_version():
 def test_busy_port_is_a_clear_error(node):
     result = run_node("-p", str(node.port))
     assert result.returncode == 71
-    assert f"failed to listen on TCP port {node.port}" in result.stderr
+    assert f"failed to listen on TCP port {node.port} of 127.0.0.1" in result.stderr
+
+
+def test_an_address_the_host_does_not_have_is_named():
+    result = run_node("-l", "10.255.255.1", "-p", "11211")
+    assert result.returncode == 71
+    (line,) = result.stderr.splitlines()
+    assert (
+        line
+        == "failed to listen on TCP port 11211 of 10.255.255.1: Cannot assign requested address"
+    )
 
 
 def test_daemon_with_pidfile():
