@@ -35,7 +35,7 @@ from .pool import Pools
 from .protocol import NEED_DATA, STATUS, Reader
 from .ring import Server
 from .security import Security
-from .steps import Call, Compute, Entry, Op, Pause
+from .steps import Call, Compute, Datagram, Entry, Op, Pause
 
 T = TypeVar("T")
 
@@ -343,6 +343,9 @@ class AsyncClient(Face):
                 elif type(step) is Pause:
                     await anyio.sleep(step.seconds)
                     step = op.send(None)
+                elif type(step) is Datagram:
+                    step.reply = await self._exchange(step)
+                    step = op.send(step)
                 else:  # a plain or an async callable
                     assert type(step) is Compute
                     try:
@@ -358,6 +361,17 @@ class AsyncClient(Face):
             return result
         finally:
             op.close()  # a cancelled operation still releases what it holds
+
+    async def _exchange(self, step: Datagram) -> bytes | None:
+        """One DNS datagram out and the one that answers it, within ``timeout``."""
+        host, port = step.address
+        try:
+            with anyio.fail_after(self.engine.options.timeout):
+                async with await anyio.create_connected_udp_socket(host, port) as udp:
+                    await udp.send(step.data)
+                    return await udp.receive()
+        except (OSError, TimeoutError, anyio.BrokenResourceError):
+            return None
 
     async def _perform(self, call: Call) -> None:
         conn: _Conn | _AsyncioConn | None = None

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from pymemcache.serde import pickle_serde
@@ -37,7 +38,8 @@ from .options import Options
 from .peer import Peer
 from .protocol import CONFIG, META, STATS, STATUS, VALUES, ClusterConfig, Meta
 from .recovery import PROBE_TICK, Fence, Recovery
-from .ring import Ring, Server, parse_location
+from .resolve import Dns, ResolverConfig, split_location
+from .ring import Ring, Server
 from .steps import Call, Entry, Op
 
 log = logging.getLogger("ringcache.client")
@@ -65,8 +67,17 @@ class Engine:
     """Every operation of the client, over one membership, for any driver."""
 
     def __init__(self, location: str | Iterable[Any] | Mapping[str, Any], options: Options) -> None:
+        servers, names = split_location(location)
+        if options.discovery is None:  # DNS finds the nodes, the nodes publish the membership
+            options = replace(options, discovery=bool(names))
         self.options = options
-        self.membership = Membership(parse_location(location), options)
+        self.dns = (
+            Dns(names, ResolverConfig.from_options(options.dns_nameservers), options.dns_interval)
+            if names
+            else None
+        )
+        self._plain_servers = servers  # the LOCATION's plain servers (beside its DNS names)
+        self.membership = Membership(servers, options)
         self.debts = Debts(self.membership)
         self.recovery = Recovery(self.membership, self.debts)
         self.settle = self.recovery.settle
@@ -111,16 +122,32 @@ class Engine:
 
     # -- membership ------------------------------------------------------------------------
     def discover(self) -> Op[bool]:
-        """Ask one usable peer for the membership; adopt it when it is newer."""
+        """Resolve the LOCATION's DNS names when that is due, then ask one usable peer for the
+        published membership and adopt it when it is newer; True when the peers changed.
+
+        DNS finds the nodes; the published membership decides: what DNS returns becomes the
+        membership only while nothing is published and nothing was found before (a change
+        of the membership otherwise goes through the move protocol: ``ringcache follow``),
+        and it gives the addresses of the names the membership has."""
+        changed = False
+        dns = self.dns
+        if dns is not None and dns.due(self.options.clock()):
+            first = dns.servers is None
+            found = yield from dns.lookup(self.options.clock())
+            if found:
+                known = {s.name for s in self._plain_servers}
+                servers = [*self._plain_servers, *(s for s in found if s.name not in known)]
+                changed = self.membership.found(servers, dns.addresses, first)
         peer = next((p for p in self.membership.view.peer_list if p.health.usable), None)
         if peer is None:
-            return False
+            return changed
         call = Call(peer, protocol.CONFIG_GET, (CONFIG,), "discovery")
         yield [call]
         reply = call.replies[0] if call.error is None else None
         if isinstance(reply, ClusterConfig):
-            return self.membership.adopt(reply.version, reply.servers)
-        return False
+            servers = reply.servers if dns is None else dns.placed(reply.servers)
+            changed = self.membership.adopt(reply.version, servers) or changed
+        return changed
 
     # -- the background ----------------------------------------------------------------------
     def maintain(self) -> Op[float | None]:

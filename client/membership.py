@@ -1,11 +1,12 @@
 """Which servers the client uses and where each key goes.
 
 This module owns the membership views (the servers, their ring and peers, the point → peer
-table and the route cache), adopting a newer published membership (``config get cluster``),
-and routing: each key to the first usable peer of its ring order, the copies of a key when
-there are replicas, the grouping of many keys by peer, and, while keys move between two
-memberships (an odd version), each key's previous owner. A change swaps the whole view in one
-assignment and every routing call reads ``view`` once, so no call mixes two memberships.
+table and the route cache), adopting a newer published membership (``config get cluster``)
+and what the LOCATION's DNS names resolved to (``found``), and routing: each key to the first
+usable peer of its ring order, the copies of a key when there are replicas, the grouping of
+many keys by peer, and, while keys move between two memberships (an odd version), each key's
+previous owner. A change swaps the whole view in one assignment and every routing call reads
+``view`` once, so no call mixes two memberships.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import itertools
 import logging
 from bisect import bisect_left
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 from .errors import NoServerAvailable
@@ -41,9 +43,15 @@ class View:
         self.peers = {s.name: kept.get(s.name) or Peer(s, options) for s in servers}
         self.peer_list = [self.peers[s.name] for s in servers]  # ring index -> peer
         # The peer of every continuum point, plus the first again so that a hash past the
-        # last point needs no wrap-around test.
+        # last point needs no wrap-around test. No server yet (DNS has not answered): every
+        # key's owner is a peer that never takes traffic, so every call is a miss.
         points, owners = self.ring.continuum()
-        self.peer_of_point = [self.peer_list[i] for i in [*owners, owners[0]]]
+        if points:
+            self.peer_of_point = [self.peer_list[i] for i in [*owners, owners[0]]]
+        else:
+            nobody = Peer(Server(host="(no server yet)", port=0), options)
+            nobody.health.eject()
+            self.peer_of_point = [nobody]
         self.points = points
         # Key as the application gave it -> (key as sent, owner): hot keys skip validation,
         # MD5 and the ring search. Emptied when full, so it follows the hot set.
@@ -80,6 +88,25 @@ class Membership:
 
     def all_usable(self) -> bool:
         return all(p.health.usable for p in self.view.peer_list)
+
+    def found(self, servers: list[Server], addresses: dict[str, str], first: bool) -> bool:
+        """What the LOCATION resolved to (its plain servers and what its DNS names gave): the
+        membership the ``first`` time while nothing is published; else only the addresses of
+        the names the membership has (a pod that came back elsewhere). True when the peers
+        changed."""
+        if first and self.version == 0:
+            self.settled = self.view = View(servers, self.options, self.view)
+            log.warning("membership from DNS: %s", ", ".join(map(str, servers)))
+            return True
+        for peer in self.view.peer_list:
+            ip = addresses.get(peer.server.host)
+            if ip is not None and ip != peer.server.ip:
+                log.warning("%s is now at %s", peer.server, ip)
+                peer.server = replace(peer.server, ip=ip)
+        names = {s.name for s in servers}
+        if names != set(self.view.peers):
+            log.info("DNS names %s; the membership changes when it is published", sorted(names))
+        return False
 
     def adopt(self, version: int, servers: list[Server]) -> bool:
         """Adopt a newer membership (from ``config get cluster``); False when not newer."""

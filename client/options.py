@@ -35,7 +35,10 @@ class Options:
     kept per node; ``journal_size`` keys may be journaled for an ejected node before it is
     flushed instead; ``replicas`` copies of every key are kept on the first nodes of its ring
     order; ``agreement`` keeps the debts (``debts``) that make the never-lie rules hold across
-    every client of the cluster, not only within this one.
+    every client of the cluster, not only within this one. ``discovery`` asks the nodes for
+    the published membership every ``discovery_interval`` seconds (on by default when the
+    LOCATION has DNS names, which are resolved again every ``dns_interval`` seconds, at
+    ``dns_nameservers`` — "host:port" — or the system's resolvers).
     """
 
     connect_timeout: float = 0.5
@@ -50,8 +53,10 @@ class Options:
     key_prefix: bytes = b""
     clock: Callable[[], float] = time.monotonic
     wall_clock: Callable[[], float] = time.time
-    discovery: bool = False
+    discovery: bool | None = None  # None: on for a LOCATION with DNS names (Engine decides)
     discovery_interval: float = 5.0
+    dns_interval: float = 10.0
+    dns_nameservers: tuple[str, ...] = ()
     replicas: int = 1
     journal_size: int = 10000
     agreement: bool = True
@@ -60,7 +65,13 @@ class Options:
     def __post_init__(self) -> None:
         if self.replicas < 1:
             raise ValueError("replicas must be at least 1")
-        for name in ("connect_timeout", "timeout", "probe_interval", "discovery_interval"):
+        for name in (
+            "connect_timeout",
+            "timeout",
+            "probe_interval",
+            "discovery_interval",
+            "dns_interval",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int | float) or value <= 0:
                 raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
@@ -82,6 +93,10 @@ class Options:
         unknown = sorted(set(options) - set(names))
         if unknown:
             raise TypeError(f"unknown client option: {unknown[0]!r}")
+        nameservers = options.get("dns_nameservers", ())
+        if isinstance(nameservers, str):  # "host:port,host:port", as an environment gives it
+            nameservers = nameservers.split(",")
+        options["dns_nameservers"] = tuple(n.strip() for n in nameservers if n.strip())
         return cls(
             serde=serde or pickle_serde,
             key_prefix=key_prefix.encode() if isinstance(key_prefix, str) else key_prefix,

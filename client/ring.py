@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from hashlib import md5
 from typing import Any
@@ -31,6 +31,9 @@ class Server:
     port: int = DEFAULT_PORT
     weight: int = 1
     unix: str | None = None
+    # Where to connect when ``host`` is a name DNS resolved for the client (an SRV target);
+    # not part of the server's identity (the ring is keyed on the name).
+    ip: str | None = field(default=None, compare=False)
 
     @cached_property
     def name(self) -> str:
@@ -42,7 +45,9 @@ class Server:
 
     @property
     def address(self) -> tuple[str, int] | str:
-        return self.unix if self.unix is not None else (self.host, self.port)
+        if self.unix is not None:
+            return self.unix
+        return (self.ip or self.host, self.port)
 
     def __str__(self) -> str:
         if self.unix is not None:

@@ -11,7 +11,9 @@ step's outcome:
   hands the step to ``Engine.settle`` before sending it back;
 - a ``Pause`` comes back as ``None`` after the driver waited ``seconds``;
 - a ``Compute`` comes back as what its function returned (awaited when it is awaitable), or
-  with the exception it raised thrown into the operation.
+  with the exception it raised thrown into the operation;
+- a ``Datagram`` (a DNS query) comes back with ``reply`` set to the first datagram received
+  from ``address`` within ``Options.timeout``, or left None when none came (or sending failed).
 
 The engine's code between two steps runs as one piece: a driver that runs operations from
 several threads holds one lock while it advances any of them (``next``, ``send``, ``throw``,
@@ -100,7 +102,19 @@ class Compute:
         self.fn = fn
 
 
-Step = list[Call] | Pause | Compute
+class Datagram:
+    """A step that asks the driver to send ``data`` in one UDP datagram to ``address`` (a
+    nameserver) and to put the one that comes back from it in ``reply``."""
+
+    __slots__ = ("address", "data", "reply")
+
+    def __init__(self, address: tuple[str, int], data: bytes) -> None:
+        self.address = address
+        self.data = data
+        self.reply: bytes | None = None
+
+
+Step = list[Call] | Pause | Compute | Datagram
 # An operation: yields steps, is sent their outcomes, returns the call's result.
 Op = Generator[Step, Any, T]
 

@@ -34,7 +34,7 @@ from .protocol import LINE, NEED_DATA
 from .recovery import PROBE_TICK
 from .ring import Server
 from .security import Security
-from .steps import Call, Compute, Entry, Op, Pause
+from .steps import Call, Compute, Datagram, Entry, Op, Pause
 
 __all__ = ["Client", "Connection", "NoServerAvailable", "validate_key"]
 
@@ -74,7 +74,9 @@ class Connection:
                 sock.close()
                 raise
         else:
-            sock = socket.create_connection((server.host, server.port), timeout=connect_timeout)
+            address = server.address
+            assert not isinstance(address, str)
+            sock = socket.create_connection(address, timeout=connect_timeout)
         self.sock = sock
         self.idle_since = 0.0
         self.reader = protocol.Reader()
@@ -138,6 +140,20 @@ class Connection:
         self.close()
 
 
+def _exchange(step: Datagram, timeout: float) -> bytes | None:
+    """One DNS datagram out and the one that answers it, within ``timeout``."""
+    host, port = step.address
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+        with socket.socket(family, kind, proto) as udp:
+            udp.settimeout(timeout)
+            udp.connect(address)
+            udp.send(step.data)
+            return udp.recv(65535)
+    except OSError:
+        return None
+
+
 class Client(Face):
     """A memcached client for a cluster of servers placed with ketama.
 
@@ -157,7 +173,7 @@ class Client(Face):
         self._wake = threading.Event()
         self._discoverer: threading.Thread | None = None
         _CLIENTS.add(self)
-        if opts.discovery:
+        if self.engine.options.discovery:
             self._discover()
             self._start_discovery()
         if self.engine.needs_rounds:
@@ -213,6 +229,10 @@ class Client(Face):
                     time.sleep(step.seconds)
                     with lock:
                         step = op.send(None)
+                elif type(step) is Datagram:
+                    step.reply = _exchange(step, self.engine.options.timeout)
+                    with lock:
+                        step = op.send(step)
                 else:
                     assert type(step) is Compute
                     try:

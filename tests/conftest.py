@@ -54,13 +54,15 @@ def free_ports(n: int) -> int:
     raise RuntimeError("no free port range")
 
 
-def wait_port(port: int, proc: subprocess.Popen, timeout: float = 10.0) -> None:
+def wait_port(
+    port: int, proc: subprocess.Popen, timeout: float = 10.0, host: str = "127.0.0.1"
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            with socket.create_connection((host, port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.02)
@@ -68,19 +70,27 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 10.0) -> None:
 
 
 class ServerProcess:
-    """A cache server process (ours or memcached) on 127.0.0.1."""
+    """A cache server process (ours or memcached) on 127.0.0.1 (or another 127.0.0.x)."""
 
-    def __init__(self, argv: list[str], port: int, proc: subprocess.Popen, stderr_path: Path):
+    def __init__(
+        self,
+        argv: list[str],
+        port: int,
+        proc: subprocess.Popen,
+        stderr_path: Path,
+        host: str = "127.0.0.1",
+    ):
         self.argv = argv
         self.port = port
         self.proc = proc
         self.pid = proc.pid
         self.stderr_path = stderr_path
-        self.address = ("127.0.0.1", port)
+        self.host = host
+        self.address = (host, port)
 
     @property
     def location(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")
@@ -101,12 +111,13 @@ class ServerProcess:
         raise RuntimeError("no VmRSS")
 
 
-def start_node(*args: str, env: dict | None = None) -> ServerProcess:
-    """A ringcache node process on a free port (``-p 0``, port read from the port file)."""
+def start_node(*args: str, env: dict | None = None, host: str = "127.0.0.1") -> ServerProcess:
+    """A ringcache node process on a free port (``-p 0``, port read from the port file) of
+    ``host`` (any 127.0.0.x is this machine's loopback)."""
     tmp = Path(tempfile.mkdtemp(prefix="ringcache-node-"))
     port_file = tmp / "ports"
     stderr_path = tmp / "stderr"
-    argv = [sys.executable, "-m", "ringcache.node", "-l", "127.0.0.1", "-p", "0", *args]
+    argv = [sys.executable, "-m", "ringcache.node", "-l", host, "-p", "0", *args]
     full_env = {**os.environ, "MEMCACHED_PORT_FILENAME": str(port_file), **(env or {})}
     with open(stderr_path, "wb") as err:
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=full_env)
@@ -119,8 +130,8 @@ def start_node(*args: str, env: dict | None = None) -> ServerProcess:
             raise TimeoutError("node did not report its port")
         time.sleep(0.02)
     port = int(port_file.read_text().split()[-1])
-    server = ServerProcess(argv, port, proc, stderr_path)
-    wait_port(port, proc)
+    server = ServerProcess(argv, port, proc, stderr_path, host)
+    wait_port(port, proc, host=host)
     return server
 
 
@@ -146,8 +157,14 @@ def start_memcached(*args: str) -> ServerProcess:
 class RawClient:
     """Bytes in, bytes out over one TCP connection."""
 
-    def __init__(self, port: int, timeout: float = 5.0, tls: ssl.SSLContext | None = None):
-        sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(
+        self,
+        port: int,
+        timeout: float = 5.0,
+        tls: ssl.SSLContext | None = None,
+        host: str = "127.0.0.1",
+    ):
+        sock = socket.create_connection((host, port), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = sock if tls is None else tls.wrap_socket(sock, server_hostname="127.0.0.1")
 
