@@ -25,7 +25,7 @@ from .options import Options
 from .ring import Ring, Server, parse_location
 from .security import Security, tls_context
 from .steps import Entry
-from .sync import Client, Connection
+from .sync import Client, Connection, resolve_location
 
 __all__ = [
     "AsyncClient",
@@ -47,6 +47,7 @@ __all__ = [
     "UnexpectedCloseError",
     "UnknownCommandError",
     "parse_location",
+    "resolve_location",
     "tls_context",
     "validate_key",
 ]

@@ -343,7 +343,8 @@ def parse_cluster_config(body: bytes) -> ClusterConfig:
         servers = []
         for member in lines[1].split() if len(lines) > 1 else []:
             host, ip, port = member.split("|")
-            servers.append(Server(host=host or ip, port=int(port)))
+            where = ip if host and ip and ip != host else None  # a name and its address
+            servers.append(Server(host=host or ip, port=int(port), ip=where))
     except ValueError as exc:
         raise ProtocolError(f"bad cluster config {body[:60]!r}") from exc
     return ClusterConfig(version, servers)
@@ -430,5 +431,7 @@ METADUMP_ALL: Final = b"lru_crawler metadump all\r\n"
 
 def config_set(version: int, members: list[Server]) -> bytes:
     """Publish a membership (ringcache nodes; refused from off loopback)."""
-    entries = b" ".join(b"%s|%s|%d" % (m.host.encode(), m.host.encode(), m.port) for m in members)
+    entries = b" ".join(
+        b"%s|%s|%d" % (m.host.encode(), (m.ip or m.host).encode(), m.port) for m in members
+    )
     return b"config set cluster version=%d %s\r\n" % (version, entries)

@@ -32,11 +32,12 @@ from .peer import Peer
 from .pool import Pool, Pools
 from .protocol import LINE, NEED_DATA
 from .recovery import PROBE_TICK
+from .resolve import ResolverConfig, resolve, split_location
 from .ring import Server
 from .security import Security
 from .steps import Call, Compute, Datagram, Entry, Op, Pause
 
-__all__ = ["Client", "Connection", "NoServerAvailable", "validate_key"]
+__all__ = ["Client", "Connection", "NoServerAvailable", "resolve_location", "validate_key"]
 
 
 T = TypeVar("T")
@@ -152,6 +153,30 @@ def _exchange(step: Datagram, timeout: float) -> bytes | None:
             return udp.recv(65535)
     except OSError:
         return None
+
+
+def resolve_location(
+    location: str | Iterable[Any], dns_nameservers: Iterable[str] = (), timeout: float = 2.0
+) -> list[Server]:
+    """The servers a LOCATION names now, its DNS names resolved once (for the tooling:
+    ``ringcache follow`` and every command given a ``dnssrv+``/``dns+`` location). A DNS
+    name that gets no answer raises ``OSError`` naming it."""
+    plain, names = split_location(location)
+    if not names:
+        return plain
+    op = resolve(ResolverConfig.from_options(tuple(dns_nameservers)), names)
+    try:
+        step = next(op)
+        while True:
+            assert type(step) is Datagram
+            step.reply = _exchange(step, timeout)
+            step = op.send(step)
+    except StopIteration as stop:
+        found: list[Server] | None = stop.value
+    if not found:
+        raise OSError(f"DNS: no servers for {', '.join(map(str, names))}")
+    known = {s.name for s in plain}
+    return [*plain, *(s for s in found if s.name not in known)]
 
 
 class Client(Face):

@@ -14,10 +14,11 @@ stderr: status 2 for a usage mistake (click's), 1 for what was found (``Failure`
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
 
@@ -27,8 +28,15 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from ringcache.client import Connection, IllegalInputError, RingcacheError, protocol
+from ringcache.client import (
+    Connection,
+    IllegalInputError,
+    RingcacheError,
+    protocol,
+    resolve_location,
+)
 from ringcache.client.keys import validate_key
+from ringcache.client.resolve import split_location
 from ringcache.client.ring import Ring, Server, parse_location
 from ringcache.client.security import Security, tls_context
 from ringcache.node.auth import AuthFileError, load_authfile
@@ -81,7 +89,8 @@ class Failure(click.ClickException):
 class Settings:
     """The global options, wherever on the command line they were given."""
 
-    location: list[Server] | None = None
+    location: str | None = None  # as given (it may name DNS names, resolved when used)
+    dns_nameservers: str | None = None
     run_dir: Path | None = None
     tls: bool = False
     ca: str | None = None
@@ -125,9 +134,26 @@ class Settings:
                 raise click.UsageError(str(exc)) from None
         return self._security[0]
 
+    def resolve(self, location: str) -> list[Server]:
+        """The servers ``location`` names now (its ``dnssrv+``/``dns+`` names resolved)."""
+        nameservers = (self.dns_nameservers or "").split(",")
+        return resolve_location(location, [n for n in nameservers if n.strip()])
+
+    def membership(self) -> list[Server]:
+        """The membership a move starts from: for a DNS location the one the nodes publish
+        (DNS may already have dropped a pod that is being drained), else the LOCATION's."""
+        servers = self.servers()
+        if not self.location or not split_location(self.location)[1]:
+            return servers
+        config = published(servers, self.security)
+        if config is None or not config.version:
+            return servers
+        addresses = {s.host: s.ip for s in servers if s.ip}
+        return [replace(s, ip=addresses.get(s.host) or s.ip) for s in config.servers]
+
     def servers(self) -> list[Server]:
         if self.location:
-            return self.location
+            return self.resolve(self.location)
         members = self.local.locations()
         if not members:
             raise Failure(
@@ -138,17 +164,17 @@ class Settings:
 
 
 class LocationType(click.ParamType):
-    """A LOCATION as Django takes it (``host:port;host:port``), checked when parsed."""
+    """A LOCATION as Django takes it (``host:port;host:port``, ``dnssrv+NAME``,
+    ``dns+NAME:PORT``), checked when parsed, resolved when used."""
 
     name = "LOCATION"
 
     def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
-        if isinstance(value, list):
-            return value
         try:
-            return parse_location(value)
+            split_location(value)
         except ValueError as exc:
             self.fail(f"{value!r}: {exc}", param, ctx)
+        return value
 
 
 class AddressType(click.ParamType):
@@ -189,6 +215,9 @@ def _global_options(envvars: bool) -> list[click.Option]:
     specs: list[tuple[str, dict]] = [
         ("--location", dict(type=LocationType(), envvar=env("LOCATION"),
             help="Servers, as in Django's LOCATION (default: the local cluster).")),
+        ("--dns-nameservers", dict(envvar=env("DNS_NAMESERVERS"), metavar="HOST:PORT,…",
+            help="Resolve a dnssrv+/dns+ --location at these nameservers (default: the "
+            "system's).")),
         ("--run-dir", dict(type=click.Path(file_okay=False, path_type=Path),
             envvar=env("RUN_DIR"),
             help="The local cluster's state directory (pid files, logs, members); default "
@@ -346,7 +375,7 @@ def status(obj: Settings) -> None:
     For the local cluster it also says when its state is stale, when a port is held by a
     process that is not one of its nodes, and when the nodes publish another membership."""
     if obj.location:
-        _remote_status(obj.location, obj.security)
+        _remote_status(obj.servers(), obj.security)
         return
     local = obj.local
     rows = local.status()
@@ -515,6 +544,8 @@ def ring(obj: Settings) -> None:
     console.print(table)
 
 
+LOCK_WAIT = 300.0  # a mover waits this long for another's move (a pod's preStop included)
+
 GRACE = click.option(
     "--grace",
     type=click.FloatRange(0),
@@ -530,20 +561,31 @@ def _rebalance(
 ) -> dict:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
+    from .follow import MoveBusy, MoveLock
     from .rebalance import PublishError, rebalance
 
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=not sys.stdout.isatty(),
-    ) as bar:
+    lock = MoveLock([*old, *new], security, grace)
+    try:
+        lock.acquire(LOCK_WAIT, lambda holder: console.print(
+            f"waiting for the move in progress ({holder})", highlight=False))  # fmt: skip
+    except MoveBusy as busy:
+        raise Failure(f"{busy}; still held after {LOCK_WAIT:.0f} s, nothing was done") from None
+    with (
+        lock,
+        Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=not sys.stdout.isatty(),
+        ) as bar,
+    ):
         task = bar.add_task("moving keys", total=None)
 
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
+            lock.renew()
 
         try:
             result = rebalance(old, new, progress, grace=grace, security=security)
@@ -588,7 +630,7 @@ def add(obj: Settings, server: tuple[str, int] | None, grace: float) -> None:
 
     Without --location a new local node is started (SERVER is then its port or 127.0.0.1:PORT,
     by default the port after the last member's); it joins the members once its keys moved."""
-    old = obj.servers()
+    old = obj.membership()
     if obj.location:
         if server is None:
             raise click.UsageError("give the address of the server to add (HOST:PORT)")
@@ -613,12 +655,21 @@ def add(obj: Settings, server: tuple[str, int] | None, grace: float) -> None:
 @cli.command()
 @click.argument("server", type=AddressType(default_host=HOST))
 @GRACE
+@click.option(
+    "--if-member",
+    is_flag=True,
+    help="A SERVER that is no longer a member is no mistake (a pod's preStop: the follower may "
+    "have moved its keys already).",
+)
 @click.pass_obj
-def remove(obj: Settings, server: tuple[str, int], grace: float) -> None:
+def remove(obj: Settings, server: tuple[str, int], grace: float, if_member: bool) -> None:
     """Move SERVER's keys to their new owners, then drop it (a local node is stopped)."""
-    old = obj.servers()
+    old = obj.membership()
     gone = parse_location([f"{server[0]}:{server[1]}"])[0]
     match = [s for s in old if s.name == gone.name or (s.host, s.port) == (gone.host, gone.port)]
+    if not match and if_member:
+        console.print(f"{gone} is not a member: nothing to move", highlight=False)
+        return
     if not match:
         members = ";".join(map(str, old))
         raise click.BadParameter(f"{gone} is not a member ({members})", param_hint="'SERVER'")
@@ -634,9 +685,48 @@ def remove(obj: Settings, server: tuple[str, int], grace: float) -> None:
 @click.option("--to", "target", required=True, type=LocationType(), help="The new membership.")
 @GRACE
 @click.pass_obj
-def rebalance_command(obj: Settings, target: list[Server], grace: float) -> None:
+def rebalance_command(obj: Settings, target: str, grace: float) -> None:
     """Move from the current membership (--location) to --to, copying keys that change owner."""
-    _rebalance(obj.servers(), target, grace, obj.security)
+    _rebalance(obj.membership(), obj.resolve(target), grace, obj.security)
+
+
+@cli.command()
+@click.option(
+    "--interval",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0.1),
+    help="Seconds between two looks at DNS.",
+)
+@GRACE
+@click.pass_obj
+def follow(obj: Settings, interval: float, grace: float) -> None:
+    """Watch DNS and move the keys whenever the set of names it returns changes.
+
+    In the foreground until stopped; --location names the nodes through DNS
+    (dnssrv+_memcache._tcp.ringcache.NS.svc.cluster.local). Publishes the membership DNS names
+    when none is, finishes a move it (or another mover) left half done, and takes the one move
+    lock, so a second follower waits. Run one per cluster (deploy/kubernetes: a Deployment)."""
+    from .follow import follow_once
+    from .rebalance import PublishError
+
+    location = obj.location
+    if not location or not split_location(location)[1]:
+        raise click.UsageError(
+            "follow needs a --location with DNS names (dnssrv+NAME or dns+NAME:PORT)"
+        )
+
+    def say(message: str) -> None:
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}", flush=True)
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds: the lock is released
+    say(f"following {location} every {interval:g} s")
+    while True:
+        try:
+            follow_once(obj.resolve(location), grace, obj.security, say=say)
+        except (PublishError, RuntimeError, OSError, RingcacheError) as exc:
+            say(f"{exc}; the membership stays as it is, trying again in {interval:g} s")
+        time.sleep(interval)
 
 
 @cli.command()

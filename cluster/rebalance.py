@@ -23,6 +23,8 @@ from ringcache.client import Connection, ReplyError, RingcacheError, Security, p
 from ringcache.client.protocol import ClusterConfig, DumpEntry, parse_metadump_line
 from ringcache.client.ring import Ring, Server
 
+MOVERS_KEYS = b"ringcache:move:"  # the lock and the plan of ``follow``, kept on every node
+
 
 def metadump(server: Server, security: Security | None = None) -> Iterator[DumpEntry]:
     """Every live item of a server, from ``lru_crawler metadump all``."""
@@ -193,6 +195,8 @@ def plan(
             unreachable.append(src)
             continue
         for item in items:
+            if item.key.startswith(MOVERS_KEYS):
+                continue  # the movers' own lock and plan are on every node, never moved
             owner = new_ring.get(item.key)
             if owner.name == src.name:
                 continue

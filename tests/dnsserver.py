@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import dns.message
 import dns.query
@@ -78,3 +79,43 @@ class Dnsmasq:
             os.kill(self.proc.pid, signal.SIGTERM)
             self.proc.wait(10)
         self.proc = None
+
+
+class StatefulSet:
+    """Pods ``ringcache-i`` (ringcache nodes) on 127.0.0.(11+i), each on a port of its own, and
+    the headless Service's records in dnsmasq, changed as Kubernetes would change them."""
+
+    def __init__(self, workdir: Path, replicas: int = 3) -> None:
+        from tests.conftest import free_ports
+
+        self.base = free_ports(10)
+        self.dns = Dnsmasq(workdir)
+        self.pods: dict[int, Any] = {}
+        for i in range(replicas):
+            self.start(i)
+        self.serve()
+
+    @property
+    def location(self) -> str:
+        return f"dnssrv+{SRV_NAME}"
+
+    def name(self, i: int) -> str:
+        return f"ringcache-{i}.{SERVICE}:{self.base + i}"
+
+    def start(self, i: int, ip: str | None = None) -> None:
+        from tests.conftest import start_node
+
+        self.pods[i] = start_node("-p", str(self.base + i), host=ip or f"127.0.0.{11 + i}")
+
+    def stop(self, i: int) -> None:
+        self.pods.pop(i).stop()
+
+    def serve(self, listed: list[int] | None = None) -> None:
+        """DNS lists ``listed`` (default: every running pod)."""
+        listed = sorted(self.pods) if listed is None else listed
+        self.dns.serve({f"ringcache-{i}": (self.pods[i].host, self.pods[i].port) for i in listed})
+
+    def close(self) -> None:
+        self.dns.stop()
+        for i in list(self.pods):
+            self.stop(i)

@@ -38,6 +38,32 @@ def test_statefulset_and_headless_service_give_stable_location_names():
     assert [s.name for s in servers] == [n.removesuffix(":11211") for n in names]
 
 
+def test_the_follower_the_prestop_drain_and_the_srv_name():
+    objs = k8s()
+    service, sts, follower = objs["Service"], objs["StatefulSet"], objs["Deployment"]
+    # The SRV name _memcache._tcp.<service> comes from the port's name and protocol.
+    (port,) = service["spec"]["ports"]
+    assert port["name"] == "memcache" and port.get("protocol", "TCP") == "TCP"
+    srv = f"dnssrv+_memcache._tcp.{service['metadata']['name']}.$(POD_NAMESPACE).svc.cluster.local"
+    assert follower["spec"]["replicas"] == 1
+    assert follower["spec"]["strategy"]["type"] == "Recreate"  # never two during a rollout
+    container = follower["spec"]["template"]["spec"]["containers"][0]
+    command = container["command"]
+    assert command[0] == "ringcache" and "follow" in command
+    assert command[command.index("--location") + 1] == srv
+    node = sts["spec"]["template"]["spec"]["containers"][0]
+    prestop = " ".join(node["lifecycle"]["preStop"]["exec"]["command"])
+    assert 'remove "$POD_NAME.ringcache.$POD_NAMESPACE.svc.cluster.local:11211"' in prestop
+    assert "--if-member" in prestop and srv.replace("$(POD_NAMESPACE)", "$POD_NAMESPACE") in prestop
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in node["env"]}
+    assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
+    # Sized from the measured move rate (6.4 s per 100,000 keys after a 5 s grace).
+    assert sts["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 60
+    # Both log in as the nodes' first authfile entry and check their certificates.
+    for argv in (command, prestop.split()):
+        assert "/etc/ringcache/auth/authfile" in argv and "/etc/ringcache/tls/ca.crt" in argv
+
+
 def test_container_limits_follow_minus_m_and_probes_are_real():
     sts = k8s()["StatefulSet"]
     container = sts["spec"]["template"]["spec"]["containers"][0]

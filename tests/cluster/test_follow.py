@@ -1,0 +1,183 @@
+"""``ringcache follow`` and a pod's ``preStop`` against a real DNS server (dnsmasq) that the
+tests rewrite as a StatefulSet would change: scale 3 → 5 → 3 under traffic from several
+processes (every read checked against the last completed write), the follower killed in the
+middle of a move and restarted beside a second one, and a scale-down by ``preStop``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ringcache.client import Client, Connection, Server, protocol
+from ringcache.cluster.rebalance import published
+from tests.dnsserver import DNSMASQ, StatefulSet
+from tests.failover.processes import Processes
+
+pytestmark = [
+    pytest.mark.skipif(DNSMASQ is None, reason="dnsmasq (dnsmasq-base) is not installed"),
+    pytest.mark.failover,
+]
+RINGCACHE = [sys.executable, "-m", "ringcache.cluster.cli"]
+FAST = {"dns_interval": 0.2, "discovery_interval": 0.2, "probe_interval": 0.05}
+
+
+@pytest.fixture
+def sts(tmp_path):
+    statefulset = StatefulSet(tmp_path)
+    yield statefulset
+    statefulset.close()
+
+
+class Follower:
+    """``ringcache follow`` in a process of its own, its output in a file."""
+
+    def __init__(self, sts: StatefulSet, log: Path, grace: float = 0.5) -> None:
+        env = {**os.environ, "RINGCACHE_DNS_NAMESERVERS": sts.dns.nameserver}
+        self.log = log
+        argv = [*RINGCACHE, "follow", "--location", sts.location, "--interval", "0.3",
+                "--grace", str(grace)]  # fmt: skip
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+        self.proc.wait(20)
+
+
+def membership(sts: StatefulSet):
+    servers = [Server(p.host, p.port) for p in sts.pods.values()]
+    return published(servers)
+
+
+def wait_for(predicate, timeout: float = 30.0, what: str = "") -> float:
+    started = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - started < timeout, f"not within {timeout} s: {what}"
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def names_published(sts: StatefulSet, pods: list[int], settled: bool = True):
+    def check() -> bool:
+        config = membership(sts)
+        return (
+            config is not None
+            and (not settled or config.version % 2 == 0)
+            and {s.name for s in config.servers} == {sts.name(i) for i in pods}
+        )
+
+    return check
+
+
+def hits(client: Client, values: dict[str, bytes]) -> tuple[int, int]:
+    got = client.get_many(list(values))
+    wrong = sum(1 for k, v in got.items() if v != values[k])
+    return len(got), wrong
+
+
+def test_scale_3_to_5_to_3_under_traffic(sts, tmp_path):
+    follower = Follower(sts, tmp_path / "follower.log")
+    options = {"dns_nameservers": sts.dns.nameserver, **FAST}
+    try:
+        wait_for(names_published(sts, [0, 1, 2]), what="the first membership published")
+        client = Client(sts.location, **options)
+        values = {f"pre:{i}": b"v%d" % i for i in range(3000)}
+        assert client.set_many(values) == []
+        figures = {}
+        with Processes(sts.location, options, writers=2, readers=2) as traffic:
+            sts.start(3)
+            sts.start(4)
+            changed = time.monotonic()
+            sts.serve()  # scaled to 5
+            wait_for(names_published(sts, [0, 1, 2, 3, 4]), what="5 names published")
+            published_after = time.monotonic() - changed
+            wait_for(lambda: len(client.engine.peers) == 5, what="the client on 5 nodes")
+            figures["up"] = (published_after, time.monotonic() - changed, *hits(client, values))
+            changed = time.monotonic()
+            sts.serve([0, 1, 2])  # scaled to 3: pods 3 and 4 are terminating, still running
+            wait_for(names_published(sts, [0, 1, 2]), what="3 names published")
+            published_after = time.monotonic() - changed
+            wait_for(lambda: len(client.engine.peers) == 3, what="the client on 3 nodes")
+            sts.stop(4)
+            sts.stop(3)
+            figures["down"] = (published_after, time.monotonic() - changed, *hits(client, values))
+            time.sleep(1.0)
+            traffic_figures = traffic.figures()
+        client.close()
+    finally:
+        follower.stop()
+    print(f"\nfollow 3→5→3: {json.dumps(figures)}; traffic {json.dumps(traffic_figures)}")
+    for hit, wrong in (figures["up"][2:], figures["down"][2:]):
+        assert wrong == 0 and hit >= 0.99 * len(values)
+    assert traffic_figures["wrong"] == 0 and traffic_figures["hits"] > 0
+    assert "moving from" in follower.output()
+
+
+def test_a_follower_killed_in_a_move_is_finished_by_the_next_and_one_acts(sts, tmp_path):
+    client = Client(sts.location, dns_nameservers=sts.dns.nameserver, **FAST)
+    values = {f"pre:{i}": b"v%d" % i for i in range(3000)}
+    assert client.set_many(values) == []
+    first = Follower(sts, tmp_path / "first.log", grace=3.0)
+    try:
+        wait_for(names_published(sts, [0, 1, 2]), what="the first membership published")
+        sts.start(3)
+        sts.serve()
+        wait_for(names_published(sts, [0, 1, 2, 3], settled=False), what="the move begun")
+        assert membership(sts).version % 2 == 1  # moving: the follower is in its grace period
+        first.stop(signal.SIGKILL)  # as a node's crash would: the lock stays until its TTL
+        second = Follower(sts, tmp_path / "second.log", grace=3.0)
+        third = Follower(sts, tmp_path / "third.log", grace=3.0)
+        took = wait_for(names_published(sts, [0, 1, 2, 3]), timeout=60, what="the move finished")
+        time.sleep(1.0)
+        second.stop()
+        third.stop()
+    finally:
+        first.stop()
+    logs = [second.output(), third.output()]
+    print(f"\nresumed {took:.1f} s after the kill;\n" + "\n".join(logs))
+    assert sum("finishing the interrupted move" in log for log in logs) == 1
+    assert sum("waiting: another move is in progress" in log for log in logs) >= 1
+    wait_for(lambda: len(client.engine.peers) == 4, what="the client on 4 nodes")
+    hit, wrong = hits(client, values)
+    client.close()
+    assert wrong == 0 and hit >= 0.99 * len(values)
+
+
+def test_prestop_drains_a_pod_and_is_idempotent(sts, tmp_path):
+    env = {**os.environ, "RINGCACHE_DNS_NAMESERVERS": sts.dns.nameserver}
+    client = Client(sts.location, dns_nameservers=sts.dns.nameserver, **FAST)
+    values = {f"pre:{i}": b"v%d" % i for i in range(3000)}
+    assert client.set_many(values) == []
+    # The membership the follower publishes first: the pods' names.
+    members = [Server(f"ringcache-{i}.ringcache.test", sts.base + i) for i in range(3)]
+    for pod in sts.pods.values():
+        with Connection(Server(pod.host, pod.port)) as conn:
+            assert conn.request(protocol.config_set(2, members), (protocol.STATUS,)) == [b"OK"]
+    prestop = [*RINGCACHE, "remove", sts.name(2), "--location", sts.location, "--if-member",
+               "--grace", "0.5"]  # fmt: skip
+    started = time.monotonic()
+    result = subprocess.run(prestop, capture_output=True, text=True, timeout=120, env=env)
+    took = time.monotonic() - started
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "moved" in result.stdout
+    sts.serve([0, 1])
+    sts.stop(2)
+    wait_for(lambda: len(client.engine.peers) == 2, what="the client on 2 nodes")
+    hit, wrong = hits(client, values)
+    client.close()
+    print(f"\npreStop drained {sts.name(2)} in {took:.2f} s: {result.stdout.strip()}")
+    assert wrong == 0 and hit >= 0.99 * len(values)
+    again = subprocess.run(prestop, capture_output=True, text=True, timeout=120, env=env)
+    assert again.returncode == 0 and "is not a member: nothing to move" in again.stdout
