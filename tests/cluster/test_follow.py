@@ -130,23 +130,27 @@ def test_a_follower_killed_in_a_move_is_finished_by_the_next_and_one_acts(sts, t
     values = {f"pre:{i}": b"v%d" % i for i in range(3000)}
     assert client.set_many(values) == []
     first = Follower(sts, tmp_path / "first.log", grace=3.0)
+    options = {"dns_nameservers": sts.dns.nameserver, **FAST}
     try:
         wait_for(names_published(sts, [0, 1, 2]), what="the first membership published")
-        sts.start(3)
-        sts.serve()
-        wait_for(names_published(sts, [0, 1, 2, 3], settled=False), what="the move begun")
-        assert membership(sts).version % 2 == 1  # moving: the follower is in its grace period
-        first.stop(signal.SIGKILL)  # as a node's crash would: the lock stays until its TTL
-        second = Follower(sts, tmp_path / "second.log", grace=3.0)
-        third = Follower(sts, tmp_path / "third.log", grace=3.0)
-        took = wait_for(names_published(sts, [0, 1, 2, 3]), timeout=60, what="the move finished")
-        time.sleep(1.0)
-        second.stop()
-        third.stop()
+        with Processes(sts.location, options, writers=2, readers=2) as traffic:
+            sts.start(3)
+            sts.serve()
+            wait_for(names_published(sts, [0, 1, 2, 3], settled=False), what="the move begun")
+            assert membership(sts).version % 2 == 1  # moving: the follower is in its grace
+            first.stop(signal.SIGKILL)  # as a crash would: the lock stays until its TTL
+            second = Follower(sts, tmp_path / "second.log", grace=3.0)
+            third = Follower(sts, tmp_path / "third.log", grace=3.0)
+            took = wait_for(names_published(sts, [0, 1, 2, 3]), timeout=60, what="finished")
+            time.sleep(1.0)
+            second.stop()
+            third.stop()
+            figures = traffic.figures()
     finally:
         first.stop()
+    assert figures["wrong"] == 0 and figures["hits"] > 0, figures
     logs = [second.output(), third.output()]
-    print(f"\nresumed {took:.1f} s after the kill;\n" + "\n".join(logs))
+    print(f"\nresumed {took:.1f} s after the kill; traffic {json.dumps(figures)}")
     assert sum("finishing the interrupted move" in log for log in logs) == 1
     assert sum("waiting: another move is in progress" in log for log in logs) >= 1
     wait_for(lambda: len(client.engine.peers) == 4, what="the client on 4 nodes")
