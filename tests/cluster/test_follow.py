@@ -185,3 +185,36 @@ def test_prestop_drains_a_pod_and_is_idempotent(sts, tmp_path):
     assert wrong == 0 and hit >= 0.99 * len(values)
     again = subprocess.run(prestop, capture_output=True, text=True, timeout=120, env=env)
     assert again.returncode == 0 and "is not a member: nothing to move" in again.stdout
+
+
+def test_a_pod_back_at_another_address_under_traffic(sts, tmp_path):
+    """A pod restarted elsewhere (empty, a new IP, the same name): the clients of every process
+    re-address it from DNS and re-admit it by the recovery rules; the ring does not change."""
+    follower = Follower(sts, tmp_path / "follower.log")
+    options = {"dns_nameservers": sts.dns.nameserver, **FAST}
+    try:
+        wait_for(names_published(sts, [0, 1, 2]), what="the first membership published")
+        client = Client(sts.location, **options)
+        values = {f"pre:{i}": b"v%d" % i for i in range(3000)}
+        assert client.set_many(values) == []
+        with Processes(sts.location, options, writers=2, readers=2) as traffic:
+            sts.stop(1)
+            sts.start(1, ip="127.0.0.31")
+            changed = time.monotonic()
+            sts.serve()
+            peer = client.engine.peers[sts.name(1)]
+            wait_for(lambda: peer.server.address == ("127.0.0.31", sts.base + 1) and
+                     peer.health.usable, what="re-addressed and re-admitted")  # fmt: skip
+            took = time.monotonic() - changed
+            time.sleep(1.0)
+            figures = traffic.figures()
+        hit, wrong = hits(client, values)
+        version = membership(sts).version
+        client.close()
+    finally:
+        follower.stop()
+    print(f"\npod back at another address: in use after {took:.2f} s; {hit} of {len(values)} "
+          f"kept (the pod's own came back empty); traffic {json.dumps(figures)}")  # fmt: skip
+    assert figures["wrong"] == 0 and wrong == 0
+    assert hit >= 0.6 * len(values)  # the two pods that stayed kept theirs
+    assert version == 2  # the same names: no move, no new membership
