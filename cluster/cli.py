@@ -564,7 +564,10 @@ def _rebalance(
     from .follow import MoveBusy, MoveLock
     from .rebalance import PublishError, rebalance
 
-    lock = MoveLock([*old, *new], security, grace)
+    everyone = list({s.name: s for s in [*old, *new]}.values())
+    if not any(_answers(s, security) for s in everyone):
+        raise Failure(f"no server answers ({', '.join(map(str, everyone))}); nothing was done")
+    lock = MoveLock(everyone, security, grace)
     try:
         lock.acquire(LOCK_WAIT, lambda holder: console.print(
             f"waiting for the move in progress ({holder})", highlight=False))  # fmt: skip
@@ -606,6 +609,18 @@ def _rebalance(
         f"membership version {result['version']}: {';'.join(map(str, new))}"
     )
     return result
+
+
+def _answers(server: Server, security: Security | None) -> bool:
+    """Anything comes back (a refused login included): the server is there."""
+    try:
+        with Connection(server, 2, 2, security) as conn:
+            conn.request(protocol.VERSION, (protocol.STATUS,))
+    except OSError:
+        return False
+    except RingcacheError:
+        return True
+    return True
 
 
 def _local_port(address: tuple[str, int] | None) -> int | None:

@@ -364,7 +364,7 @@ BAD = [
     (["ping", "--authfile", "EMPTY"], 2, "has no entry"),
     (["up", "--nodes", "5"], 1, "up does not change its shape (asked for 5 nodes)"),
     (["ping", "--location", "127.0.0.1:1"], 1, ""),  # the reason is on stdout, per server
-    (["--location", "127.0.0.1:1", "add", "127.0.0.1:2", "--grace", "0"], 1, "run it again"),
+    (["--location", "127.0.0.1:1", "add", "127.0.0.1:2", "--grace", "0"], 1, "no server answers"),
 ]
 
 
