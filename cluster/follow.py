@@ -188,13 +188,15 @@ def follow_once(
     Nothing published yet: publish ``found`` (the membership the clients started from). An
     interrupted move (an odd version): finish it, from the plan kept on the nodes (or, when
     there is none, from the members that remain). A settled membership whose names differ
-    from DNS: move the keys to ``found`` and publish it. Else nothing. Returns what it did
+    from DNS: move the keys to ``found`` and publish it. Else nothing but giving the membership
+    to a node that lacks it (a pod restarted empty). Returns what it did
     (``idle``, ``busy``, ``published``, ``resumed``, ``moved``)."""
     current = published(found, security)
     everyone = list({s.name: s for s in [*found, *(current.servers if current else [])]}.values())
     lock = lock or MoveLock(everyone, security, grace)
     settled = current is not None and current.version and current.version % 2 == 0
     if settled and _names(current.servers) == _names(found):
+        _catch_up(found, current, security, say)
         return "idle"
     try:
         lock.try_acquire()
@@ -227,6 +229,16 @@ def follow_once(
         return "moved"
     finally:
         lock.release()
+
+
+def _catch_up(servers: list[Server], current, security: Security | None, say) -> None:
+    """Give the membership to a node that lacks it (a pod restarted empty): clients that ask
+    it for the membership must not be told of none."""
+    for server in servers:
+        config = published([server], security)
+        behind = config is not None and config.version < current.version
+        if behind and not publish([server], current.servers, current.version, security):
+            say(f"{server} had membership version {config.version}: given {current.version}")
 
 
 def _move(

@@ -218,3 +218,5 @@ def test_a_pod_back_at_another_address_under_traffic(sts, tmp_path):
     assert figures["wrong"] == 0 and wrong == 0
     assert hit >= 0.6 * len(values)  # the two pods that stayed kept theirs
     assert version == 2  # the same names: no move, no new membership
+    # The pod that came back empty was given the membership again (clients may ask it).
+    assert "had membership version 0: given 2" in follower.output()
