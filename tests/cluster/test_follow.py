@@ -87,14 +87,20 @@ def hits(client: Client, values: dict[str, bytes]) -> tuple[int, int]:
     return len(got), wrong
 
 
-def test_scale_3_to_5_to_3_under_traffic(sts, tmp_path):
+def followed(sts: StatefulSet, tmp_path: Path) -> tuple[Follower, Client, dict, dict]:
+    """A follower that published the first membership, and a client that cached 3,000 keys."""
     follower = Follower(sts, tmp_path / "follower.log")
     options = {"dns_nameservers": sts.dns.nameserver, **FAST}
+    wait_for(names_published(sts, [0, 1, 2]), what="the first membership published")
+    client = Client(sts.location, **options)
+    values = {f"pre:{i}": b"v%d" % i for i in range(3000)}
+    assert client.set_many(values) == []
+    return follower, client, values, options
+
+
+def test_scale_3_to_5_to_3_under_traffic(sts, tmp_path):
+    follower, client, values, options = followed(sts, tmp_path)
     try:
-        wait_for(names_published(sts, [0, 1, 2]), what="the first membership published")
-        client = Client(sts.location, **options)
-        values = {f"pre:{i}": b"v%d" % i for i in range(3000)}
-        assert client.set_many(values) == []
         figures = {}
         with Processes(sts.location, options, writers=2, readers=2) as traffic:
             sts.start(3)
@@ -190,13 +196,8 @@ def test_prestop_drains_a_pod_and_is_idempotent(sts, tmp_path):
 def test_a_pod_back_at_another_address_under_traffic(sts, tmp_path):
     """A pod restarted elsewhere (empty, a new IP, the same name): the clients of every process
     re-address it from DNS and re-admit it by the recovery rules; the ring does not change."""
-    follower = Follower(sts, tmp_path / "follower.log")
-    options = {"dns_nameservers": sts.dns.nameserver, **FAST}
+    follower, client, values, options = followed(sts, tmp_path)
     try:
-        wait_for(names_published(sts, [0, 1, 2]), what="the first membership published")
-        client = Client(sts.location, **options)
-        values = {f"pre:{i}": b"v%d" % i for i in range(3000)}
-        assert client.set_many(values) == []
         with Processes(sts.location, options, writers=2, readers=2) as traffic:
             sts.stop(1)
             sts.start(1, ip="127.0.0.31")
