@@ -18,11 +18,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 import socket
+import struct
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
+import anyio.streams.buffered
 import sniffio
 from anyio.streams.tls import TLSStream
 
@@ -363,14 +365,21 @@ class AsyncClient(Face):
             op.close()  # a cancelled operation still releases what it holds
 
     async def _exchange(self, step: Datagram) -> bytes | None:
-        """One DNS datagram out and the one that answers it, within ``timeout``."""
+        """One DNS message out and the one that answers it, within ``timeout``: a UDP
+        datagram, or over TCP (``step.tcp``) framed by its two-byte length."""
         host, port = step.address
         try:
             with anyio.fail_after(self.engine.options.timeout):
+                if step.tcp:
+                    async with await anyio.connect_tcp(host, port) as tcp:
+                        await tcp.send(struct.pack("!H", len(step.data)) + step.data)
+                        buffered = anyio.streams.buffered.BufferedByteReceiveStream(tcp)
+                        (size,) = struct.unpack("!H", await buffered.receive_exactly(2))
+                        return await buffered.receive_exactly(size)
                 async with await anyio.create_connected_udp_socket(host, port) as udp:
                     await udp.send(step.data)
                     return await udp.receive()
-        except (OSError, TimeoutError, anyio.BrokenResourceError):
+        except (OSError, TimeoutError, anyio.BrokenResourceError, anyio.IncompleteRead):
             return None
 
     async def _perform(self, call: Call) -> None:

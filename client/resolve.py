@@ -11,7 +11,9 @@ answers with the reply's bytes), how answers become servers, and what a failure 
   port: the ring is keyed on the name, so a pod that comes back with another address keeps its
   keys; the address DNS gives the name is where the client connects (``Server.ip``).
 - An A/AAAA record gives a server named by its address, on the entry's port.
-- An empty or failed answer keeps what was known before, and is logged.
+- An empty or failed answer keeps what was known before, and is logged. An answer cut short
+  (more pods than one datagram carries: about ten with their addresses) is asked again over
+  TCP, as resolvers do.
 
 DNS finds the nodes; it does not decide the membership on its own (``Membership.found``).
 """
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import dns.exception
+import dns.flags
 import dns.message
 import dns.rcode
 import dns.rdatatype
@@ -154,16 +157,13 @@ def query(
     for qname in config.names(name):
         for nameserver in config.nameservers:
             request = dns.message.make_query(qname, rdtype, use_edns=0, payload=EDNS_PAYLOAD)
-            step = Datagram(nameserver, request.to_wire())
-            yield step
-            if step.reply is None:
+            answer = yield from _ask(nameserver, request, False)
+            if answer is not None and answer.flags & dns.flags.TC:
+                # Cut short (more pods than one datagram carries): what came is not all there
+                # is, and a part would look like a scale-down. Asked again over TCP.
+                answer = yield from _ask(nameserver, request, True)
+            if answer is None:
                 continue  # that nameserver failed: the next one
-            try:
-                answer = dns.message.from_wire(step.reply)
-            except dns.exception.DNSException:
-                continue
-            if answer.id != request.id:
-                continue
             if answer.rcode() == dns.rcode.NXDOMAIN:
                 break  # no such name: the next search name
             if answer.rcode() != dns.rcode.NOERROR:
@@ -172,6 +172,23 @@ def query(
                 return answer
             break  # the name exists without such records
     return None
+
+
+def _ask(
+    nameserver: tuple[str, int], request: dns.message.Message, tcp: bool
+) -> Op[dns.message.Message | None]:
+    """One exchange with one nameserver: its answer to ``request``, or None."""
+    step = Datagram(nameserver, request.to_wire(), tcp)
+    yield step
+    if step.reply is None:
+        return None
+    try:
+        answer = dns.message.from_wire(step.reply)
+    except dns.exception.DNSException:
+        return None
+    if answer.id != request.id or (tcp and answer.flags & dns.flags.TC):
+        return None
+    return answer
 
 
 def _addresses(message: dns.message.Message, section: list[Any]) -> dict[str, list[str]]:

@@ -13,7 +13,9 @@ step's outcome:
 - a ``Compute`` comes back as what its function returned (awaited when it is awaitable), or
   with the exception it raised thrown into the operation;
 - a ``Datagram`` (a DNS query) comes back with ``reply`` set to the first datagram received
-  from ``address`` within ``Options.timeout``, or left None when none came (or sending failed).
+  from ``address`` within ``Options.timeout``, or left None when none came (or sending failed);
+  with ``tcp`` the query goes over a TCP connection instead, framed by a two-byte length as
+  DNS over TCP is, and ``reply`` is the one message read back.
 
 The engine's code between two steps runs as one piece: a driver that runs operations from
 several threads holds one lock while it advances any of them (``next``, ``send``, ``throw``,
@@ -104,13 +106,15 @@ class Compute:
 
 class Datagram:
     """A step that asks the driver to send ``data`` in one UDP datagram to ``address`` (a
-    nameserver) and to put the one that comes back from it in ``reply``."""
+    nameserver) and to put the one that comes back from it in ``reply`` (over TCP when ``tcp``:
+    an answer too large for a datagram)."""
 
-    __slots__ = ("address", "data", "reply")
+    __slots__ = ("address", "data", "reply", "tcp")
 
-    def __init__(self, address: tuple[str, int], data: bytes) -> None:
+    def __init__(self, address: tuple[str, int], data: bytes, tcp: bool = False) -> None:
         self.address = address
         self.data = data
+        self.tcp = tcp
         self.reply: bytes | None = None
 
 

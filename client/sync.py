@@ -142,9 +142,15 @@ class Connection:
 
 
 def _exchange(step: Datagram, timeout: float) -> bytes | None:
-    """One DNS datagram out and the one that answers it, within ``timeout``."""
+    """One DNS message out and the one that answers it, each step within ``timeout``: a UDP
+    datagram, or over TCP (``step.tcp``) framed by its two-byte length."""
     host, port = step.address
     try:
+        if step.tcp:
+            with socket.create_connection((host, port), timeout=timeout) as tcp:
+                tcp.sendall(struct.pack("!H", len(step.data)) + step.data)
+                (size,) = struct.unpack("!H", _read_exactly(tcp, 2))
+                return _read_exactly(tcp, size)
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
         with socket.socket(family, kind, proto) as udp:
             udp.settimeout(timeout)
@@ -153,6 +159,16 @@ def _exchange(step: Datagram, timeout: float) -> bytes | None:
             return udp.recv(65535)
     except OSError:
         return None
+
+
+def _read_exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionResetError("the nameserver closed the connection")
+        data += chunk
+    return data
 
 
 def resolve_location(

@@ -63,7 +63,9 @@ class Dnsmasq:
         while True:
             try:
                 query = dns.message.make_query(SRV_NAME, "SRV")
-                answer = dns.query.udp(query, "127.0.0.1", port=self.port, timeout=0.5)
+                answer, _ = dns.query.udp_with_fallback(
+                    query, "127.0.0.1", port=self.port, timeout=0.5
+                )
                 if sum(len(r) for r in answer.answer) == records:
                     return
             except (OSError, dns.exception.DNSException):

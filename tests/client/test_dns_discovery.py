@@ -120,3 +120,14 @@ def test_dns_a_records_name_the_servers_by_address(statefulset, make_client):
     client = make_client(f"dns+{SERVICE}:{port}", dns_nameservers=dnsmasq.nameserver, **FAST)
     assert sorted(client.engine.peers) == [f"127.0.0.{11 + i}:{port}" for i in range(3)]
     assert client.engine.options.discovery is True
+
+
+def test_more_pods_than_a_datagram_carries_are_read_over_tcp(tmp_path, make_client):
+    dnsmasq = Dnsmasq(tmp_path)
+    try:
+        dnsmasq.serve({f"ringcache-{i}": (f"127.0.1.{i + 1}", 11211) for i in range(40)})
+        client = make_client(f"dnssrv+{SRV_NAME}", dns_nameservers=dnsmasq.nameserver, **FAST)
+        assert len(client.engine.peers) == 40  # a UDP answer holds about ten of them
+        assert client.engine.peers[f"ringcache-39.{SERVICE}"].server.ip == "127.0.1.40"
+    finally:
+        dnsmasq.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import dns.flags
 import dns.message
 import dns.rcode
 import dns.rdatatype
@@ -39,8 +40,12 @@ class Nameservers:
                     qname = question.name.to_text(omit_final_dot=True)
                     kind = dns.rdatatype.to_text(question.rdtype)
                     self.asked.append((step.address, qname, kind))
-                    reply = self.handler(step.address, query, qname, kind)
-                    step.reply = None if reply is None else reply.to_wire()
+                    if step.tcp:
+                        reply = self.handler(step.address, query, qname, kind, tcp=True)
+                    else:
+                        reply = self.handler(step.address, query, qname, kind)
+                    size = 65535 if step.tcp else 0  # 0: the query's EDNS payload
+                    step.reply = None if reply is None else reply.to_wire(max_size=size)
                     step = op.send(step)
                 else:
                     assert peers is not None, step
@@ -142,6 +147,27 @@ def test_no_answer_and_a_wrong_id_are_failures_not_an_empty_cluster():
     assert ns.run(resolve(ResolverConfig((NS1,)), [DnsEntry("a", "x", 1)])) is None
     ns = Nameservers(lambda *args: None)
     assert ns.run(resolve(ResolverConfig((NS1, NS2)), [DnsEntry("srv", SRV_NAME)])) is None
+
+
+def test_a_truncated_answer_is_asked_again_over_tcp():
+    pods = [f"{SRV_NAME} SRV 0 50 11211 ringcache-{i}.ringcache." for i in range(40)]
+    over: list[bool] = []
+
+    def handler(address, query, qname, kind, tcp=False):
+        if kind == "A":
+            return answer(query, f"{qname} A 10.2.0.1")
+        over.append(tcp)
+        if not tcp:  # the other pods did not fit: not a scale-down
+            reply = answer(query, *pods[:3])
+            reply.flags |= dns.flags.TC
+            return reply
+        return answer(query, *pods)
+
+    ns = Nameservers(handler)
+    servers = ns.run(resolve(ResolverConfig((NS1,)), [DnsEntry("srv", SRV_NAME)]))
+    assert len(servers) == 40 and over == [False, True]
+    ns = Nameservers(lambda *args, tcp=False: None if tcp else handler(*args))
+    assert ns.run(resolve(ResolverConfig((NS1,)), [DnsEntry("srv", SRV_NAME)])) is None
 
 
 def engine_with(handler: Any, clock: list[float]) -> tuple[Engine, Nameservers]:
