@@ -24,9 +24,11 @@ SRV_NAME = f"_memcache._tcp.{SERVICE}"
 
 
 class Dnsmasq:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, service: str = SERVICE) -> None:
         assert DNSMASQ is not None
         self.workdir = workdir
+        self.service = service
+        self.srv_name = f"_memcache._tcp.{service}"
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
 
@@ -35,7 +37,7 @@ class Dnsmasq:
         return f"127.0.0.1:{self.port}"
 
     def serve(self, pods: dict[str, tuple[str, int]]) -> None:
-        """SRV records of ``SRV_NAME`` for every pod name (on its port) and its A record, and
+        """SRV records of the Service for every pod name (on its port) and its A record, and
         the Service's own A records (every pod's address)."""
         lines = [
             f"port={self.port}", "listen-address=127.0.0.1", "bind-interfaces", "no-resolv",
@@ -44,10 +46,10 @@ class Dnsmasq:
         if os.geteuid() == 0:
             lines.append("user=root")
         for name, (ip, port) in sorted(pods.items()):
-            lines.append(f"srv-host={SRV_NAME},{name}.{SERVICE},{port}")
-            lines.append(f"host-record={name}.{SERVICE},{ip}")
+            lines.append(f"srv-host={self.srv_name},{name}.{self.service},{port}")
+            lines.append(f"host-record={name}.{self.service},{ip}")
         for ip in sorted({ip for ip, _ in pods.values()}):
-            lines.append(f"host-record={SERVICE},{ip}")
+            lines.append(f"host-record={self.service},{ip}")
         conf = self.workdir / "dnsmasq.conf"
         conf.write_text("\n".join(lines) + "\n")
         self.stop()
@@ -62,7 +64,7 @@ class Dnsmasq:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                query = dns.message.make_query(SRV_NAME, "SRV")
+                query = dns.message.make_query(self.srv_name, "SRV")
                 answer, _ = dns.query.udp_with_fallback(
                     query, "127.0.0.1", port=self.port, timeout=0.5
                 )
@@ -87,11 +89,19 @@ class StatefulSet:
     """Pods ``ringcache-i`` (ringcache nodes) on 127.0.0.(11+i), each on a port of its own, and
     the headless Service's records in dnsmasq, changed as Kubernetes would change them."""
 
-    def __init__(self, workdir: Path, replicas: int = 3) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        replicas: int = 3,
+        service: str = SERVICE,
+        node_args: tuple[str, ...] = (),
+    ) -> None:
         from tests.conftest import free_ports
 
         self.base = free_ports(10)
-        self.dns = Dnsmasq(workdir)
+        self.service = service
+        self.node_args = node_args
+        self.dns = Dnsmasq(workdir, service)
         self.pods: dict[int, Any] = {}
         for i in range(replicas):
             self.start(i)
@@ -99,15 +109,16 @@ class StatefulSet:
 
     @property
     def location(self) -> str:
-        return f"dnssrv+{SRV_NAME}"
+        return f"dnssrv+{self.dns.srv_name}"
 
     def name(self, i: int) -> str:
-        return f"ringcache-{i}.{SERVICE}:{self.base + i}"
+        return f"ringcache-{i}.{self.service}:{self.base + i}"
 
     def start(self, i: int, ip: str | None = None) -> None:
         from tests.conftest import start_node
 
-        self.pods[i] = start_node("-p", str(self.base + i), host=ip or f"127.0.0.{11 + i}")
+        port = str(self.base + i)
+        self.pods[i] = start_node(*self.node_args, "-p", port, host=ip or f"127.0.0.{11 + i}")
 
     def stop(self, i: int) -> None:
         self.pods.pop(i).stop()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ringcache.client import Client, Connection, Server, protocol
 from ringcache.cluster.rebalance import published
@@ -26,6 +28,7 @@ pytestmark = [
     pytest.mark.failover,
 ]
 RINGCACHE = [sys.executable, "-m", "ringcache.cluster.cli"]
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 FAST = {"dns_interval": 0.2, "discovery_interval": 0.2, "probe_interval": 0.05}
 
 
@@ -221,3 +224,75 @@ def test_a_pod_back_at_another_address_under_traffic(sts, tmp_path):
     assert version == 2  # the same names: no move, no new membership
     # The pod that came back empty was given the membership again (clients may ask it).
     assert "had membership version 0: given 2" in follower.output()
+
+
+def test_the_manifests_follower_and_prestop_over_tls_with_logins(tmp_path):
+    """deploy/kubernetes's own commands — the nodes' flags, the follower's command, the pods'
+    preStop — with its secrets (make-secrets.sh), names and SRV record: TLS and logins all
+    the way, the pods in namespace "default"."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed by deploy/make-secrets.sh")
+    secrets = tmp_path / "secrets"
+    subprocess.run(["bash", str(DEPLOY / "make-secrets.sh"), str(secrets)], check=True, timeout=60)
+    mounted = {"/etc/ringcache/tls/": f"{secrets}/", "/etc/ringcache/auth/": f"{secrets}/"}
+
+    def local(text: str) -> str:
+        for path, here in mounted.items():
+            text = text.replace(path, here)
+        return text
+
+    docs = {d["kind"]: d for d in yaml.safe_load_all((DEPLOY / "kubernetes/ringcache.yaml").open())}
+    node = docs["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]
+    args = [local(a) for a in node["args"]]
+    del args[args.index("-l") : args.index("-l") + 2]  # each pod listens on its own address
+    service = "ringcache.default.svc.cluster.local"
+    sts = StatefulSet(tmp_path, service=service, node_args=tuple(args))
+    env = {
+        **os.environ,
+        "RINGCACHE_DNS_NAMESERVERS": sts.dns.nameserver,
+        "POD_NAMESPACE": "default",
+    }
+    command = docs["Deployment"]["spec"]["template"]["spec"]["containers"][0]["command"]
+    command = [local(c.replace("$(POD_NAMESPACE)", "default")) for c in command]
+    command[command.index("--interval") + 1] = "0.3"
+    command[command.index("--grace") + 1] = "0.5"
+    with open(tmp_path / "follower.log", "ab") as out:
+        follower = subprocess.Popen(
+            [sys.executable, "-m", "ringcache.cluster.cli", *command[1:]],
+            stdout=out, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+    app = {
+        "tls": str(secrets / "ca.crt"), "username": "app",
+        "password": (secrets / "app.password").read_text().strip(),
+    }  # fmt: skip
+    try:
+        assert sts.location == command[command.index("--location") + 1]
+        client = Client(sts.location, dns_nameservers=sts.dns.nameserver, **app, **FAST)
+        values = {f"pre:{i}": b"v%d" % i for i in range(2000)}
+        wait_for(lambda: client.set_many(values) == [], what="the app writes through TLS")
+        log = tmp_path / "follower.log"
+        wait_for(lambda: "published the membership DNS names" in log.read_text(), what="follow")
+        prestop = local(" ".join(node["lifecycle"]["preStop"]["exec"]["command"][2:]))
+        prestop = prestop.replace("--grace 5", "--grace 0.5").replace("exec ringcache", "")
+        # Each pod of the test has a port of its own (Kubernetes': 11211 for all).
+        prestop = prestop.replace(".svc.cluster.local:11211", f".svc.cluster.local:{sts.base + 2}")
+        pod = {"POD_NAME": "ringcache-2"}
+        result = subprocess.run(
+            ["sh", "-c", f'exec "{sys.executable}" -m ringcache.cluster.cli {prestop}'],
+            capture_output=True, text=True, timeout=120, env={**env, **pod},
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "moved" in result.stdout
+        sts.serve([0, 1])
+        sts.stop(2)
+        wait_for(lambda: len(client.engine.peers) == 2, what="the app on 2 pods")
+        hit, wrong = hits(client, values)
+        client.close()
+    finally:
+        follower.terminate()
+        follower.wait(20)
+        sts.close()
+    output = (tmp_path / "follower.log").read_text()
+    print(f"\nmanifest commands over TLS: preStop {result.stdout.strip()}; {hit} of 2000 kept")
+    assert wrong == 0 and hit >= 0.99 * len(values)
+    assert "Traceback" not in output
