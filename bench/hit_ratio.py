@@ -1,0 +1,111 @@
+"""Hit ratio of the node against Debian's memcached 1.6.18 at the same ``-m``, on look-aside
+traces (a get; on a miss, a set of the value), replayed over the network in the same run.
+
+Traces (seeded, so every server sees the same requests): zipf at two skews, a popularity shift
+(the hot set moves halfway), one-hit wonders mixed into a zipf set, and a zipf set with
+periodic one-pass loops over cold keys (a batch job walking a table). Prints the hit ratio of
+each server on each trace, at two cache sizes, and the node's difference in points.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from collections.abc import Iterator
+
+from pymemcache.client.base import Client as Pymemcache
+
+from tests.conftest import MEMCACHED, start_memcached, start_node
+
+VALUE = 200  # bytes per value: items of one slab class
+TRACES = ("zipf-0.8", "zipf-1.1", "shift", "one-hit", "loops")
+
+
+def zipf_keys(n_keys: int, skew: float, rnd: random.Random) -> list[float]:
+    weights = [1.0 / (rank**skew) for rank in range(1, n_keys + 1)]
+    total = sum(weights)
+    acc, cdf = 0.0, []
+    for w in weights:
+        acc += w / total
+        cdf.append(acc)
+    return cdf
+
+
+def draw(cdf: list[float], rnd: random.Random) -> int:
+    import bisect
+
+    return min(bisect.bisect_left(cdf, rnd.random()), len(cdf) - 1)
+
+
+def trace(name: str, length: int, n_keys: int, seed: int = 7) -> Iterator[str]:
+    rnd = random.Random(seed)
+    if name.startswith("zipf"):
+        cdf = zipf_keys(n_keys, 0.8 if name == "zipf-0.8" else 1.1, rnd)
+        for _ in range(length):
+            yield f"k{draw(cdf, rnd)}"
+    elif name == "shift":
+        cdf = zipf_keys(n_keys, 0.9, rnd)
+        for i in range(length):
+            offset = 0 if i < length // 2 else n_keys  # a new hot set halfway
+            yield f"k{draw(cdf, rnd) + offset}"
+    elif name == "one-hit":
+        cdf = zipf_keys(n_keys, 0.9, rnd)
+        for i in range(length):
+            yield f"k{draw(cdf, rnd)}" if rnd.random() < 0.7 else f"once{i}"
+    elif name == "loops":
+        cdf = zipf_keys(n_keys, 0.9, rnd)
+        cold = 0
+        for i in range(length):
+            if (i // 20000) % 4 == 3:  # every fourth stretch: a pass over cold keys
+                cold += 1
+                yield f"cold{cold}"
+            else:
+                yield f"k{draw(cdf, rnd)}"
+    else:
+        raise ValueError(name)
+
+
+def replay(port: int, keys: list[str]) -> float:
+    client = Pymemcache(("127.0.0.1", port), no_delay=True)
+    value = b"v" * VALUE
+    hits = 0
+    for key in keys:
+        if client.get(key) is not None:
+            hits += 1
+        else:
+            client.set(key, value, noreply=True)
+    client.close()
+    return hits / len(keys)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--length", type=int, default=200_000)
+    parser.add_argument("--keys", type=int, default=100_000)
+    parser.add_argument("--memory", type=int, nargs="+", default=[4, 8], help="-m values, MB")
+    parser.add_argument("--traces", nargs="+", default=list(TRACES))
+    args = parser.parse_args(argv)
+    if MEMCACHED is None:
+        print("memcached is missing: apt-get install memcached")
+        return 2
+    print(f"{'trace':10} {'-m':>4} {'memcached':>10} {'node':>8} {'node - memcached':>17}")
+    for memory in args.memory:
+        for name in args.traces:
+            keys = list(trace(name, args.length, args.keys))
+            results = []
+            for start in (start_memcached, start_node):
+                server = start("-m", str(memory))
+                try:
+                    results.append(replay(server.port, keys))
+                finally:
+                    server.stop()
+            theirs, ours = results
+            points = 100 * (ours - theirs)
+            print(f"{name:10} {memory:>4} {theirs:>10.3%} {ours:>8.3%} {points:>+16.2f}")
+            sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
