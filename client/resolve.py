@@ -39,7 +39,7 @@ log = logging.getLogger("ringcache.client")
 
 SRV_PREFIX = "dnssrv+"
 A_PREFIX = "dns+"
-EDNS_PAYLOAD = 1232  # enough for dozens of SRV records in one datagram
+EDNS_PAYLOAD = 1232  # the size DNS flag day 2020 deems safe; a longer answer comes over TCP
 RESOLV_CONF = Path("/etc/resolv.conf")
 
 
