@@ -692,7 +692,11 @@ def remove(obj: Settings, server: tuple[str, int], grace: float, if_member: bool
     if not remaining:
         raise click.BadParameter(f"{gone} is the last member", param_hint="'SERVER'")
     _rebalance(old, remaining, grace, obj.security)
-    if not obj.location:
+    if obj.location:
+        from .follow import mark_drained
+
+        mark_drained(match[0], remaining, obj.security)  # the follower must not add it back
+    else:
         obj.local.remove(match[0].port)
 
 

@@ -28,6 +28,8 @@ from .rebalance import MOVERS_KEYS, publish, published, rebalance
 
 LOCK_KEY = MOVERS_KEYS + b"lock"
 PLAN_KEY = MOVERS_KEYS + b"plan"
+DRAINED = MOVERS_KEYS + b"drained:"  # + a server's name: the node process a remove drained
+DRAINED_TTL = 3600
 LOCK_TTL = 15.0  # at least; a mover that sleeps ``grace`` between renewals holds it 3 graces
 
 
@@ -176,6 +178,47 @@ def drop_plan(servers: list[Server], sec) -> None:
             pass
 
 
+def identity(server: Server, security: Security | None = None) -> str | None:
+    """Which process answers at ``server`` (its pid and start time), or None if none does."""
+    try:
+        (stats,) = _request(server, protocol.stats(), (protocol.STATS,), security)
+        return "%s@%d" % (
+            stats[b"pid"].decode(), int(stats[b"time"]) - int(stats[b"uptime"])
+        )  # fmt: skip
+    except (OSError, RingcacheError, KeyError, ValueError, TypeError):
+        return None
+
+
+def mark_drained(server: Server, members: list[Server], security: Security | None) -> None:
+    """After a ``remove`` of ``server`` (a pod's preStop): remember on the members which
+    process was drained, so that the follower does not move keys back onto it while DNS
+    still lists the terminating pod."""
+    ident = identity(server, security)
+    if ident is None:
+        return
+    data = protocol.store(b"set", DRAINED + server.name.encode(), 0, DRAINED_TTL, ident.encode())
+    for member in members:
+        try:
+            _request(member, data, (protocol.STATUS,), security)
+        except (OSError, RingcacheError):
+            pass
+
+
+def drained(server: Server, members: list[Server], security: Security | None) -> bool:
+    """Whether ``server`` is the very process a ``remove`` drained (or none answers there):
+    not to be added back; a pod restarted under the same name is another process."""
+    read = protocol.meta_get(DRAINED + server.name.encode(), b"v")
+    for member in members:
+        try:
+            (found,) = _request(member, read, (protocol.META,), security)
+        except (OSError, RingcacheError):
+            continue
+        if isinstance(found, Meta) and found.value:
+            ident = identity(server, security)
+            return ident is None or ident.encode() == found.value
+    return False
+
+
 def follow_once(
     found: list[Server],
     grace: float,
@@ -192,6 +235,14 @@ def follow_once(
     to a node that lacks it (a pod restarted empty). Returns what it did
     (``idle``, ``busy``, ``published``, ``resumed``, ``moved``)."""
     current = published(found, security)
+    if current is not None and current.version:
+        members = current.servers
+        names = _names(members)
+        kept = [s for s in found if s.name in names or not drained(s, found, security)]
+        if len(kept) < len(found):
+            gone = ", ".join(str(s) for s in found if s not in kept)
+            say(f"{gone}: drained by a remove (its preStop) and still the same process: left out")
+        found = kept
     everyone = list({s.name: s for s in [*found, *(current.servers if current else [])]}.values())
     lock = lock or MoveLock(everyone, security, grace)
     settled = current is not None and current.version and current.version % 2 == 0
