@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -266,19 +267,38 @@ def test_a_refused_publish_is_an_error_naming_the_node(local_cluster, memcached)
     assert raised.value.servers == [new[-1]] and memcached.location in str(raised.value)
 
 
+def signal_and_settle(pid: int, sig: int) -> None:
+    """``sig`` to ``pid``; for SIGSTOP, return once every thread of it is stopped (a thread
+    running on the other core may otherwise still answer a request sent just after)."""
+    os.kill(pid, sig)
+    if sig != signal.SIGSTOP:
+        return
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        states = []
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+            except OSError:
+                continue
+        if states and all(state in ("T", "t") for state in states):
+            return
+        time.sleep(0.005)
+
+
 @pytest.fixture(params=["nodes", "memcached"])
 def pausable(request, local_cluster):
     """Three servers and a way to SIGSTOP/SIGCONT the first: ringcache nodes, or Debian's
     memcached (the debts use only classic commands, which every memcached has)."""
     if request.param == "nodes":
         lc, base = local_cluster
-        yield lc.locations(), lambda sig: os.kill(lc.pid(base), sig)
+        yield lc.locations(), lambda sig: signal_and_settle(lc.pid(base), sig)
         return
     if MEMCACHED is None:
         pytest.skip("Debian's memcached is not installed; CI always installs it")
     servers = [start_memcached() for _ in range(3)]
     try:
-        yield [s.location for s in servers], lambda sig: os.kill(servers[0].pid, sig)
+        yield [s.location for s in servers], lambda sig: signal_and_settle(servers[0].pid, sig)
     finally:
         for s in servers:
             s.stop()
