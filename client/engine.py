@@ -38,7 +38,7 @@ from .options import Options
 from .peer import Peer
 from .protocol import CONFIG, META, STATS, STATUS, VALUES, ClusterConfig, Meta
 from .recovery import PROBE_TICK, Fence, Recovery
-from .resolve import Dns, ResolverConfig, split_location
+from .resolve import Dns, ResolverConfig, joined, split_location
 from .ring import Ring, Server
 from .steps import Call, Entry, Op
 
@@ -135,8 +135,7 @@ class Engine:
             first = dns.servers is None
             found = yield from dns.lookup(self.options.clock())
             if found:
-                known = {s.name for s in self._plain_servers}
-                servers = [*self._plain_servers, *(s for s in found if s.name not in known)]
+                servers = joined(self._plain_servers, found)
                 changed = self.membership.found(servers, dns.addresses, first)
         peer = next((p for p in self.membership.view.peer_list if p.health.usable), None)
         if peer is None:

@@ -244,7 +244,6 @@ class Dns:
         self.config = config
         self.interval = interval
         self.servers: list[Server] | None = None  # None: never resolved
-        self.addresses: dict[str, str] = {}  # SRV target -> the address DNS gave it
         self.next_due = 0.0
 
     def due(self, now: float) -> bool:
@@ -260,12 +259,26 @@ class Dns:
                         "no answer" if found is None else "no records")  # fmt: skip
             return None
         self.servers = found
-        self.addresses = {s.host: s.ip for s in found if s.ip is not None}
         return found
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        """SRV target -> the address DNS gave it last."""
+        return {s.host: s.ip for s in self.servers or [] if s.ip is not None}
 
     def placed(self, servers: list[Server]) -> list[Server]:
         """``servers`` (a published membership) with the addresses DNS gave their names."""
-        return [
-            replace(s, ip=self.addresses[s.host]) if s.host in self.addresses else s
-            for s in servers
-        ]
+        return placed(servers, self.servers or [])
+
+
+def placed(servers: list[Server], found: list[Server]) -> list[Server]:
+    """``servers`` (a published membership) with the addresses that ``found`` (what DNS
+    resolved) gives their names; a name DNS did not give keeps its own."""
+    addresses = {s.host: s.ip for s in found if s.ip is not None}
+    return [replace(s, ip=addresses[s.host]) if s.host in addresses else s for s in servers]
+
+
+def joined(plain: list[Server], found: list[Server]) -> list[Server]:
+    """A LOCATION's plain servers, then those its DNS names found that it does not name."""
+    known = {s.name for s in plain}
+    return [*plain, *(s for s in found if s.name not in known)]

@@ -32,7 +32,7 @@ from .peer import Peer
 from .pool import Pool, Pools
 from .protocol import LINE, NEED_DATA
 from .recovery import PROBE_TICK
-from .resolve import ResolverConfig, resolve, split_location
+from .resolve import ResolverConfig, joined, resolve, split_location
 from .ring import Server
 from .security import Security
 from .steps import Call, Compute, Datagram, Entry, Op, Pause
@@ -191,8 +191,7 @@ def resolve_location(
         found: list[Server] | None = stop.value
     if not found:
         raise OSError(f"DNS: no servers for {', '.join(map(str, names))}")
-    known = {s.name for s in plain}
-    return [*plain, *(s for s in found if s.name not in known)]
+    return joined(plain, found)
 
 
 class Client(Face):

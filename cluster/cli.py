@@ -18,7 +18,7 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
@@ -36,7 +36,7 @@ from ringcache.client import (
     resolve_location,
 )
 from ringcache.client.keys import validate_key
-from ringcache.client.resolve import split_location
+from ringcache.client.resolve import placed, split_location
 from ringcache.client.ring import Ring, Server, parse_location
 from ringcache.client.security import Security, tls_context
 from ringcache.node.auth import AuthFileError, load_authfile
@@ -148,8 +148,7 @@ class Settings:
         config = published(servers, self.security)
         if config is None or not config.version:
             return servers
-        addresses = {s.host: s.ip for s in servers if s.ip}
-        return [replace(s, ip=addresses.get(s.host) or s.ip) for s in config.servers]
+        return placed(config.servers, servers)
 
     def servers(self) -> list[Server]:
         if self.location:

@@ -23,6 +23,7 @@ from typing import Any
 
 from ringcache.client import Connection, RingcacheError, Security, Server, protocol
 from ringcache.client.protocol import Meta
+from ringcache.client.resolve import placed
 
 from .rebalance import MOVERS_KEYS, publish, published, rebalance
 
@@ -261,11 +262,7 @@ def follow_once(
             say(f"published the membership DNS names: {';'.join(map(str, found))}" + (
                 f" (not adopted by {', '.join(map(str, failed))})" if failed else ""))  # fmt: skip
             return "published"
-        addresses = {s.host: s.ip for s in found if s.ip}
-        members = [
-            Server(s.host, s.port, s.weight, s.unix, addresses.get(s.host) or s.ip)
-            for s in current.servers
-        ]
+        members = placed(current.servers, found)
         if current.version % 2:
             plan = load_plan(everyone, security)
             old, new = plan if plan is not None else (members, members)
