@@ -286,8 +286,7 @@ def test_the_manifests_follower_and_prestop_over_tls_with_logins(tmp_path):
         assert "moved" in result.stdout
         # The pod is terminating but DNS lists it a while longer: the follower must not move
         # keys back onto it (they would be lost when it stops).
-        time.sleep(1.5)
-        assert "drained by a remove" in log.read_text()
+        wait_for(lambda: "drained by a remove" in log.read_text(), what="the pod left out")
         wait_for(lambda: len(client.engine.peers) == 2, what="the app on 2 pods")
         # A rolling update: the pod comes back under its name, a new process: it is added back.
         sts.stop(2)
