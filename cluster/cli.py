@@ -690,12 +690,14 @@ def remove(obj: Settings, server: tuple[str, int], grace: float, if_member: bool
     remaining = [s for s in old if s is not match[0]]
     if not remaining:
         raise click.BadParameter(f"{gone} is the last member", param_hint="'SERVER'")
-    _rebalance(old, remaining, grace, obj.security)
     if obj.location:
         from .follow import mark_drained
 
-        mark_drained(match[0], remaining, obj.security)  # the follower must not add it back
-    else:
+        # Before the move, so that a follower never sees the membership without it and the
+        # mark not yet written (it would move the keys back onto a pod about to stop).
+        mark_drained(match[0], old, obj.security)
+    _rebalance(old, remaining, grace, obj.security)
+    if not obj.location:
         obj.local.remove(match[0].port)
 
 

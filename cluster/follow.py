@@ -191,9 +191,10 @@ def identity(server: Server, security: Security | None = None) -> str | None:
 
 
 def mark_drained(server: Server, members: list[Server], security: Security | None) -> None:
-    """After a ``remove`` of ``server`` (a pod's preStop): remember on the members which
-    process was drained, so that the follower does not move keys back onto it while DNS
-    still lists the terminating pod."""
+    """Before a ``remove`` of ``server`` (a pod's preStop) moves its keys: remember on the
+    members which process is being drained, so that the follower does not move keys back onto
+    it while DNS still lists the terminating pod (only a server that is no longer a member is
+    looked up, so a remove that fails leaves the mark unused)."""
     ident = identity(server, security)
     if ident is None:
         return
@@ -236,14 +237,7 @@ def follow_once(
     to a node that lacks it (a pod restarted empty). Returns what it did
     (``idle``, ``busy``, ``published``, ``resumed``, ``moved``)."""
     current = published(found, security)
-    if current is not None and current.version:
-        members = current.servers
-        names = _names(members)
-        kept = [s for s in found if s.name in names or not drained(s, found, security)]
-        if len(kept) < len(found):
-            gone = ", ".join(str(s) for s in found if s not in kept)
-            say(f"{gone}: drained by a remove (its preStop) and still the same process: left out")
-        found = kept
+    found = _without_drained(found, current, security, say)
     everyone = list({s.name: s for s in [*found, *(current.servers if current else [])]}.values())
     lock = lock or MoveLock(everyone, security, grace)
     settled = current is not None and current.version and current.version % 2 == 0
@@ -257,6 +251,8 @@ def follow_once(
         return "busy"
     try:
         current = published(everyone, security)  # again, under the lock
+        # A remove may have ended between the first look and the lock: look again.
+        found = _without_drained(found, current, security, say)
         if current is None or current.version == 0:
             failed = publish(found, found, 2, security)
             say(f"published the membership DNS names: {';'.join(map(str, found))}" + (
@@ -277,6 +273,19 @@ def follow_once(
         return "moved"
     finally:
         lock.release()
+
+
+def _without_drained(found: list[Server], current, security: Security | None, say) -> list[Server]:
+    """``found`` without the pods that a ``remove`` drained and that are no longer members:
+    DNS lists a terminating pod a while longer, and keys moved back onto it would be lost."""
+    if current is None or not current.version:
+        return found
+    names = _names(current.servers)
+    kept = [s for s in found if s.name in names or not drained(s, found, security)]
+    if len(kept) < len(found):
+        gone = ", ".join(str(s) for s in found if s not in kept)
+        say(f"{gone}: drained by a remove (its preStop) and still the same process: left out")
+    return kept
 
 
 def _catch_up(servers: list[Server], current, security: Security | None, say) -> None:
