@@ -46,6 +46,7 @@ bench: $(STAMP)  ## never in CI: ratios against memcached, pymemcache, pylibmc; 
 	$(BIN)/python -m bench.move_keys
 	$(BIN)/python -m bench.herd
 	$(BIN)/python -m bench.hit_ratio
+	$(BIN)/python -m bench.warm_restart
 	$(BIN)/python -m bench.failover_timeline --out failover-timeline.png
 
 secrets:  ## CA, node certificate and key, authfile and passwords for deploy/ (NAMESPACE, EXTRA_NAMES)

@@ -2,7 +2,8 @@
 
 Modules: ``config`` (flags), ``protocol`` (sans-IO framing), ``commands`` and ``meta``
 (request handling), ``state`` (what sessions share), ``store`` (item semantics) with
-``assoc``, ``items`` and ``crawler`` beside it, ``slabs`` (memory), ``counters`` (the
+``assoc``, ``items`` and ``crawler`` beside it, ``slabs`` (memory), ``restart`` (``-e``: item
+memory in a mapped file and warm restarts), ``counters`` (the
 counters), ``stats`` (the ``stats`` texts), ``auth`` (``-Y``), ``tls`` (``-Z``), ``reactor``
 (the hot loop) and ``server`` (the trio code around it). ``Node`` and ``Config`` are the
 public entry points.

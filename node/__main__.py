@@ -1,8 +1,9 @@
 """``ringcache-node`` / ``python -m ringcache.node``: start one node from memcached's flags.
 
 This module owns the process: argument errors and exit codes, ``-h``/``-V``, the ``-vv``
-class table, ``-d``/``-P``/``-u``, clean exit on SIGTERM/SIGINT, and SIGHUP (reload ``-Y``'s
-authfile). Serving is ``server``'s.
+class table, ``-d``/``-P``/``-u``, clean exit on SIGTERM/SIGINT, the graceful stop on SIGUSR1
+(with ``-e``: the metadata of a warm restart, written by ``restart``), and SIGHUP (reload
+``-Y``'s authfile). Serving is ``server``'s.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ import sys
 
 import trio
 
+from . import restart
 from .auth import AuthFileError
 from .config import USAGE, VERSION, Config, ConfigError, parse_args
+from .restart import MemoryFile, RestartError
 from .server import ListenError, Node, open_listeners
-from .slabs import class_table
+from .slabs import PreallocError, class_table
+from .store import Store
 from .tls import TLSConfigError
 
 EX_USAGE = 64
@@ -61,7 +65,8 @@ def _write_port_file(listeners) -> None:
 
 
 async def _run(node: Node) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+    stops = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+    with trio.open_signal_receiver(*stops) as signals:
         async with trio.open_nursery() as nursery:
 
             async def stop_on_signal() -> None:
@@ -69,6 +74,8 @@ async def _run(node: Node) -> None:
                     if signum == signal.SIGHUP:
                         node.reload_authfile()
                         continue
+                    # SIGUSR1: memcached's graceful stop (with -e: for a warm restart).
+                    node.state.graceful_stop = signum == signal.SIGUSR1
                     nursery.cancel_scope.cancel()
                     return
 
@@ -93,8 +100,20 @@ def main(argv: list[str] | None = None) -> int:
     for note in cfg.notes:
         if cfg.verbose:
             print(f"note: {note}", file=sys.stderr)
+    memory = None
     try:
-        node = Node(cfg)
+        if cfg.memory_file:
+            memory = MemoryFile(cfg.memory_file, cfg.memory_limit, cfg.slab_page_size)
+        store = Store(cfg, memory=memory)
+        if memory and not restart.restore(store, cfg, memory):
+            if store.slabs.pages:  # a restore that failed half way: start over, empty
+                store = Store(cfg, memory=memory)
+            memory.clear()
+            store.slabs.preallocate()
+        node = Node(cfg, store)
+    except (RestartError, PreallocError) as exc:
+        print(exc, file=sys.stderr)
+        return 1
     except TLSConfigError as exc:
         print(exc, file=sys.stderr)
         return EX_USAGE
@@ -126,11 +145,18 @@ def main(argv: list[str] | None = None) -> int:
     node.listeners = listeners
     try:
         trio.run(_run, node)
-        if node.state.verbosity:  # as ``verbosity`` left it
+        if node.state.graceful_stop:
+            print("Gracefully stopping", file=sys.stderr, flush=True)
+            if memory:
+                restart.save(node.store, cfg, memory)
+                memory = None
+        elif node.state.verbosity:  # as ``verbosity`` left it
             print("Exiting normally", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         pass
     finally:
+        if memory:
+            memory.close()  # no metadata: the next start is a clean one
         if cfg.pidfile:
             try:
                 os.unlink(cfg.pidfile)

@@ -110,6 +110,14 @@ class HashIndex:
             return False
         return True
 
+    def resize_index(self, hash_power: int) -> None:
+        """An empty table of ``2 ** hash_power`` slots (a warm restart: the size it had)."""
+        self.hash_power = hash_power
+        self.table = array("q", [NONE]) * (1 << hash_power)
+        self.mask = (1 << hash_power) - 1
+        self.count = 0
+        self.old_table = None
+
     def _table_remove(self, slot: int) -> None:
         table = self.table
         mask = self.mask

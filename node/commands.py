@@ -594,6 +594,7 @@ class Session(MetaCommands):
             return b"ERROR: shutdown not enabled\r\n"
         if ntokens == 2 or (ntokens == 3 and tokens[1] == b"graceful"):
             self.node.shutdown_requested = True
+            self.node.graceful_stop = ntokens == 3
             raise Close()
         raise ClientError("invalid shutdown mode")
 

@@ -22,6 +22,9 @@ USAGE = """ringcache-node {version} (memcached-compatible)
 -d, --daemon              run as a daemon
 -u, --user=<user>         assume identity of <username> (only when run as root)
 -m, --memory-limit=<num>  item memory in megabytes (default: 64)
+-e, --memory-file=<file>  mmap a file for item memory (a RAM disk such as /dev/shm);
+                          enables a warm restart: stop with SIGUSR1 (or "shutdown
+                          graceful"), start again with the same flags
 -c, --conn-limit=<num>    max simultaneous connections (default: 1024)
 -M, --disable-evictions   return error on memory exhausted instead of evicting
 -v, --verbose             verbose (print errors/warnings while in event loop)
@@ -71,8 +74,10 @@ class Config:
     port: int = 11211
     listen: str = "127.0.0.1"
     memory_limit: int = 64 * 1024 * 1024
+    memory_file: str | None = None
     max_connections: int = 1024
     growth_factor: float = 1.25
+    slab_config: str = "1.25"  # -f as written: what a warm restart compares, as memcached
     chunk_size: int = 48
     item_size_max: int = 1024 * 1024
     slab_chunk_max: int = PAGE_SIZE // 2
@@ -105,7 +110,7 @@ class Config:
     notes: tuple[str, ...] = field(default=())
 
 
-_SHORT = "p:U:l:dhVu:m:c:Mvt:P:f:n:I:AY:Zo:"
+_SHORT = "p:U:l:dhVu:m:e:c:Mvt:P:f:n:I:AY:Zo:"
 _LONG = [
     "port=",
     "udp-port=",
@@ -115,6 +120,7 @@ _LONG = [
     "version",
     "user=",
     "memory-limit=",
+    "memory-file=",
     "conn-limit=",
     "disable-evictions",
     "verbose",
@@ -137,6 +143,7 @@ _LONG_TO_SHORT = {
     "--version": "-V",
     "--user": "-u",
     "--memory-limit": "-m",
+    "--memory-file": "-e",
     "--conn-limit": "-c",
     "--disable-evictions": "-M",
     "--verbose": "-v",
@@ -208,6 +215,8 @@ def parse_args(argv: list[str]) -> Config:
             if megabytes <= 0:
                 raise ConfigError("-m: the memory limit must be a positive number of megabytes")
             values["memory_limit"] = megabytes * 1024 * 1024
+        elif flag == "-e":
+            values["memory_file"] = arg
         elif flag == "-c":
             values["max_connections"] = _int("-c", arg)
             if values["max_connections"] <= 0:
@@ -232,6 +241,7 @@ def parse_args(argv: list[str]) -> Config:
             if factor <= 1.0:
                 raise ConfigError("Factor must be greater than 1")
             values["growth_factor"] = factor
+            values["slab_config"] = arg
         elif flag == "-n":
             chunk = _int("-n", arg)
             if chunk <= 0:

@@ -26,6 +26,7 @@ from .slabs import (
     OFF_CAS,
     OFF_CLSID,
     OFF_EXPTIME,
+    OFF_HASH,
     OFF_IFLAGS,
     OFF_MFLAGS,
     OFF_NBYTES,
@@ -271,6 +272,20 @@ class Items:
         self.bytes += ntotal
         self.stats.total_items += 1
         return cas
+
+    def relink(self, hd: int, key: bytes, page, off: int) -> None:
+        """Index a linked item found in item memory after a warm restart, counted as
+        ``_install`` counts it (memcached's ``do_item_link_fixup``); its hash is this
+        process's, its LRU links are in place already."""
+        h = hash(key) & 0xFFFFFFFF
+        _I.pack_into(page, off + OFF_HASH, h)
+        slot, old = self._find(key)
+        if old != NONE:
+            raise ValueError(f"the key {key!r} twice")
+        self._table_insert(slot, hd)
+        self.curr_items += 1
+        self.bytes += self.item_size(hd)
+        self.stats.total_items += 1
 
     def _replace_in_place(
         self,

@@ -4,15 +4,21 @@ This module owns raw memory: which chunk sizes exist, which page belongs to whic
 free list of every class and the page accounting that decides when the store must evict. It
 knows the layout of the 48-byte chunk header only as far as free chunks need it (free-list
 links and the FREE flag); what items mean is ``store``'s business. A chunk is addressed by an
-integer handle ``page_index << PAGE_SHIFT | offset``.
+integer handle ``page_index << PAGE_SHIFT | offset``. Pages are ``bytearray``s, or with
+``-e`` mappings of the memory file (``restart``), every class given one at start as memcached
+preallocates them.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from .config import Config
+
+if TYPE_CHECKING:
+    from .restart import MemoryFile
 
 ITEM_HEADER = 48  # sizeof(item) on 64-bit memcached; also our own header size.
 CHUNK_HEADER = 48  # sizeof(item_chunk): the header of each chunk of a chained item.
@@ -78,6 +84,10 @@ def class_table(cfg: Config) -> str:
     return "".join(lines)
 
 
+class PreallocError(Exception):
+    """Not a page for every class (memcached's message; it exits with status 1)."""
+
+
 class SlabClass:
     """One chunk size: its pages, its free list and its LRU ends (the LRU is store's)."""
 
@@ -117,7 +127,8 @@ class SlabClass:
 class Slabs:
     """All pages and classes of one node."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, memory: MemoryFile | None = None) -> None:
+        self.memory = memory  # -e: pages are mappings of the memory file
         self.page_size = cfg.slab_page_size
         self.mem_limit = cfg.memory_limit
         self.item_size_max = cfg.item_size_max
@@ -128,7 +139,7 @@ class Slabs:
         ]
         self.largest = len(sizes)
         self.sizes = [0, *sizes]
-        self.pages: list[bytearray] = []
+        self.pages: list = []  # bytearray, or mmap.mmap with -e
         self.page_class: list[int] = []
         self.free_pages: list[int] = []  # pages taken from a class and not yet given to another
         self.mem_malloced = 0
@@ -158,16 +169,39 @@ class Slabs:
         if self.free_pages:
             index = self.free_pages.pop()
         else:
-            # As memcached: a class that has no page yet always gets its first one.
-            if self.mem_malloced + self.page_size > self.mem_limit and cls.pages:
+            # As memcached: a class that has no page yet always gets its first one (but
+            # never beyond the memory file).
+            over = self.mem_malloced + self.page_size > self.mem_limit
+            if (over and cls.pages) or (self.memory and len(self.pages) >= self.memory.npages):
                 self.limit_reached = True
                 return False
-            index = len(self.pages)
-            self.pages.append(bytearray(self.page_size))
-            self.page_class.append(0)
-            self.mem_malloced += self.page_size
+            index = self.add_page_memory()
         self._give_page(index, cls)
         return True
+
+    def add_page_memory(self) -> int:
+        """One more page of memory, in no class yet; its index."""
+        index = len(self.pages)
+        self.pages.append(self.memory.page(index) if self.memory else bytearray(self.page_size))
+        self.page_class.append(0)
+        self.mem_malloced += self.page_size
+        return index
+
+    def preallocate(self) -> None:
+        """``-e`` on a cold start, as memcached's ``slabs_preallocate`` and
+        ``slabs_prefill_global``: a page for every class, the rest of the memory into the
+        global pool. ``PreallocError`` when the memory has no page for every class."""
+        for cls in self.classes[1:]:
+            if self.memory and len(self.pages) >= self.memory.npages:
+                raise PreallocError(
+                    "Error while preallocating slab memory!\n"
+                    "If using -L or other prealloc options, max memory must be "
+                    f"at least {self.largest} megabytes."
+                )
+            self._give_page(self.add_page_memory(), cls)
+        while self.mem_malloced + self.page_size <= self.mem_limit:
+            self.free_pages.append(self.add_page_memory())
+        self.limit_reached = True
 
     def _give_page(self, index: int, cls: SlabClass) -> None:
         self.page_class[index] = cls.clsid

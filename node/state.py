@@ -31,6 +31,8 @@ class NodeState:
         self.log = log or _log_to_stderr
         self.listen_addr = f"{cfg.listen}:{cfg.port}"
         self.shutdown_requested = False
+        # SIGUSR1 or ``shutdown graceful``: memcached's GRACE_STOP (``-e``: a warm restart).
+        self.graceful_stop = False
         # ``lru_crawler crawl``: the server replaces this with a wake-up of its crawler task,
         # which crawls in bounded steps; without a server the pass runs at once.
         self.request_crawl: Callable[[], object] = lambda: store.crawl(budget=1 << 62)

@@ -33,7 +33,7 @@ def general(
     s = st.class_sum
     pairs: list[tuple[str, object]] = [
         ("pid", os.getpid()),
-        ("uptime", store.clock.now - store.clock.started_rel),
+        ("uptime", store.clock.uptime),
         ("time", store.clock.process_started + store.clock.now),
         ("version", VERSION),
         ("libevent", "trio"),
@@ -257,6 +257,8 @@ def settings(store: Store, cfg: Config, verbosity: int) -> bytes:
         ("track_sizes", "no"),
         ("inline_ascii_response", "no"),
         *tls_settings(cfg),
+        ("num_napi_ids", "(null)"),
+        ("memory_file", cfg.memory_file or "(null)"),
     ]
     return _lines(pairs)
 

@@ -14,6 +14,7 @@ import struct
 import time
 from array import array
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .assoc import HashIndex
 from .config import Config
@@ -68,6 +69,9 @@ from .slabs import (
     Slabs,
 )
 
+if TYPE_CHECKING:
+    from .restart import MemoryFile
+
 ITEM_UPDATE_INTERVAL = 60
 # cas, exptime, time, nbytes, flags, nkey, iflags, clsid, mflags, hash (header offsets 16..47)
 _FIELDS = struct.Struct("<QIIIIBBBBI")
@@ -80,17 +84,25 @@ class Clock:
     The server calls ``tick()`` once a second; tests set ``now`` directly.
     """
 
-    __slots__ = ("_wall", "now", "process_started", "started_rel")
+    __slots__ = ("_wall", "now", "process_started")
 
     def __init__(self, wall: Callable[[], float] = time.time) -> None:
         self._wall = wall
         start = int(wall())
         self.process_started = start - ITEM_UPDATE_INTERVAL - 2
         self.now = start - self.process_started
-        self.started_rel = self.now - ITEM_UPDATE_INTERVAL
+
+    @property
+    def uptime(self) -> int:
+        """memcached's ``uptime``: ``now`` less the ITEM_UPDATE_INTERVAL it starts at (so it
+        goes on counting across a warm restart, the process start restored)."""
+        return self.now - ITEM_UPDATE_INTERVAL
 
     def tick(self) -> None:
         self.now = int(self._wall()) - self.process_started
+
+    def wall_seconds(self) -> int:
+        return int(self._wall())
 
     def until_next_second(self) -> float:
         """Seconds until the wall clock's next whole second, when ``tick`` should run next
@@ -116,10 +128,16 @@ class Clock:
 class Store(HashIndex, Items, Crawler):
     """All items of one node."""
 
-    def __init__(self, cfg: Config, clock: Clock | None = None, stats: Stats | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        clock: Clock | None = None,
+        stats: Stats | None = None,
+        memory: MemoryFile | None = None,
+    ):
         self.cfg = cfg
         self.clock = clock or Clock()
-        self.slabs = Slabs(cfg)
+        self.slabs = Slabs(cfg, memory)
         self.pages = self.slabs.pages
         self.stats = stats or Stats(self.slabs.largest)
         self.evictions = cfg.evictions

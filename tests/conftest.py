@@ -154,6 +154,16 @@ def start_memcached(*args: str) -> ServerProcess:
     raise RuntimeError("memcached did not start")
 
 
+def start_again(server: ServerProcess) -> ServerProcess:
+    """``server``'s command line again, on its port (it stopped by itself: SIGUSR1, a
+    ``shutdown``); its stderr goes on in the same file."""
+    assert server.proc.poll() is not None
+    with open(server.stderr_path, "ab") as err:
+        proc = subprocess.Popen(server.argv, stdout=subprocess.DEVNULL, stderr=err)
+    wait_port(server.port, proc, host=server.host)
+    return ServerProcess(server.argv, server.port, proc, server.stderr_path, server.host)
+
+
 class RawClient:
     """Bytes in, bytes out over one TCP connection."""
 

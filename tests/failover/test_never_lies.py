@@ -17,7 +17,14 @@ import pytest
 
 from ringcache.client import Client, Ring, parse_location
 from ringcache.cluster.rebalance import MOVERS_KEYS, PublishError, metadump, published, rebalance
-from tests.conftest import MEMCACHED, start_memcached, start_node
+from tests.conftest import (
+    MEMCACHED,
+    ServerProcess,
+    free_port,
+    start_again,
+    start_memcached,
+    start_node,
+)
 from tests.failover.checked import CheckedTraffic
 from tests.failover.harness import OPTIONS
 from tests.proxy import Proxy
@@ -286,42 +293,93 @@ def signal_and_settle(pid: int, sig: int) -> None:
         time.sleep(0.005)
 
 
-@pytest.fixture(params=["nodes", "memcached"])
-def pausable(request, local_cluster):
-    """Three servers and a way to SIGSTOP/SIGCONT the first: ringcache nodes, or Debian's
-    memcached (the debts use only classic commands, which every memcached has)."""
-    if request.param == "nodes":
-        lc, base = local_cluster
-        yield lc.locations(), lambda sig: signal_and_settle(lc.pid(base), sig)
-        return
-    if MEMCACHED is None:
+def next_second() -> None:
+    """A warm restart needs the wall clock to have moved on since the stop (memcached's rule)."""
+    now = time.time()
+    time.sleep(int(now) + 1.05 - now)
+
+
+class Outage:
+    """Takes the first of three servers out and brings it back: SIGSTOP/SIGCONT, or a warm
+    restart (SIGUSR1, then the same command line with ``-e``: it comes back with every item
+    it held, which the clients must treat as a returning node's)."""
+
+    def __init__(self, servers: list[ServerProcess], warm: bool) -> None:
+        self.servers = servers
+        self.warm = warm
+        self.locations = [s.location for s in servers]
+
+    def out(self) -> None:
+        first = self.servers[0]
+        if not self.warm:
+            signal_and_settle(first.pid, signal.SIGSTOP)
+            return
+        first.proc.send_signal(signal.SIGUSR1)
+        assert first.proc.wait(timeout=30) == 0
+
+    def back(self) -> None:
+        if not self.warm:
+            signal_and_settle(self.servers[0].pid, signal.SIGCONT)
+            return
+        next_second()
+        self.servers[0] = start_again(self.servers[0])
+        assert "[restart]" not in self.servers[0].stderr().split("Gracefully stopping")[-1]
+
+
+@pytest.fixture(params=["nodes", "memcached", "nodes-warm-restart", "memcached-warm-restart"])
+def outage(request, tmp_path):
+    """Three servers, ringcache nodes or Debian's memcached (the debts use only classic
+    commands, which every memcached has), the first one taken out by SIGSTOP or by a warm
+    restart."""
+    kind, _, how = request.param.partition("-")
+    if kind == "memcached" and MEMCACHED is None:
         pytest.skip("Debian's memcached is not installed; CI always installs it")
-    servers = [start_memcached() for _ in range(3)]
+    servers: list[ServerProcess] = []
     try:
-        yield [s.location for s in servers], lambda sig: signal_and_settle(servers[0].pid, sig)
+        for i in range(3):
+            args = ["-e", str(tmp_path / f"memory{i}")] if how and i == 0 else []
+            if kind == "nodes":
+                servers.append(start_node("-p", str(free_port()), *args))
+            else:
+                servers.append(start_memcached(*args))
+        yield Outage(servers, warm=bool(how))
     finally:
         for s in servers:
             s.stop()
 
 
-def test_another_clients_debt_keeps_the_returning_node_out(pausable):
+@pytest.mark.parametrize("outage", ["nodes-warm-restart", "memcached-warm-restart"], indirect=True)
+def test_a_warm_restarted_node_returns_without_serving_what_was_replaced(outage):
+    """Stopped with SIGUSR1 and started again with -e, the node holds every value it had,
+    some of them overwritten or deleted meanwhile through the stand-ins: the journal and the
+    debts drop those before anyone reads them there."""
+    with CheckedTraffic(outage.locations) as t:
+        outage.out()
+        time.sleep(2.0)  # writes and deletes of its keys go to stand-ins, journaled
+        outage.back()
+        settle(t, outage.locations[0])
+        time.sleep(3.0)
+    check(t, f"warm restart ({outage.servers[0].argv[0].rsplit('/', 1)[-1]})")
+
+
+def test_another_clients_debt_keeps_the_returning_node_out(outage):
     """Two clients (as two processes are). Client B overwrites keys while their owner is out;
     client A, which wrote nothing meanwhile, must not read the owner's old values when it
     comes back: B's debt, registered on the other nodes before B's first write around the
     owner, keeps A from re-admitting it until B has replayed its journal and settled. Also
     measured: how long after the owner answers again each client uses it."""
-    locations, signal_first = pausable
+    locations = outage.locations
     location = locations[0]
     a = Client(locations, **OPTIONS)
     b = Client(locations, **{**OPTIONS, "probe_interval": 0.5, "probe_max_interval": 0.5})
     keys = [k for k in (f"x{i}" for i in range(2000)) if str(a.server_for(k)) == location][:50]
     assert a.set_many(dict.fromkeys(keys, "old")) == []
-    signal_first(signal.SIGSTOP)
+    outage.out()
     for client in (a, b):
         client.get(keys[0])
         client.get(keys[0])  # both eject it
     assert b.set_many(dict.fromkeys(keys, "new")) == []  # on stand-ins, in B's journal only
-    signal_first(signal.SIGCONT)
+    outage.back()
     back = time.monotonic()
     last_stale = None
     live: dict[str, float] = {}

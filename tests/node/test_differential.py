@@ -36,10 +36,10 @@ VOLATILE_STATS = re.compile(
     rb"slab_global_page_pool|oldest|conn_yields|get_expired|crawler_reclaimed|reclaimed|expired_unfetched|items:\d+:(reclaimed|"
     rb"expired_unfetched|crawler_reclaimed|crawler_items_checked|evicted_time|"
     rb"lrutail_reflocked)|lrutail_reflocked|stat_key_prefix|ext_\w+|slab_automove_freeratio|"
-    rb"num_napi_ids|memory_file|lru_bumps_dropped|direct_reclaims)$"
+    rb"lru_bumps_dropped|direct_reclaims)$"
 )
 # Settings that exist in memcached for features a node does not have (extstore, NAPI).
-ABSENT_SETTINGS = re.compile(rb"^(ext_\w+|slab_automove_freeratio|num_napi_ids|memory_file)$")
+ABSENT_SETTINGS = re.compile(rb"^(ext_\w+|slab_automove_freeratio)$")
 CAS_IN_VALUE = re.compile(rb"^(VALUE \S+ \d+ \d+) (\d+)$")
 CAS_IN_METADUMP = re.compile(rb" cas=(\d+) ")
 TIME_IN_METADUMP = re.compile(rb" (exp|la)=(-?\d+) ")
