@@ -4,7 +4,10 @@ traces (a get; on a miss, a set of the value), replayed over the network in the 
 Traces (seeded, so every server sees the same requests): zipf at two skews, a popularity shift
 (the hot set moves halfway), one-hit wonders mixed into a zipf set, and a zipf set with
 periodic one-pass loops over cold keys (a batch job walking a table). Prints the hit ratio of
-each server on each trace, at two cache sizes, and the node's difference in points.
+each server on each trace, at two cache sizes: memcached, the node with each eviction policy
+(``-o lru_policy=clock``, the default, and ``sieve``), and libcachesim's LRU, ARC, S3-FIFO and
+SIEVE simulated with the node's item count as their size; and the node's difference from
+memcached in points.
 """
 
 from __future__ import annotations
@@ -66,7 +69,8 @@ def trace(name: str, length: int, n_keys: int, seed: int = 7) -> Iterator[str]:
         raise ValueError(name)
 
 
-def replay(port: int, keys: list[str]) -> float:
+def replay(port: int, keys: list[str]) -> tuple[float, int]:
+    """The hit ratio of the look-aside trace, and how many items the server held at the end."""
     client = Pymemcache(("127.0.0.1", port), no_delay=True)
     value = b"v" * VALUE
     hits = 0
@@ -75,8 +79,37 @@ def replay(port: int, keys: list[str]) -> float:
             hits += 1
         else:
             client.set(key, value, noreply=True)
+    items = int(client.stats()[b"curr_items"])
     client.close()
-    return hits / len(keys)
+    return hits / len(keys), items
+
+
+def simulated(policies: list[str], keys: list[str], capacity: int) -> list[float]:
+    """libcachesim's policies holding ``capacity`` items (the node's count at the end of the
+    same trace: equal memory in items of one class)."""
+    import libcachesim
+
+    ids: dict[str, int] = {}
+    numbered = [ids.setdefault(k, len(ids)) for k in keys]
+    ratios = []
+    for name in policies:
+        cache = getattr(libcachesim, name)(cache_size=capacity)
+        request = libcachesim.Request()
+        request.obj_size = 1
+        hits = 0
+        for obj in numbered:
+            request.obj_id = obj
+            hits += bool(cache.get(request))
+        ratios.append(hits / len(keys))
+    return ratios
+
+
+SERVERS = {
+    "memcached": lambda memory: start_memcached("-m", str(memory)),
+    "node clock": lambda memory: start_node("-m", str(memory)),
+    "node sieve": lambda memory: start_node("-m", str(memory), "-o", "lru_policy=sieve"),
+}
+SIMULATED = ["LRU", "ARC", "S3FIFO", "Sieve"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,20 +122,32 @@ def main(argv: list[str] | None = None) -> int:
     if MEMCACHED is None:
         print("memcached is missing: apt-get install memcached")
         return 2
-    print(f"{'trace':10} {'-m':>4} {'memcached':>10} {'node':>8} {'node - memcached':>17}")
+    try:
+        import libcachesim  # noqa: F401
+
+        policies = SIMULATED
+    except ImportError:
+        print("(libcachesim is missing: pip install libcachesim; its columns are left out)")
+        policies = []
+    names = [*SERVERS, *(f"lcs {p}" for p in policies)]
+    print(f"{'trace':10} {'-m':>3} " + " ".join(f"{n:>11}" for n in names) + "  node - memcached")
     for memory in args.memory:
         for name in args.traces:
             keys = list(trace(name, args.length, args.keys))
-            results = []
-            for start in (start_memcached, start_node):
-                server = start("-m", str(memory))
+            ratios, held = [], 0
+            for label, start in SERVERS.items():
+                server = start(memory)
                 try:
-                    results.append(replay(server.port, keys))
+                    ratio, items = replay(server.port, keys)
                 finally:
                     server.stop()
-            theirs, ours = results
-            points = 100 * (ours - theirs)
-            print(f"{name:10} {memory:>4} {theirs:>10.3%} {ours:>8.3%} {points:>+16.2f}")
+                ratios.append(ratio)
+                held = items if label == "node clock" else held
+            ratios += simulated(policies, keys, held)
+            theirs = ratios[0]
+            points = " ".join(f"{100 * (r - theirs):+.2f}" for r in ratios[1:3])
+            cells = " ".join(f"{r:>11.3%}" for r in ratios)
+            print(f"{name:10} {memory:>3} {cells}  {points} (clock, sieve)")
             sys.stdout.flush()
     return 0
 

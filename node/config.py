@@ -48,6 +48,8 @@ USAGE = """ringcache-node {version} (memcached-compatible)
    - slab_chunk_max:      maximum slab chunk size in bytes (default: 512k)
    - slab_automove:       0 = off, 1 = move pages between classes (default: 1)
    - no_lru_crawler:      disable the background expired-item crawler
+   - lru_policy:          what a full slab class evicts: clock (the LRU tail, read items
+                          get a second chance) or sieve (SIEVE, NSDI'24) (default: clock)
    - ssl_chain_cert:      certificate chain file in PEM format
    - ssl_key:             private key, if not part of the -ssl_chain_cert
    - ssl_keyformat:       private key format: only 1 (PEM) (default: 1)
@@ -63,6 +65,9 @@ USAGE = """ringcache-node {version} (memcached-compatible)
    - ssl_min_version:     minimum protocol version to accept (default: tlsv1.2)
                           valid values are 0(tlsv1.0), 1(tlsv1.1), 2(tlsv1.2), or 3(tlsv1.3).
 """
+
+
+LRU_POLICIES = ("clock", "sieve")
 
 
 class ConfigError(ValueError):
@@ -90,6 +95,7 @@ class Config:
     threads: int = 4
     idle_timeout: int = 0
     slab_automove: int = 1
+    lru_policy: str = "clock"  # -o lru_policy=clock|sieve: how a full class picks what goes
     lru_crawler: bool = True
     shutdown_command: bool = False
     reqs_per_event: int = 20
@@ -270,6 +276,10 @@ def _extended(arg: str, values: dict) -> None:
             values["slab_chunk_max"] = parse_size("slab_chunk_max", value)
         elif name == "slab_automove":
             values["slab_automove"] = _int("slab_automove", value, 0, 2)
+        elif name == "lru_policy":
+            if value not in LRU_POLICIES:
+                raise ConfigError(f"lru_policy: '{value}' is not one of {', '.join(LRU_POLICIES)}")
+            values["lru_policy"] = value
         elif name == "no_lru_crawler":
             values["lru_crawler"] = False
         elif name == "lru_crawler":

@@ -37,6 +37,7 @@ from .slabs import (
     PAGE_SHIFT,
 )
 
+SIEVE_SCAN_LIMIT = 1000  # items one SIEVE eviction may pass over (each loses its visited bit)
 _Q = struct.Struct("<q")
 _I = struct.Struct("<I")
 _QQ = struct.Struct("<qq")
@@ -130,6 +131,8 @@ class Items:
     def _lru_unlink(self, hd: int, page: bytearray, off: int) -> None:
         cls = self._lru_cls(page, off)
         nxt, prv = _QQ.unpack_from(page, off)
+        if hd == cls.hand:
+            cls.hand = prv
         if prv != NONE:
             _Q.pack_into(self.pages[prv >> PAGE_SHIFT], prv & OFFSET_MASK, nxt)
         else:
@@ -161,6 +164,8 @@ class Items:
 
     def _pull_tail(self, clsid: int) -> bool:
         """Free one item at the tail of ``clsid``'s LRU: an expired one, else evict (unless -M)."""
+        if self.sieve:
+            return self._sieve_evict(clsid)
         cls = self.slabs.classes[clsid]
         counters = self.stats.cls[clsid]
         now = self.clock.now
@@ -198,6 +203,53 @@ class Items:
             self.unlink(hd)
             return True
         return False
+
+    def _sieve_evict(self, clsid: int) -> bool:
+        """SIEVE (Zhang et al., NSDI'24), ``-o lru_policy=sieve``: the class's list is a FIFO
+        (items stay where they were inserted); a hand moves from the tail towards the head,
+        clearing the visited bit (``F_ACTIVE``, set by a hit) of the items it passes and
+        evicting the first one not visited since it last passed; it stays there for the next
+        eviction, wrapping to the tail at the head. New items that are never read again go
+        first, without being moved. Expired items it meets are reclaimed instead."""
+        cls = self.slabs.classes[clsid]
+        counters = self.stats.cls[clsid]
+        now = self.clock.now
+        hd = cls.hand if cls.hand != NONE else cls.lru_tail
+        for _ in range(SIEVE_SCAN_LIMIT):
+            if hd == NONE:
+                return False
+            page, off = self._loc(hd)
+            prv = _Q.unpack_from(page, off + OFF_PREV)[0]
+            exptime, itime = _EXP_TIME.unpack_from(page, off + OFF_EXPTIME)
+            iflags = page[off + OFF_IFLAGS]
+            if (exptime and exptime <= now) or self._flushed(page, off, itime):
+                counters.reclaimed += 1
+                if not iflags & F_FETCHED:
+                    counters.expired_unfetched += 1
+                self.unlink(hd)
+                return True
+            if not self.evictions:
+                return False
+            if not iflags & F_ACTIVE:
+                break
+            page[off + OFF_IFLAGS] = iflags & ~F_ACTIVE
+            counters.moves_within_lru += 1
+            hd = prv if prv != NONE else cls.lru_tail
+        # Not visited (or the scan's bound reached: the item the hand is on goes).
+        page, off = self._loc(hd)
+        exptime, itime = _EXP_TIME.unpack_from(page, off + OFF_EXPTIME)
+        iflags = page[off + OFF_IFLAGS]
+        cls.hand = hd
+        counters.evicted += 1
+        counters.evicted_time = now - itime
+        if exptime:
+            counters.evicted_nonzero += 1
+        if not iflags & F_FETCHED:
+            counters.evicted_unfetched += 1
+        if iflags & F_ACTIVE:
+            counters.evicted_active += 1
+        self.unlink(hd)  # the hand moves on to the item before it
+        return True
 
     def _flushed(self, page: bytearray, off: int, itime: int) -> bool:
         """memcached's flush rule: the item predates a ``flush_all`` that has taken effect."""

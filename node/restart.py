@@ -54,6 +54,7 @@ _CLASS_FIELDS = (
     "lru_tail",
     "lru_count",
     "used",
+    "hand",
 )
 
 

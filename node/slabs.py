@@ -97,6 +97,7 @@ class SlabClass:
         "end_left",
         "free_count",
         "free_head",
+        "hand",
         "lru_count",
         "lru_head",
         "lru_tail",
@@ -121,6 +122,7 @@ class SlabClass:
         self.lru_head = NONE
         self.lru_tail = NONE
         self.lru_count = 0
+        self.hand = NONE  # -o lru_policy=sieve: where the next eviction scan starts
         self.requested = 0  # sum of ntotal of items in this class (mem_requested)
 
 

@@ -141,6 +141,7 @@ class Store(HashIndex, Items, Crawler):
         self.pages = self.slabs.pages
         self.stats = stats or Stats(self.slabs.largest)
         self.evictions = cfg.evictions
+        self.sieve = cfg.lru_policy == "sieve"
         self.automove = cfg.slab_automove
         self.automove_ratio = 0.8
         self.cas_id = 0

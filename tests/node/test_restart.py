@@ -333,7 +333,7 @@ def _slab_state(store) -> list:
     ]
     for cls in slabs.classes[1:]:
         state.append([cls.pages, cls.free_head, cls.free_count, cls.end_handle, cls.end_left,
-                      cls.lru_head, cls.lru_tail, cls.lru_count, cls.used, cls.requested])  # fmt: skip
+                      cls.lru_head, cls.lru_tail, cls.lru_count, cls.used, cls.requested, cls.hand])  # fmt: skip
     return state
 
 
