@@ -18,11 +18,14 @@ Both are written on every usable node but N (a node that restarted empty loses i
 the others keep them) and read from all of them when N is about to be re-admitted: an id in
 an index whose item is still there is a live debt (N stays out), an id whose item is gone is
 an orphan (its client died or stalled past the TTL: N is flushed, then the id removed).
-``watch`` asks one of the others every ``WATCH`` seconds whether the nodes this client takes
-as live have an index (``touch``, so that the nodes' ``get_hits``/``get_misses`` — the
+``watch`` asks two of the others every ``WATCH`` seconds whether each node this client takes
+as live has an index (``touch``, so that the nodes' ``get_hits``/``get_misses`` — the
 application's hit ratio — are not moved by it), reads those that do, and ejects a node that
-someone else owes: that bounds the time a client can read a node that another client cannot
-reach and writes around (a partial partition).
+someone else owes. A look that got every answer is a lease: the client reads the nodes only
+within ``LEASE`` seconds of its start, and looks again before reading when it ran out; a
+client writes around a node only once its debt for it is ``HOLD`` old. So a client that can
+reach a node that another cannot (a partial partition) has stopped reading it before the
+other's first write around it is made.
 It does no I/O: every read and write is a call of the operations it yields.
 """
 
@@ -37,13 +40,22 @@ from . import protocol
 from .membership import Membership
 from .peer import Peer
 from .protocol import STATUS, VALUES
-from .steps import Call, Op
+from .steps import Call, Op, Pause
 
 log = logging.getLogger("ringcache.client")
 
 DEBT_TTL = 3  # seconds a debt outlives its client's last renewal
 REFRESH = 1.0  # seconds between renewals
-WATCH = 0.5  # seconds between two looks at the debts of the nodes taken as live
+WATCH = 0.3  # seconds between two looks at the debts of the nodes taken as live
+# A client reads the nodes for LEASE seconds after the start of its last look that answered,
+# then looks again before it reads. A client that has just registered a debt for a node waits
+# until the debt is HOLD seconds old before it writes around the node: by then every client
+# that still reads the node has seen the debt and stopped (a partial partition cannot make a
+# completed write readable under its old value). LEASE is the same for every client of a
+# cluster, and longer than WATCH plus a look that waits out a hung node (the default
+# timeout, 0.5 s), so that a busy client's lease never runs out between two looks.
+LEASE = 0.8
+HOLD = LEASE + 0.05
 EDIT_ROUNDS = 10  # gets/cas attempts on one index before that copy is given up
 _ONE_VALUES = (VALUES,)
 
@@ -75,18 +87,27 @@ class Debts:
         self.clock = membership.options.clock
         self.identity = b""
         self.owed: dict[Peer, float] = {}  # peer -> when this client last renewed its debt
+        self.since: dict[Peer, float] = {}  # peer -> when this client's debt was registered
         self.next_watch = 0.0
+        self.lease_until = 0.0  # reads need a look at the debts first
+        self.failed: list[Call] = []  # the calls of the last look that failed
         self.renew_identity()
 
     def renew_identity(self) -> None:
         """A new id, owing nothing (a process made by fork() is a client of its own)."""
         self.identity = b"%d.%s" % (os.getpid(), secrets.token_hex(4).encode())
         self.owed = {}
+        self.since = {}
+        self.lease_until = 0.0
 
     @property
     def watching(self) -> bool:
         """Whether ``watch`` has anything to look at: agreement on, and two nodes or more."""
         return self.enabled and len(self.membership.view.peer_list) > 1
+
+    def lapsed(self) -> bool:
+        """Whether this client must look at the debts before it reads (its lease ran out)."""
+        return self.clock() >= self.lease_until and self.watching
 
     def registries(self, peer: Peer) -> list[Peer]:
         """Where ``peer``'s debts are kept: every usable node but ``peer``."""
@@ -94,10 +115,22 @@ class Debts:
 
     # -- this client's debts ---------------------------------------------------------------
     def register(self, peers: Iterable[Peer]) -> Op[bool]:
-        """Before this client writes around ``peers``: its debt for each on every registry.
-        False when one could not be registered anywhere (the write must not be made)."""
-        new = [p for p in dict.fromkeys(peers) if p not in self.owed]
-        if not new or not self.enabled:
+        """Before this client writes around ``peers``: its debt for each on every registry,
+        then a pause until the youngest of them is ``HOLD`` seconds old (a client that reads
+        one of them has seen the debt by then). False when one could not be registered
+        anywhere."""
+        peers = list(dict.fromkeys(peers))
+        if not self.enabled:
+            return True
+        registered = yield from self._register([p for p in peers if p not in self.owed])
+        young = [self.since[p] for p in peers if p in self.since]
+        wait = max(young, default=-HOLD) + HOLD - self.clock()
+        if wait > 0:
+            yield Pause(wait)
+        return registered
+
+    def _register(self, new: list[Peer]) -> Op[bool]:
+        if not new:
             return True
         me = self.identity
         items: dict[Peer, list[Peer]] = {}
@@ -119,6 +152,7 @@ class Debts:
         for peer in new:
             if peer in registered:
                 self.owed[peer] = now
+                self.since[peer] = now
                 log.warning("owes %s a replay: debt %s registered", peer.server, me.decode())
         return registered.issuperset(new)
 
@@ -160,6 +194,7 @@ class Debts:
             yield calls
         for peer in settled:
             del self.owed[peer]
+            self.since.pop(peer, None)
 
     def forget(self, peer: Peer, orphans: set[bytes]) -> Op[None]:
         """Remove dead debtors from ``peer``'s indexes (after ``peer`` was flushed)."""
@@ -202,18 +237,24 @@ class Debts:
             verdict.orphans -= verdict.live  # gone from one copy, present on another: live
         return verdicts
 
-    def watch(self) -> Op[list[Peer]]:
-        """Every ``WATCH`` seconds: the nodes this client takes as live that another client
-        owes a replay (their index exists on one other node, and lists someone else)."""
+    def watch(self, now_: bool = False) -> Op[list[Peer]]:
+        """Every ``WATCH`` seconds (``now_``: at once): the nodes this client takes as live
+        that another client owes a replay (their index exists on another node, and lists
+        someone else). Each node's index is asked of two others, so that one node that fails
+        to answer leaves every question answered; a look that answered them all renews the
+        lease for ``LEASE`` seconds from its start."""
         now = self.clock()
-        if now < self.next_watch or not self.watching:
+        if (now < self.next_watch and not now_) or not self.watching:
             return []
         self.next_watch = now + WATCH
         live = [p for p in self.membership.view.peer_list if p.health.usable]
         if len(live) < 2:
+            self.lease_until = now + LEASE  # nobody else to learn from, nothing to read
             return []
-        first, second = live[0], live[1]
-        asks = {first: [p for p in live if p is not first], second: [first]}
+        asks: dict[Peer, list[Peer]] = {}
+        for peer in live:
+            for registry in [r for r in live if r is not peer][:2]:
+                asks.setdefault(registry, []).append(peer)
         calls = [
             Call(
                 r,
@@ -224,19 +265,25 @@ class Debts:
             for r, ps in asks.items()
         ]
         yield calls
+        self.failed = [call for call in calls if call.error is not None]
         indexed: dict[Peer, list[Peer]] = {}
+        answered: set[Peer] = set()
         for call, (registry, peers) in zip(calls, asks.items(), strict=True):
-            if call.error is None:
-                for peer, reply in zip(peers, call.replies, strict=True):
-                    if reply == b"TOUCHED":
-                        indexed.setdefault(registry, []).append(peer)
-        if not indexed:
-            return []
-        listed = yield from self._read_indexes(indexed)
+            if call.error is not None:
+                continue
+            for peer, reply in zip(peers, call.replies, strict=True):
+                if reply == b"TOUCHED":
+                    indexed.setdefault(registry, []).append(peer)
+                elif reply == b"NOT_FOUND":
+                    answered.add(peer)
+        listed = (yield from self._read_indexes(indexed)) if indexed else {}
         owed = []
         for (_, peer), ids in listed.items():
+            answered.add(peer)
             if any(debtor != self.identity for debtor in ids) and peer not in owed:
                 owed.append(peer)
+        if answered.issuperset(live):
+            self.lease_until = now + LEASE
         return owed
 
     # -- the index items -------------------------------------------------------------------

@@ -157,16 +157,40 @@ class Engine:
         traffic, and without ``agreement`` nothing is watched)."""
         wait = yield from self.probe()
         yield from self.debts.refresh()
-        for peer in (yield from self.debts.watch()):
-            if peer.health.eject():
-                log.warning("ejected %s: another client owes it a replay", peer.server)
-                wait = 0.0
+        if (yield from self._watch()):
+            wait = 0.0
         waits = [] if wait is None else [wait]
         if self.debts.owed:
             waits.append(REFRESH)
         if self.debts.watching:
             waits.append(max(self.debts.next_watch - self.options.clock(), 0.0))
         return max(min(waits), PROBE_TICK) if waits else None
+
+    def _watch(self, now_: bool = False) -> Op[bool]:
+        """Look at the other clients' debts (when due; ``now_``: at once) and eject the peers
+        that another client owes a replay; whether one was ejected."""
+        ejected = False
+        for peer in (yield from self.debts.watch(now_)):
+            if peer.health.eject():
+                log.warning("ejected %s: another client owes it a replay", peer.server)
+                ejected = True
+        return ejected
+
+    def renew_lease(self) -> Op[None]:
+        """Before a read: if this client's lease on the debts ran out (no look answered within
+        ``debts.LEASE`` seconds: a new client, a stalled process, a background round that
+        failed), look now."""
+        if self.debts.lapsed():
+            yield from self._watch(True)
+            if self.debts.lapsed():  # no answer: nothing is read (misses), or the failure raised
+                for call in self.debts.failed:
+                    self.reply(call)
+
+    def _leased(self, groups: dict[Peer, list[bytes]]) -> Op[dict[Peer, list[bytes]]]:
+        """``groups`` of a read without the peers that another client turned out to owe
+        (their keys miss) once the lease is renewed."""
+        yield from self.renew_lease()
+        return {p: ks for p, ks in groups.items() if p.health.usable}
 
     @property
     def needs_rounds(self) -> bool:
@@ -196,6 +220,8 @@ class Engine:
         ``mg k v f t c`` where the peer speaks meta, ``gets`` (TTL None: unknown) where it
         does not. ``{key: (flags, data, ttl, cas)}``, ttl as ``set`` takes it (0 = never)."""
         found: dict[bytes, tuple[int, bytes, int | None, bytes | None]] = {}
+        if self.options.clock() >= self.debts.lease_until:
+            groups = yield from self._leased(groups)
         while groups:
             calls = []
             for peer, ks in groups.items():
@@ -279,6 +305,8 @@ class Engine:
     def _fetch(self, groups: dict[Peer, list[bytes]], cas: bool, what: str) -> Op[dict[Any, Any]]:
         """One ``get``/``gets`` per peer, all at once: ``{key: (key, flags, data, cas)}`` of
         the hits, without a lease's placeholder."""
+        if self.options.clock() >= self.debts.lease_until:
+            groups = yield from self._leased(groups)
         calls = [
             Call(peer, protocol.get(ks, cas), _ONE_VALUES, what) for peer, ks in groups.items()
         ]

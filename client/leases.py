@@ -39,6 +39,7 @@ class Host(Protocol):
     membership: Membership
 
     def key(self, key: str | bytes) -> bytes: ...
+    def renew_lease(self) -> Op[None]: ...
     def get(self, key: str | bytes, default: Any) -> Op[Any]: ...
     def store(
         self,
@@ -73,6 +74,7 @@ def get_or_set(
         yield from host.store(command, key, value, expire, None, None)
         return value
 
+    yield from host.renew_lease()
     peer, _ = host.membership.route(k)
     if peer is None or peer.meta is False:
         value = yield from host.get(key, NO_FALLBACK)

@@ -40,13 +40,15 @@ def _daemonize() -> None:
     os.close(devnull)
 
 
-def _drop_privileges(user: str) -> None:
+def _drop_privileges(user: str, memory_file: str | None) -> None:
     import pwd
 
     try:
         entry = pwd.getpwnam(user)
     except KeyError:
         raise ConfigError(f"can't find the user {user} to switch to") from None
+    if memory_file:  # memcached creates it once it runs as the user
+        os.chown(memory_file, entry.pw_uid, entry.pw_gid)
     os.setgroups([])
     os.setgid(entry.pw_gid)
     os.setuid(entry.pw_uid)
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     _write_port_file(listeners)
     try:
         if cfg.user and os.geteuid() == 0:
-            _drop_privileges(cfg.user)
+            _drop_privileges(cfg.user, cfg.memory_file)
     except (ConfigError, OSError) as exc:
         print(f"ringcache-node: {exc}", file=sys.stderr)
         return EX_OSERR

@@ -163,14 +163,19 @@ class Items:
         return NONE
 
     def _pull_tail(self, clsid: int) -> bool:
-        """Free one item at the tail of ``clsid``'s LRU: an expired one, else evict (unless -M)."""
-        if self.sieve:
-            return self._sieve_evict(clsid)
+        """Free one item of ``clsid``'s list: an expired one met on the way, else evict (unless
+        -M). ``clock`` starts at the tail and moves an item read since it was last looked at
+        to the head (a second chance, five at most). ``sieve`` (Zhang et al., NSDI'24, ``-o
+        lru_policy=sieve``) keeps the list a FIFO: a hand moves from the tail towards the head
+        clearing the visited bit (``F_ACTIVE``, set by a hit) of the items it passes, evicts
+        the first one not read since it last passed and stays there for the next eviction,
+        wrapping to the tail at the head; new items never read again go first, unmoved."""
         cls = self.slabs.classes[clsid]
         counters = self.stats.cls[clsid]
         now = self.clock.now
-        hd = cls.lru_tail
-        second_chances = 5
+        sieve = self.sieve
+        hd = cls.hand if sieve and cls.hand != NONE else cls.lru_tail
+        spared = SIEVE_SCAN_LIMIT if sieve else 5  # read items passed over before one goes
         while hd != NONE:
             page, off = self._loc(hd)
             prv = _Q.unpack_from(page, off + OFF_PREV)[0]
@@ -184,14 +189,20 @@ class Items:
                 return True
             if not self.evictions:
                 return False
-            if iflags & F_ACTIVE and second_chances:
-                second_chances -= 1
+            if iflags & F_ACTIVE and spared:
+                spared -= 1
                 page[off + OFF_IFLAGS] = iflags & ~F_ACTIVE
+                if sieve:
+                    counters.moves_within_lru += 1
+                    hd = prv if prv != NONE else cls.lru_tail
+                    continue
                 self._lru_unlink(hd, page, off)
                 self._lru_link(hd, page, off)
                 counters.moves_to_warm += 1
                 hd = prv
                 continue
+            if sieve:
+                cls.hand = hd  # unlinking it moves the hand on to the item before it
             counters.evicted += 1
             counters.evicted_time = now - itime
             if exptime:
@@ -203,53 +214,6 @@ class Items:
             self.unlink(hd)
             return True
         return False
-
-    def _sieve_evict(self, clsid: int) -> bool:
-        """SIEVE (Zhang et al., NSDI'24), ``-o lru_policy=sieve``: the class's list is a FIFO
-        (items stay where they were inserted); a hand moves from the tail towards the head,
-        clearing the visited bit (``F_ACTIVE``, set by a hit) of the items it passes and
-        evicting the first one not visited since it last passed; it stays there for the next
-        eviction, wrapping to the tail at the head. New items that are never read again go
-        first, without being moved. Expired items it meets are reclaimed instead."""
-        cls = self.slabs.classes[clsid]
-        counters = self.stats.cls[clsid]
-        now = self.clock.now
-        hd = cls.hand if cls.hand != NONE else cls.lru_tail
-        for _ in range(SIEVE_SCAN_LIMIT):
-            if hd == NONE:
-                return False
-            page, off = self._loc(hd)
-            prv = _Q.unpack_from(page, off + OFF_PREV)[0]
-            exptime, itime = _EXP_TIME.unpack_from(page, off + OFF_EXPTIME)
-            iflags = page[off + OFF_IFLAGS]
-            if (exptime and exptime <= now) or self._flushed(page, off, itime):
-                counters.reclaimed += 1
-                if not iflags & F_FETCHED:
-                    counters.expired_unfetched += 1
-                self.unlink(hd)
-                return True
-            if not self.evictions:
-                return False
-            if not iflags & F_ACTIVE:
-                break
-            page[off + OFF_IFLAGS] = iflags & ~F_ACTIVE
-            counters.moves_within_lru += 1
-            hd = prv if prv != NONE else cls.lru_tail
-        # Not visited (or the scan's bound reached: the item the hand is on goes).
-        page, off = self._loc(hd)
-        exptime, itime = _EXP_TIME.unpack_from(page, off + OFF_EXPTIME)
-        iflags = page[off + OFF_IFLAGS]
-        cls.hand = hd
-        counters.evicted += 1
-        counters.evicted_time = now - itime
-        if exptime:
-            counters.evicted_nonzero += 1
-        if not iflags & F_FETCHED:
-            counters.evicted_unfetched += 1
-        if iflags & F_ACTIVE:
-            counters.evicted_active += 1
-        self.unlink(hd)  # the hand moves on to the item before it
-        return True
 
     def _flushed(self, page: bytearray, off: int, itime: int) -> bool:
         """memcached's flush rule: the item predates a ``flush_all`` that has taken effect."""

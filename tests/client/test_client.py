@@ -233,7 +233,9 @@ def test_hung_node_costs_no_exceptions_and_no_long_operation(client, nodes):
             client.get(k)
             worst = max(worst, (time.monotonic() - started) / 2)
         assert worst < 1.0
-        assert client.node_stats()[victim.location]["state"] == "ejected"
+        # Out (the first write around it waited for its debt to be HOLD old: long enough for
+        # the prober to have begun).
+        assert client.node_stats()[victim.location]["state"] in ("ejected", "probing")
         started = time.monotonic()
         assert client.set(keys[0], b"w") and client.get(keys[0]) == b"w"
         assert time.monotonic() - started < 0.1

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from ringcache.client import IllegalInputError, NoServerAvailable, ServerError
+from ringcache.client.debts import HOLD, LEASE, WATCH
 from ringcache.client.engine import Engine
 from ringcache.client.health import State
 from ringcache.client.leases import NO_FALLBACK
@@ -88,13 +89,17 @@ class Wire:
         return sent
 
 
-def make(location: Any = LOCATION, **options: Any) -> tuple[Engine, Wire]:
+def make(location: Any = LOCATION, leased: bool = True, **options: Any) -> tuple[Engine, Wire]:
     """An engine on ``LOCATION``; the cross-client debts are off unless asked for (their own
-    tests below), so the other tests show only the bytes of their own rule."""
+    tests below), so the other tests show only the bytes of their own rule. With the debts
+    on, the engine holds a lease on them (a look that found nothing) unless ``leased`` is
+    False: the lease's own tests."""
     clock = Clock(100.0)
     options.setdefault("agreement", False)
     opts = Options(clock=clock, wall_clock=lambda: NOW, **options)
     engine = Engine(location, opts)
+    if leased:
+        engine.debts.lease_until = float("inf")
     return engine, Wire(engine, clock)
 
 
@@ -678,10 +683,12 @@ def test_a_write_around_an_ejected_node_registers_this_clients_debt_first():
         ]
     assert sent[-1] == (standin, b"set %s 0 30 1\r\nv\r\n" % key.encode())
     assert engine.peers["h1"] in engine.debts.owed
-    # Owed already: the next write around it sends nothing more.
+    # Before the write: a pause until the debt is HOLD old (every reader has seen it).
+    assert wire.pauses == [pytest.approx(HOLD)]
+    # Owed already: the next write around it sends nothing more, and waits no more.
     wire.answer(standin, b"STORED\r\n")
     wire.run(engine.store(b"set", key, b"w", 0, None, None))
-    assert len(wire.take()) == 1
+    assert len(wire.take()) == 1 and wire.pauses == [pytest.approx(HOLD)]
 
 
 def test_a_returning_node_waits_for_another_clients_debt_and_is_flushed_for_a_dead_one():
@@ -757,23 +764,85 @@ def test_this_clients_debt_is_settled_before_it_re_admits_the_node():
     assert engine.peers["h1"].health.usable and not engine.debts.owed
 
 
+# A look at the debts of h1..h3: each node's index asked of two others.
+LOOK = [
+    ("h2", b"touch ringcache:debts:h1 0\r\ntouch ringcache:debts:h3 0\r\n"),
+    ("h3", b"touch ringcache:debts:h1 0\r\ntouch ringcache:debts:h2 0\r\n"),
+    ("h1", b"touch ringcache:debts:h2 0\r\ntouch ringcache:debts:h3 0\r\n"),
+]
+
+
+def nothing_owed(wire: Wire) -> None:
+    """The answers of a look that finds no index anywhere."""
+    for name, _ in LOOK:
+        wire.answer(name, b"NOT_FOUND\r\nNOT_FOUND\r\n")
+
+
 def test_the_watch_ejects_a_live_node_another_client_owes_without_moving_hit_ratios():
     engine, wire = make(agreement=True)
     index = b"ringcache:debts:h1"
+    wire.answer("h2", b"TOUCHED\r\nNOT_FOUND\r\n", index_value(index, b"other.1", 3) + b"END\r\n")
+    wire.answer("h3", b"NOT_FOUND\r\nNOT_FOUND\r\n")
     wire.answer("h1", b"NOT_FOUND\r\nNOT_FOUND\r\n")
-    wire.answer("h2", b"TOUCHED\r\n", index_value(index, b"other.1", 3) + b"END\r\n")
     assert wire.run(engine.maintain()) == 0.01
-    assert wire.take() == [
-        ("h1", b"touch ringcache:debts:h2 0\r\ntouch ringcache:debts:h3 0\r\n"),
-        ("h2", b"touch ringcache:debts:h1 0\r\n"),  # touch: no get_hits/get_misses moved
-        ("h2", b"get %s\r\n" % index),
-    ]
+    assert wire.take() == [*LOOK, ("h2", b"get %s\r\n" % index)]  # touch: no hit ratio moved
     assert engine.peers["h1"].health.state is State.EJECTED
     # Its own debt alone is no reason.
     engine2, wire2 = make(agreement=True)
-    wire2.answer("h1", b"NOT_FOUND\r\nNOT_FOUND\r\n")
     me = engine2.debts.identity
-    wire2.answer("h2", b"TOUCHED\r\n", index_value(index, me, 3) + b"END\r\n")
-    assert wire2.run(engine2.maintain()) == pytest.approx(0.5)
+    wire2.answer("h2", b"TOUCHED\r\nNOT_FOUND\r\n", index_value(index, me, 3) + b"END\r\n")
+    wire2.answer("h3", b"NOT_FOUND\r\nNOT_FOUND\r\n")
+    wire2.answer("h1", b"NOT_FOUND\r\nNOT_FOUND\r\n")
+    assert wire2.run(engine2.maintain()) == pytest.approx(WATCH)
     assert engine2.peers["h1"].health.usable
     wire2.take()
+
+
+def test_a_read_needs_a_lease_on_the_debts_and_a_look_renews_it():
+    """A client reads the nodes only within LEASE seconds of the start of a look at the
+    debts that answered: a new client looks first, a stale one again; a node that another
+    client turns out to owe is not read (its keys miss)."""
+    engine, wire = make(agreement=True, leased=False)
+    key = key_on(engine, "h2")
+    nothing_owed(wire)
+    wire.answer("h2", value(key, b"v") + b"END\r\n")
+    assert wire.run(engine.get(key, None)) == b"v"
+    assert wire.take() == [*LOOK, ("h2", b"get %s\r\n" % key.encode())]
+    wire.clock.t += LEASE - 0.01  # still leased: the read alone
+    wire.answer("h2", value(key, b"v") + b"END\r\n")
+    assert wire.run(engine.get(key, None)) == b"v"
+    assert wire.take() == [("h2", b"get %s\r\n" % key.encode())]
+    # The lease ran out; the look finds another client's debt for h2: h2 is not read.
+    wire.clock.t += 0.02
+    index = b"ringcache:debts:h2"
+    wire.answer("h2", b"NOT_FOUND\r\nNOT_FOUND\r\n")
+    wire.answer("h3", b"NOT_FOUND\r\nTOUCHED\r\n", index_value(index, b"other.1", 4) + b"END\r\n")
+    wire.answer("h1", b"NOT_FOUND\r\nNOT_FOUND\r\n")
+    assert wire.run(engine.get(key, None)) is None
+    assert wire.take() == [*LOOK, ("h3", b"get %s\r\n" % index)]
+    assert engine.peers["h2"].health.state is State.EJECTED
+
+
+def test_one_node_that_does_not_answer_a_look_leaves_the_lease_renewed():
+    """Each index is asked of two nodes: one failing leaves every question answered; two
+    failing (h3's index unanswered) renew no lease, and a read looks again first."""
+    engine, wire = make(agreement=True, leased=False)
+    nothing_owed(wire)
+    wire.answers["h3"].clear()
+    wire.answer("h3", TimeoutError("timed out"))
+    wire.run(engine.maintain())
+    assert not engine.debts.lapsed()
+    wire.take()
+    wire.clock.t += LEASE
+    wire.answer("h2", TimeoutError("timed out"))
+    wire.answer("h3", b"NOT_FOUND\r\nNOT_FOUND\r\n")
+    wire.answer("h1", TimeoutError("timed out"))
+    wire.run(engine.maintain())
+    assert engine.debts.lapsed()
+    wire.take()
+    key = key_on(engine, "h1")
+    nothing_owed(wire)
+    wire.answer("h1", value(key, b"v") + b"END\r\n")
+    assert wire.run(engine.get(key, None)) == b"v"  # a look first, answered this time
+    assert wire.take() == [*LOOK, ("h1", b"get %s\r\n" % key.encode())]
+    assert not engine.debts.lapsed()

@@ -13,12 +13,16 @@ import pytest
 from pymemcache.client.base import Client as Plain
 
 from ringcache.client import Client
+from ringcache.client.debts import HOLD
 from ringcache.client.ring import parse_location
 from ringcache.cluster.rebalance import rebalance
 from tests.failover.harness import OPTIONS, Traffic
 from tests.proxy import Proxy
 
 pytestmark = pytest.mark.failover
+# The slowest operation a fault may cost: a timeout (OPTIONS: 0.25 s) and, for the first write
+# around a node, the wait until this client's debt for it is HOLD old, plus a loaded machine.
+MAX_LATENCY = OPTIONS["timeout"] + HOLD + 0.4
 
 
 def no_errors(traffic: Traffic) -> None:
@@ -37,7 +41,9 @@ def test_kill_9(local_cluster):
     no_errors(t)
     assert figures["sync_recovery_s"] is not None and figures["sync_recovery_s"] < 1.5
     assert figures["trio_recovery_s"] is not None and figures["trio_recovery_s"] < 1.5
-    assert figures["sync_max_latency_s"] < 1.0 and figures["trio_max_latency_s"] < 1.0
+    assert (
+        figures["sync_max_latency_s"] < MAX_LATENCY and figures["trio_max_latency_s"] < MAX_LATENCY
+    )
 
 
 def test_sigstop_then_sigcont(local_cluster):
@@ -51,7 +57,9 @@ def test_sigstop_then_sigcont(local_cluster):
         time.sleep(2.0)
     figures = t.report("SIGSTOP 3 s", fault)
     no_errors(t)
-    assert figures["sync_max_latency_s"] < 1.0 and figures["trio_max_latency_s"] < 1.0
+    assert (
+        figures["sync_max_latency_s"] < MAX_LATENCY and figures["trio_max_latency_s"] < MAX_LATENCY
+    )
     assert t.sync.hit_ratio(resumed + 1.0, resumed + 2.0) > 0.8
     for client in t.clients:
         assert client.node_stats()[f"127.0.0.1:{base}"]["state"] in ("live", "failing")
@@ -114,7 +122,10 @@ def test_blackholed_node(local_cluster):
             time.sleep(1.5)
         figures = t.report("blackhole", fault)
         no_errors(t)
-        assert figures["sync_max_latency_s"] < 1.0 and figures["trio_max_latency_s"] < 1.0
+        assert (
+            figures["sync_max_latency_s"] < MAX_LATENCY
+            and figures["trio_max_latency_s"] < MAX_LATENCY
+        )
         assert figures["sync_recovery_s"] is not None and figures["sync_recovery_s"] < 2.0
     finally:
         hole.close()
@@ -134,9 +145,13 @@ def test_all_nodes_down_then_back(local_cluster):
     figures = t.report("all down then back", fault)
     no_errors(t)
     down_ops = t.sync.between(fault + 0.5, back)
-    assert down_ops and max(o.latency for o in down_ops) < 0.6  # fast misses while down
+    reads = [o for o in down_ops if o.kind in ("hit", "miss")]
+    assert reads and max(o.latency for o in reads) < 0.6  # fast misses while down
+    # A write around a node that comes back later than another waits for its debt to be
+    # HOLD old once (every reader has seen it then), the only longer operation.
+    assert max(o.latency for o in down_ops) < HOLD + 0.6
     assert t.sync.hit_ratio(back + 1.5, back + 2.5) > 0.8
-    assert figures["sync_max_latency_s"] < 1.0
+    assert figures["sync_max_latency_s"] < MAX_LATENCY
 
 
 def test_add_a_node_under_load(local_cluster):
