@@ -106,8 +106,14 @@ class Debts:
         return self.enabled and len(self.membership.view.peer_list) > 1
 
     def lapsed(self) -> bool:
-        """Whether this client must look at the debts before it reads (its lease ran out)."""
-        return self.clock() >= self.lease_until and self.watching
+        """Whether this client must look at the debts before it reads (its lease ran out).
+        Without anything to watch (agreement off, one node) it never must; that is asked
+        again ``LEASE`` seconds later, or at once when the membership changes."""
+        now = self.clock()
+        if not self.watching:
+            self.lease_until = now + LEASE
+            return False
+        return now >= self.lease_until
 
     def registries(self, peer: Peer) -> list[Peer]:
         """Where ``peer``'s debts are kept: every usable node but ``peer``."""

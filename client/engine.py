@@ -146,6 +146,8 @@ class Engine:
         if isinstance(reply, ClusterConfig):
             servers = reply.servers if dns is None else dns.placed(reply.servers)
             changed = self.membership.adopt(reply.version, servers) or changed
+        if changed:
+            self.debts.lease_until = 0.0  # nothing is known yet of the new nodes' debts
         return changed
 
     # -- the background ----------------------------------------------------------------------

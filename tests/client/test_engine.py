@@ -846,3 +846,21 @@ def test_one_node_that_does_not_answer_a_look_leaves_the_lease_renewed():
     assert wire.run(engine.get(key, None)) == b"v"  # a look first, answered this time
     assert wire.take() == [*LOOK, ("h1", b"get %s\r\n" % key.encode())]
     assert not engine.debts.lapsed()
+
+
+def test_a_new_membership_needs_a_look_before_its_nodes_are_read():
+    """One node: nothing to watch, reads need no look. Discovery brings in two more: nothing is
+    known of their debts yet, so the next read looks first."""
+    engine, wire = make(["h1:11211"], agreement=True, leased=False)
+    wire.answer("h1", b"END\r\n")
+    assert wire.run(engine.get("k", None)) is None
+    assert wire.take() == [("h1", b"get k\r\n")]
+    body = b"2\nh1|127.0.0.1|11211 h2|127.0.0.1|11211 h3|127.0.0.1|11211"
+    wire.answer("h1", b"CONFIG cluster 0 %d\r\n%s\r\nEND\r\n" % (len(body), body))
+    assert wire.run(engine.discover()) is True
+    wire.take()
+    key = key_on(engine, "h3")
+    nothing_owed(wire)
+    wire.answer("h3", b"END\r\n")
+    assert wire.run(engine.get(key, None)) is None
+    assert wire.take() == [*LOOK, ("h3", b"get %s\r\n" % key.encode())]
