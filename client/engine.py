@@ -178,20 +178,25 @@ class Engine:
                 ejected = True
         return ejected
 
-    def renew_lease(self) -> Op[None]:
+    def renew_lease(self) -> Op[bool]:
         """Before a read: if this client's lease on the debts ran out (no look answered within
         ``debts.LEASE`` seconds: a new client, a stalled process, a background round that
-        failed), look now."""
-        if self.debts.lapsed():
-            yield from self._watch(True)
-            if self.debts.lapsed():  # no answer: nothing is read (misses), or the failure raised
-                for call in self.debts.failed:
-                    self.reply(call)
+        failed), look now. False when the look got no lease either: nothing may be read (the
+        reads miss; with ``raise_on_error`` the look's failure is raised)."""
+        if not self.debts.lapsed():
+            return True
+        yield from self._watch(True)
+        if not self.debts.lapsed():
+            return True
+        for call in self.debts.failed:
+            self.reply(call)
+        return False
 
     def _leased(self, groups: dict[Peer, list[bytes]]) -> Op[dict[Peer, list[bytes]]]:
-        """``groups`` of a read without the peers that another client turned out to owe
-        (their keys miss) once the lease is renewed."""
-        yield from self.renew_lease()
+        """``groups`` of a read once the lease is renewed, without the peers that another
+        client turned out to owe (their keys miss); none without a lease."""
+        if not (yield from self.renew_lease()):
+            return {}
         return {p: ks for p, ks in groups.items() if p.health.usable}
 
     @property

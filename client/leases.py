@@ -39,7 +39,7 @@ class Host(Protocol):
     membership: Membership
 
     def key(self, key: str | bytes) -> bytes: ...
-    def renew_lease(self) -> Op[None]: ...
+    def renew_lease(self) -> Op[bool]: ...
     def get(self, key: str | bytes, default: Any) -> Op[Any]: ...
     def store(
         self,
@@ -74,7 +74,8 @@ def get_or_set(
         yield from host.store(command, key, value, expire, None, None)
         return value
 
-    yield from host.renew_lease()
+    if not (yield from host.renew_lease()):
+        return (yield from computed())  # no read without a lease on the debts: a miss
     peer, _ = host.membership.route(k)
     if peer is None or peer.meta is False:
         value = yield from host.get(key, NO_FALLBACK)

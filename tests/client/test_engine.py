@@ -864,3 +864,21 @@ def test_a_new_membership_needs_a_look_before_its_nodes_are_read():
     wire.answer("h3", b"END\r\n")
     assert wire.run(engine.get(key, None)) is None
     assert wire.take() == [*LOOK, ("h3", b"get %s\r\n" % key.encode())]
+
+
+def test_without_a_lease_nothing_is_read():
+    """A look that cannot get its answers (two of three nodes do not answer) renews no lease:
+    the read misses without asking the node that holds the key."""
+    engine, wire = make(agreement=True, leased=False)
+    key = key_on(engine, "h1")
+    wire.answer("h2", TimeoutError("timed out"))
+    wire.answer("h3", TimeoutError("timed out"))
+    wire.answer("h1", b"NOT_FOUND\r\nNOT_FOUND\r\n")
+    assert wire.run(engine.get(key, None)) is None
+    assert wire.take() == LOOK  # and no get
+    strict, wire2 = make(agreement=True, leased=False, raise_on_error=True)
+    wire2.answer("h2", TimeoutError("timed out"))
+    wire2.answer("h3", TimeoutError("timed out"))
+    wire2.answer("h1", b"NOT_FOUND\r\nNOT_FOUND\r\n")
+    with pytest.raises(TimeoutError):
+        wire2.run(strict.get(key, None))
