@@ -18,9 +18,8 @@ import trio
 from . import restart
 from .auth import AuthFileError
 from .config import USAGE, VERSION, Config, ConfigError, parse_args
-from .restart import MemoryFile, RestartError
 from .server import ListenError, Node, open_listeners
-from .slabs import PreallocError, class_table
+from .slabs import MemoryFile, MemoryFileError, PreallocError, class_table
 from .store import Store
 from .tls import TLSConfigError
 
@@ -113,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             memory.clear()
             store.slabs.preallocate()
         node = Node(cfg, store)
-    except (RestartError, PreallocError) as exc:
+    except (MemoryFileError, PreallocError) as exc:
         print(exc, file=sys.stderr)
         return 1
     except TLSConfigError as exc:

@@ -4,11 +4,12 @@ memcached.c): item memory lives in a file mapped page by page; a graceful stop (
 again — value, flags, CAS, remaining TTL — the clock and the CAS counter going on from where
 they stopped.
 
-This module owns the memory file, the metadata file (memcached's ``T``/``K`` lines and keys,
-checked with memcached's rules and messages, followed by a ``ringcache`` tag with what our own
-layout needs) and the rebuild of what lives outside item memory: the hash index, whose hashes
-are the process's own, and the counts. Items, chunks and links are page-relative handles, so
-item memory needs no pointer fix-up (memcached's ``restart_fixup``).
+This module owns the metadata file (memcached's ``T``/``K`` lines and keys, checked with
+memcached's rules and messages, followed by a ``ringcache`` tag with what our own layout
+needs) and the rebuild of what lives outside item memory: the hash index, whose hashes are the
+process's own, and the counts. The mapped file itself is ``slabs.MemoryFile``. Items, chunks
+and links are page-relative handles, so item memory needs no pointer fix-up (memcached's
+``restart_fixup``).
 
 Beyond memcached: the memory file's CRC-32 is kept in the metadata, so a damaged file starts
 empty instead of crashing, and a metadata file that is not metadata starts empty where
@@ -18,10 +19,8 @@ no address in ours).
 
 from __future__ import annotations
 
-import mmap
 import os
 import sys
-import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -34,6 +33,7 @@ from .slabs import (
     OFF_EXPTIME,
     OFFSET_MASK,
     PAGE_SHIFT,
+    MemoryFile,
     Slabs,
 )
 
@@ -58,59 +58,9 @@ _CLASS_FIELDS = (
 )
 
 
-class RestartError(Exception):
-    """The memory file cannot be used at all (memcached aborts); the message is for the user."""
-
-
 def _say(line: str) -> None:
     sys.stderr.write(line + "\n")
     sys.stderr.flush()
-
-
-class MemoryFile:
-    """``-e``'s file: ``limit`` bytes, one shared mapping per slab page."""
-
-    def __init__(self, path: str, limit: int, page_size: int) -> None:
-        self.path = path
-        self.page_size = page_size
-        self.npages = limit // page_size
-        try:
-            self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o700)
-        except OSError as exc:
-            raise RestartError(f"failed to open file for mmap: {exc.strerror}") from None
-        try:
-            os.ftruncate(self.fd, limit)
-        except OSError as exc:
-            os.close(self.fd)
-            raise RestartError(f"ftruncate failed: {exc.strerror}") from None
-        self.maps: list[mmap.mmap] = []
-
-    def page(self, index: int) -> mmap.mmap:
-        """The mapping of page ``index`` (pages are handed out in order: 0, 1, …)."""
-        if index < len(self.maps):
-            return self.maps[index]
-        assert index == len(self.maps) < self.npages
-        mapping = mmap.mmap(self.fd, self.page_size, offset=index * self.page_size)
-        self.maps.append(mapping)
-        return mapping
-
-    def clear(self) -> None:
-        """Forget what the file held (a cold start): zeroes, as a new file."""
-        os.ftruncate(self.fd, 0)
-        os.ftruncate(self.fd, self.npages * self.page_size)
-
-    def crc(self) -> int:
-        crc = 0
-        for mapping in self.maps:
-            crc = zlib.crc32(mapping, crc)
-        return crc
-
-    def close(self) -> None:
-        for mapping in self.maps:
-            mapping.flush()
-            mapping.close()
-        self.maps = []
-        os.close(self.fd)
 
 
 def _main_settings(cfg: Config) -> list[tuple[str, str]]:

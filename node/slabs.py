@@ -5,20 +5,19 @@ free list of every class and the page accounting that decides when the store mus
 knows the layout of the 48-byte chunk header only as far as free chunks need it (free-list
 links and the FREE flag); what items mean is ``store``'s business. A chunk is addressed by an
 integer handle ``page_index << PAGE_SHIFT | offset``. Pages are ``bytearray``s, or with
-``-e`` mappings of the memory file (``restart``), every class given one at start as memcached
-preallocates them.
+``-e`` mappings of the memory file (``MemoryFile``), every class given one at start as
+memcached preallocates them; what a warm restart writes and reads besides is ``restart``'s.
 """
 
 from __future__ import annotations
 
+import mmap
+import os
 import struct
+import zlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from .config import Config
-
-if TYPE_CHECKING:
-    from .restart import MemoryFile
 
 ITEM_HEADER = 48  # sizeof(item) on 64-bit memcached; also our own header size.
 CHUNK_HEADER = 48  # sizeof(item_chunk): the header of each chunk of a chained item.
@@ -82,6 +81,56 @@ def class_table(cfg: Config) -> str:
             % (clsid, size, cfg.slab_page_size // size)
         )
     return "".join(lines)
+
+
+class MemoryFileError(Exception):
+    """``-e``'s file cannot be used at all (memcached aborts); the message is for the user."""
+
+
+class MemoryFile:
+    """``-e``'s file: ``limit`` bytes, one shared mapping per slab page."""
+
+    def __init__(self, path: str, limit: int, page_size: int) -> None:
+        self.path = path
+        self.page_size = page_size
+        self.npages = limit // page_size
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o700)
+        except OSError as exc:
+            raise MemoryFileError(f"failed to open file for mmap: {exc.strerror}") from None
+        try:
+            os.ftruncate(self.fd, limit)
+        except OSError as exc:
+            os.close(self.fd)
+            raise MemoryFileError(f"ftruncate failed: {exc.strerror}") from None
+        self.maps: list[mmap.mmap] = []
+
+    def page(self, index: int) -> mmap.mmap:
+        """The mapping of page ``index`` (pages are handed out in order: 0, 1, …)."""
+        if index < len(self.maps):
+            return self.maps[index]
+        assert index == len(self.maps) < self.npages
+        mapping = mmap.mmap(self.fd, self.page_size, offset=index * self.page_size)
+        self.maps.append(mapping)
+        return mapping
+
+    def clear(self) -> None:
+        """Forget what the file held (a cold start): zeroes, as a new file."""
+        os.ftruncate(self.fd, 0)
+        os.ftruncate(self.fd, self.npages * self.page_size)
+
+    def crc(self) -> int:
+        crc = 0
+        for mapping in self.maps:
+            crc = zlib.crc32(mapping, crc)
+        return crc
+
+    def close(self) -> None:
+        for mapping in self.maps:
+            mapping.flush()
+            mapping.close()
+        self.maps = []
+        os.close(self.fd)
 
 
 class PreallocError(Exception):

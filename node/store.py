@@ -14,7 +14,6 @@ import struct
 import time
 from array import array
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from .assoc import HashIndex
 from .config import Config
@@ -66,11 +65,9 @@ from .slabs import (
     OFF_TIME,
     OFFSET_MASK,
     PAGE_SHIFT,
+    MemoryFile,
     Slabs,
 )
-
-if TYPE_CHECKING:
-    from .restart import MemoryFile
 
 ITEM_UPDATE_INTERVAL = 60
 # cas, exptime, time, nbytes, flags, nkey, iflags, clsid, mflags, hash (header offsets 16..47)

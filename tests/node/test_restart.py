@@ -365,12 +365,13 @@ def test_a_restored_store_is_the_saved_one_and_goes_on_working(tmp_path):
 
     from ringcache.node import restart
     from ringcache.node.config import parse_args
+    from ringcache.node.slabs import MemoryFile
     from ringcache.node.store import Clock, Store
 
     cfg = parse_args(["-m", "64", "-e", str(tmp_path / "memory")])
     wall = Wall()
     rng = random.Random(7)
-    memory = restart.MemoryFile(cfg.memory_file, cfg.memory_limit, cfg.slab_page_size)
+    memory = MemoryFile(cfg.memory_file, cfg.memory_limit, cfg.slab_page_size)
     store = Store(cfg, Clock(wall), memory=memory)
     said: list[str] = []
     assert not restart.restore(store, cfg, memory, said.append)
@@ -383,7 +384,7 @@ def test_a_restored_store_is_the_saved_one_and_goes_on_working(tmp_path):
     slabs = _slab_state(store)
     restart.save(store, cfg, memory)
     wall.t += 5
-    memory = restart.MemoryFile(cfg.memory_file, cfg.memory_limit, cfg.slab_page_size)
+    memory = MemoryFile(cfg.memory_file, cfg.memory_limit, cfg.slab_page_size)
     again = Store(cfg, Clock(wall), memory=memory)
     assert restart.restore(again, cfg, memory, said.append), said
     assert said == [CLEAN]  # the first start only
