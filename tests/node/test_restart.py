@@ -401,3 +401,35 @@ def test_a_restored_store_is_the_saved_one_and_goes_on_working(tmp_path):
         assert hit is None or hit[1] == value
     assert again.curr_items == sum(c.lru_count for c in again.slabs.classes)
     memory.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges (-u) needs root")
+def test_the_memory_file_belongs_to_the_user_the_node_runs_as():
+    """As memcached, which creates the file once it runs as -u's user: that user can write the
+    metadata at the graceful stop and read both files at the next start."""
+    import pwd
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="ringcache-shm-", dir="/tmp")  # reachable by nobody
+    os.chmod(folder, 0o777)
+    memory = os.path.join(folder, "memory")
+    nobody = pwd.getpwnam("nobody")
+    try:
+        first = start_node("-e", memory, "-u", "nobody")
+        try:
+            call(first, WRITES)
+        finally:
+            graceful_stop(first)
+        assert os.stat(memory).st_uid == nobody.pw_uid
+        assert os.stat(memory + ".meta").st_uid == nobody.pw_uid
+        next_second()
+        second = start_node("-e", memory, "-u", "nobody")
+        try:
+            assert restart_lines(second) == []
+            got = call(second, b"get counter\r\n", b"END\r\n")
+            assert got == b"VALUE counter 0 2\r\n15\r\nEND\r\n"
+        finally:
+            second.stop()
+    finally:
+        shutil.rmtree(folder)
