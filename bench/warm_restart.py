@@ -14,7 +14,14 @@ import sys
 import tempfile
 import time
 
-from tests.conftest import MEMCACHED, ServerProcess, start_again, start_memcached, start_node
+from tests.conftest import (
+    MEMCACHED,
+    ServerProcess,
+    free_port,
+    start_again,
+    start_memcached,
+    start_node,
+)
 
 
 def fill(port: int, count: int, size: int) -> None:
@@ -49,11 +56,8 @@ def curr_items(port: int) -> int:
 def measure(kind: str, folder: str, megabytes: int, count: int, size: int) -> dict[str, float]:
     memory = os.path.join(folder, f"{kind}.memory")
     args = ["-e", memory, "-m", str(megabytes)]
-    if kind == "node":
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        server: ServerProcess = start_node("-p", str(port), *args)
+    if kind == "node":  # a port of its own, so that the same command line restarts it there
+        server: ServerProcess = start_node("-p", str(free_port()), *args)
     else:
         server = start_memcached(*args)
     try:
