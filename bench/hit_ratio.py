@@ -5,9 +5,10 @@ Traces (seeded, so every server sees the same requests): zipf at two skews, a po
 (the hot set moves halfway), one-hit wonders mixed into a zipf set, and a zipf set with
 periodic one-pass loops over cold keys (a batch job walking a table). Prints the hit ratio of
 each server on each trace, at two cache sizes: memcached, the node with each eviction policy
-(``-o lru_policy=clock``, the default, and ``sieve``), and libcachesim's LRU, ARC, S3-FIFO and
-SIEVE simulated with the node's item count as their size; and the node's difference from
-memcached in points.
+(``-o lru_policy=segmented``, memcached's and the default; ``lru``, memcached's flat LRU of
+``-o no_lru_maintainer``; ``sieve``), and libcachesim's LRU, ARC, S3-FIFO and SIEVE simulated
+with the node's item count as their size; and each node policy's difference from memcached in
+points.
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ def simulated(policies: list[str], keys: list[str], capacity: int) -> list[float
 
 SERVERS = {
     "memcached": lambda memory: start_memcached("-m", str(memory)),
-    "node clock": lambda memory: start_node("-m", str(memory)),
+    "node segm.": lambda memory: start_node("-m", str(memory)),
+    "node lru": lambda memory: start_node("-m", str(memory), "-o", "lru_policy=lru"),
     "node sieve": lambda memory: start_node("-m", str(memory), "-o", "lru_policy=sieve"),
 }
 SIMULATED = ["LRU", "ARC", "S3FIFO", "Sieve"]
@@ -142,12 +144,12 @@ def main(argv: list[str] | None = None) -> int:
                 finally:
                     server.stop()
                 ratios.append(ratio)
-                held = items if label == "node clock" else held
+                held = items if label == "node segm." else held
             ratios += simulated(policies, keys, held)
             theirs = ratios[0]
-            points = " ".join(f"{100 * (r - theirs):+.2f}" for r in ratios[1:3])
+            points = " ".join(f"{100 * (r - theirs):+.2f}" for r in ratios[1 : len(SERVERS)])
             cells = " ".join(f"{r:>11.3%}" for r in ratios)
-            print(f"{name:10} {memory:>3} {cells}  {points} (clock, sieve)")
+            print(f"{name:10} {memory:>3} {cells}  {points} (segm., lru, sieve)")
             sys.stdout.flush()
     return 0
 

@@ -445,8 +445,8 @@ class Session(MetaCommands):
         if hit is None:
             st.get_misses += 1
             return R_END
-        flags, data, _, clsid = hit
-        st.cls[clsid].get_hits += 1
+        flags, data, _, lruid = hit
+        st.lru_hits[lruid] += 1
         return b"VALUE %s %d %d\r\n%sEND\r\n" % (key, flags, len(data) - 2, data)
 
     def _retrieve_keys(self, keys, with_cas, touch) -> bytes:
@@ -460,6 +460,7 @@ class Session(MetaCommands):
         bytes; the index of the first key not looked up."""
         get = self.store.get
         counters = self.stats.cls
+        lru_hits = self.stats.lru_hits
         looked_up = misses = size = 0
         try:
             for key in keys[start:] if start else keys:
@@ -474,11 +475,11 @@ class Session(MetaCommands):
                 if hit is None:
                     misses += 1
                     continue
-                flags, data, cas, clsid = hit
+                flags, data, cas, lruid = hit
                 if touch is None:
-                    counters[clsid].get_hits += 1
+                    lru_hits[lruid] += 1
                 else:
-                    counters[clsid].touch_hits += 1
+                    counters[lruid & 63].touch_hits += 1
                 if with_cas:
                     head = b"VALUE %s %d %d %d\r\n" % (key, flags, len(data) - 2, cas)
                 else:

@@ -48,8 +48,15 @@ USAGE = """ringcache-node {version} (memcached-compatible)
    - slab_chunk_max:      maximum slab chunk size in bytes (default: 512k)
    - slab_automove:       0 = off, 1 = move pages between classes (default: 1)
    - no_lru_crawler:      disable the background expired-item crawler
-   - lru_policy:          what a full slab class evicts: clock (the LRU tail, read items
-                          get a second chance) or sieve (SIEVE, NSDI'24) (default: clock)
+   - lru_policy:          how a full slab class picks what goes: segmented (memcached's
+                          HOT/WARM/COLD LRU), lru (memcached's flat LRU, as with
+                          no_lru_maintainer) or sieve (SIEVE, NSDI'24) (default: segmented)
+   - hot_lru_pct:         pct of slab memory to reserve for hot lru (default: 20)
+   - warm_lru_pct:        pct of slab memory to reserve for warm lru (default: 40)
+   - hot_max_factor:      items idle > cold lru age * drop from hot lru (default: 0.20)
+   - warm_max_factor:     items idle > cold lru age * this drop from warm (default: 2.00)
+   - temporary_ttl:       TTL's below get separate LRU, can't be evicted (default: off)
+   - no_lru_maintainer:   memcached's flat LRU (lru_policy=lru)
    - ssl_chain_cert:      certificate chain file in PEM format
    - ssl_key:             private key, if not part of the -ssl_chain_cert
    - ssl_keyformat:       private key format: only 1 (PEM) (default: 1)
@@ -67,7 +74,7 @@ USAGE = """ringcache-node {version} (memcached-compatible)
 """
 
 
-LRU_POLICIES = ("clock", "sieve")
+LRU_POLICIES = ("segmented", "lru", "sieve")
 
 
 class ConfigError(ValueError):
@@ -95,7 +102,12 @@ class Config:
     threads: int = 4
     idle_timeout: int = 0
     slab_automove: int = 1
-    lru_policy: str = "clock"  # -o lru_policy=clock|sieve: how a full class picks what goes
+    lru_policy: str = "segmented"  # -o lru_policy=segmented|lru|sieve: what a full class evicts
+    hot_lru_pct: int = 20
+    warm_lru_pct: int = 40
+    hot_max_factor: float = 0.2
+    warm_max_factor: float = 2.0
+    temporary_ttl: int | None = None  # -o temporary_ttl: memcached's TEMP LRU (temp_lru)
     lru_crawler: bool = True
     shutdown_command: bool = False
     reqs_per_event: int = 20
@@ -280,16 +292,53 @@ def _extended(arg: str, values: dict) -> None:
             if value not in LRU_POLICIES:
                 raise ConfigError(f"lru_policy: '{value}' is not one of {', '.join(LRU_POLICIES)}")
             values["lru_policy"] = value
+        elif name in ("hot_lru_pct", "warm_lru_pct"):
+            if "=" not in item:
+                raise ConfigError(f"Missing {name} argument")
+            pct = _atoi(value)
+            if pct < 1 or pct >= 80:
+                raise ConfigError(f"{name} must be > 1 and < 80")
+            values[name] = pct
+        elif name in ("hot_max_factor", "warm_max_factor"):
+            if "=" not in item:
+                raise ConfigError(f"Missing {name} argument")
+            factor = _atof(value)
+            if factor <= 0:
+                raise ConfigError(f"{name} must be > 0")
+            values[name] = factor
+        elif name == "temporary_ttl":
+            if "=" not in item:
+                raise ConfigError(f"Missing {name} argument")
+            values["temporary_ttl"] = _atoi(value)
+        elif name == "lru_maintainer":
+            values["lru_policy"] = "segmented"
+        elif name == "no_lru_maintainer":
+            values["lru_policy"] = "lru"
         elif name == "no_lru_crawler":
             values["lru_crawler"] = False
         elif name == "lru_crawler":
             values["lru_crawler"] = True
         elif name.startswith("ssl_"):
             _ssl_option(name, value if "=" in item else None, values)
-        elif name in ("modern", "slab_reassign", "lru_maintainer", "no_hashexpand"):
+        elif name in ("modern", "slab_reassign", "no_hashexpand"):
             pass  # memcached 1.6 defaults; accepted for compatibility.
         else:
             raise ConfigError(f'Illegal suboption "{item}"')
+
+
+def _atoi(text: str) -> int:
+    """C's ``atoi``: the leading digits (with a sign), 0 when there are none."""
+    digits = re.match(r"\s*[-+]?\d*", text)
+    try:
+        return int(digits.group(0)) if digits else 0
+    except ValueError:
+        return 0
+
+
+def _atof(text: str) -> float:
+    """C's ``atof``: the leading number, 0.0 when there is none."""
+    number = re.match(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", text)
+    return float(number.group(0)) if number else 0.0
 
 
 def _ssl_option(name: str, value: str | None, values: dict) -> None:
@@ -405,6 +454,10 @@ def _validate(cfg: Config) -> Config:
             f"slab_chunk_max (bytes: {chunk_max}) must divide evenly into "
             f"{cfg.slab_page_size} (slab_page_size)"
         )
+    if cfg.hot_lru_pct + cfg.warm_lru_pct > 80:
+        raise ConfigError("hot_lru_pct + warm_lru_pct cannot be more than 80% combined")
+    if cfg.temporary_ttl is not None and cfg.lru_policy != "segmented":
+        raise ConfigError("temporary_ttl requires lru_maintainer to be enabled")
     listen_addresses(cfg)  # reject a bad -l now, with memcached's message
     if cfg.chunk_size + 48 >= chunk_max:
         raise ConfigError(f"-n {cfg.chunk_size} leaves no room below slab_chunk_max {chunk_max}")

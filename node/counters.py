@@ -9,8 +9,8 @@ nothing of the node's.
 from __future__ import annotations
 
 CLASS_COUNTERS = (
-    # slab_stats (per class, summed into the global stats)
-    "get_hits",
+    # slab_stats (per class, summed into the global stats); get_hits is the sum of the
+    # class's hits to its four LRUs (Stats.lru_hits)
     "cmd_set",
     "delete_hits",
     "incr_hits",
@@ -38,6 +38,7 @@ CLASS_COUNTERS = (
 )
 
 GLOBAL_COUNTERS = (
+    "lru_maintainer_juggles",
     "cmd_get",
     "cmd_flush",
     "cmd_touch",
@@ -78,10 +79,12 @@ class ClassCounters:
 class Stats:
     """Every counter of one node; the store and server add to them directly."""
 
-    __slots__ = (*GLOBAL_COUNTERS, "cls")
+    __slots__ = (*GLOBAL_COUNTERS, "cls", "lru_hits")
 
     def __init__(self, nclasses: int) -> None:
         self.cls = [ClassCounters() for _ in range(nclasses + 1)]
+        # Hits by memcached's LRU id: the class, and HOT/WARM/COLD/TEMP in the two high bits.
+        self.lru_hits = [0] * 256
         self.reset()
 
     def reset(self) -> None:
@@ -92,6 +95,12 @@ class Stats:
         for counters in self.cls:
             for name in CLASS_COUNTERS:
                 setattr(counters, name, 0)
+        self.lru_hits[:] = [0] * 256
+
+    def get_hits(self, clsid: int) -> int:
+        """A class's hits, to any of its LRUs."""
+        hits = self.lru_hits
+        return hits[clsid] + hits[clsid | 64] + hits[clsid | 128] + hits[clsid | 192]
 
     def count_delta_miss(self, incr: bool) -> None:
         if incr:
@@ -100,4 +109,6 @@ class Stats:
             self.decr_misses += 1
 
     def class_sum(self, name: str) -> int:
+        if name == "get_hits":
+            return sum(self.lru_hits)
         return sum(getattr(c, name) for c in self.cls)

@@ -12,11 +12,13 @@ from urllib.parse import quote_from_bytes
 
 from .items import _CAS, _EXP_TIME, _Q, _VIEW, item_total
 from .slabs import (
+    COLD,
     F_DATA,
     F_FETCHED,
     F_FREE,
     F_LINKED,
     ITEM_HEADER,
+    LRU_SHIFT,
     NONE,
     OFF_CAS,
     OFF_CLSID,
@@ -131,7 +133,8 @@ class Crawler:
         return True
 
     def _tail_age(self, cls) -> int:
-        return self.clock.now - self.item_time(cls.lru_tail) if cls.lru_tail != NONE else 0
+        tail = cls.tails[COLD]  # memcached's automover compares COLD's tail ages
+        return self.clock.now - self.item_time(tail) if tail != NONE else 0
 
     def metadump(self, classes: set[int] | None) -> Iterator[bytes]:
         """``lru_crawler metadump`` lines of live items, produced lazily in page order.
@@ -169,29 +172,32 @@ class Crawler:
     def crawl(self, budget: int = 1000) -> int:
         """Reclaim expired and flushed items, visiting at most ``budget`` items; returns visits.
 
-        The crawler walks each class's LRU from the tail and remembers where it stopped, so a
-        large cache is covered over many short calls without blocking the event loop.
+        The crawler walks each LRU of each class (HOT, WARM, COLD, TEMP) from the tail and
+        remembers where it stopped, so a large cache is covered over many short calls without
+        blocking the event loop.
         """
         visited = 0
         now = self.clock.now
         classes = self.slabs.classes
-        start_class = self._crawl_class
+        start = (self._crawl_class, self._crawl_lru)
         while visited < budget:
             cls = classes[self._crawl_class]
-            hd = self._crawl_pos if self._crawl_pos != NONE else cls.lru_tail
+            lru = self._crawl_lru
+            hd = self._crawl_pos if self._crawl_pos != NONE else cls.tails[lru]
             counters = self.stats.cls[cls.clsid]
             while hd != NONE and visited < budget:
                 page, off = self._loc(hd)
                 prv = _Q.unpack_from(page, off + OFF_PREV)[0]
-                if not page[off + OFF_IFLAGS] & F_LINKED:
-                    hd = NONE  # our position was freed under us; restart this class
+                iflags = page[off + OFF_IFLAGS]
+                if not iflags & F_LINKED or iflags >> LRU_SHIFT != lru:
+                    hd = NONE  # our position was freed or moved under us; on to the next LRU
                     break
                 visited += 1
                 counters.crawler_items_checked += 1
                 exptime, itime = _EXP_TIME.unpack_from(page, off + OFF_EXPTIME)
                 if (exptime and exptime <= now) or self._flushed(page, off, itime):
                     counters.crawler_reclaimed += 1
-                    if not page[off + OFF_IFLAGS] & F_FETCHED:
+                    if not iflags & F_FETCHED:
                         counters.expired_unfetched += 1
                     self.unlink(hd)
                 hd = prv
@@ -199,7 +205,9 @@ class Crawler:
                 self._crawl_pos = hd
                 break
             self._crawl_pos = NONE
-            self._crawl_class = self._crawl_class % self.slabs.largest + 1
-            if self._crawl_class == start_class:
+            self._crawl_lru = (lru + 1) % 4
+            if not self._crawl_lru:
+                self._crawl_class = self._crawl_class % self.slabs.largest + 1
+            if (self._crawl_class, self._crawl_lru) == start:
                 break
         return visited

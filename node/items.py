@@ -1,5 +1,6 @@
-"""Items inside slab chunks: header fields, values and chains, LRU links, allocation with
-eviction, linking and unlinking (memcached's items.c).
+"""Items inside slab chunks: header fields, values and chains, the LRUs (memcached's
+segmented HOT/WARM/COLD/TEMP, its flat LRU, SIEVE): links, bumps, the maintainer's juggle,
+allocation with eviction, linking and unlinking (memcached's items.c).
 
 An item is a 48-byte header (offsets named in ``slabs``), the key and the value with its
 ``\\r\\n``, in one chunk or, when larger than the largest chunk, a header chunk whose value
@@ -15,13 +16,17 @@ from collections.abc import Iterator
 
 from .slabs import (
     CHUNK_HEADER,
+    COLD,
     F_ACTIVE,
     F_CHUNKED,
     F_DATA,
     F_FETCHED,
     F_LINKED,
     HDR,
+    HOT,
     ITEM_HEADER,
+    LRU_BITS,
+    LRU_SHIFT,
     NONE,
     OFF_CAS,
     OFF_CLSID,
@@ -35,8 +40,11 @@ from .slabs import (
     OFF_TIME,
     OFFSET_MASK,
     PAGE_SHIFT,
+    TEMP,
+    WARM,
 )
 
+ITEM_UPDATE_INTERVAL = 60  # memcached's flat LRU moves a read item to the head this seldom
 SIEVE_SCAN_LIMIT = 1000  # items one SIEVE eviction may pass over (each loses its visited bit)
 _Q = struct.Struct("<q")
 _I = struct.Struct("<I")
@@ -113,69 +121,272 @@ class Items:
             return NONE
         return hd
 
-    # -- LRU -------------------------------------------------------------------------------
+    # -- LRU: memcached's segmented LRU (items.c, doc/new_lru.txt) -------------------------
     def _lru_cls(self, page: bytearray, off: int):
         return self.slabs.classes[page[off + OFF_CLSID]]
 
-    def _lru_link(self, hd: int, page: bytearray, off: int) -> None:
+    def _lru_link(self, hd: int, page: bytearray, off: int, ntotal: int) -> None:
+        """Link at the head of the LRU the item's flags name (memcached's ``do_item_link_q``);
+        ``ntotal``: its size."""
         cls = self._lru_cls(page, off)
-        head = cls.lru_head
+        lru = page[off + OFF_IFLAGS] >> LRU_SHIFT
+        heads = cls.heads
+        head = heads[lru]
         _QQ.pack_into(page, off, head, NONE)
         if head != NONE:
             _Q.pack_into(self.pages[head >> PAGE_SHIFT], (head & OFFSET_MASK) + OFF_PREV, hd)
         else:
-            cls.lru_tail = hd
-        cls.lru_head = hd
-        cls.lru_count += 1
+            cls.tails[lru] = hd
+        heads[lru] = hd
+        cls.lru_counts[lru] += 1
+        cls.lru_bytes[lru] += ntotal
 
-    def _lru_unlink(self, hd: int, page: bytearray, off: int) -> None:
+    def _lru_unlink(self, hd: int, page: bytearray, off: int, ntotal: int) -> None:
         cls = self._lru_cls(page, off)
+        lru = page[off + OFF_IFLAGS] >> LRU_SHIFT
         nxt, prv = _QQ.unpack_from(page, off)
         if hd == cls.hand:
             cls.hand = prv
         if prv != NONE:
             _Q.pack_into(self.pages[prv >> PAGE_SHIFT], prv & OFFSET_MASK, nxt)
         else:
-            cls.lru_head = nxt
+            cls.heads[lru] = nxt
         if nxt != NONE:
             _Q.pack_into(self.pages[nxt >> PAGE_SHIFT], (nxt & OFFSET_MASK) + OFF_PREV, prv)
         else:
-            cls.lru_tail = prv
-        cls.lru_count -= 1
+            cls.tails[lru] = prv
+        cls.lru_counts[lru] -= 1
+        cls.lru_bytes[lru] -= ntotal
+
+    def _lru_move(self, hd: int, page: bytearray, off: int, lru: int, clear: int = 0) -> None:
+        """Relink at the head of ``lru`` (the same LRU: its head), clearing the flags
+        ``clear``."""
+        _, _, nbytes, flags, nkey, iflags = _VIEW.unpack_from(page, off + OFF_EXPTIME)
+        ntotal = item_total(nkey, flags, nbytes)
+        self._lru_unlink(hd, page, off, ntotal)
+        page[off + OFF_IFLAGS] = (iflags & ~(LRU_BITS | clear)) | (lru << LRU_SHIFT)
+        self._lru_link(hd, page, off, ntotal)
+
+    def _new_lru(self, exptime: int) -> int:
+        """The LRU bits of a new item (memcached's ``do_item_alloc``): TEMP for a TTL within
+        ``-o temporary_ttl``, else HOT; COLD alone without the segmented LRU."""
+        if not self.segmented:
+            return COLD << LRU_SHIFT
+        temporary = self.temporary_ttl
+        if temporary is not None and exptime and exptime - self.clock.now <= temporary:
+            return TEMP << LRU_SHIFT
+        return HOT << LRU_SHIFT
 
     def _bump(self, hd: int, page: bytearray, off: int) -> None:
-        """Mark a fetched item: the eviction scan gives active items a second chance (CLOCK),
-        which keeps recently read items cached without relinking the LRU on every hit."""
-        page[off + OFF_IFLAGS] |= F_FETCHED | F_ACTIVE
-        _TIME.pack_into(page, off + OFF_TIME, self.clock.now)
+        """A fetch (memcached's ``do_item_bump``). Segmented: the first marks the item
+        FETCHED, the next ACTIVE (and gives it the time); an item becoming ACTIVE in COLD
+        moves to WARM at once, where memcached queues it for its maintainer thread. ``lru``:
+        FETCHED, and to the head when it was last moved a minute ago or more. ``sieve``: the
+        visited bit (ACTIVE)."""
+        iflags = page[off + OFF_IFLAGS]
+        now = self.clock.now
+        if self.segmented:
+            if iflags & F_ACTIVE:
+                return
+            if not iflags & F_FETCHED:
+                page[off + OFF_IFLAGS] = iflags | F_FETCHED
+                return
+            _TIME.pack_into(page, off + OFF_TIME, now)
+            if iflags & LRU_BITS != COLD << LRU_SHIFT:
+                page[off + OFF_IFLAGS] = iflags | F_ACTIVE
+                return
+            self._to_warm(hd, page, off)
+        elif self.sieve:
+            page[off + OFF_IFLAGS] = iflags | F_FETCHED | F_ACTIVE
+            _TIME.pack_into(page, off + OFF_TIME, now)
+        else:
+            page[off + OFF_IFLAGS] = iflags | F_FETCHED
+            self._update(hd, page, off)
+
+    def _update(self, hd: int, page: bytearray, off: int) -> None:
+        """memcached's ``do_item_update`` (also an ``add`` of a key that exists): segmented,
+        an ACTIVE item in COLD moves to WARM, any other gets the time; flat, to the head when
+        last moved a minute ago or more (``ITEM_UPDATE_INTERVAL``); SIEVE keeps its order."""
+        now = self.clock.now
+        if self.segmented:
+            iflags = page[off + OFF_IFLAGS]
+            _TIME.pack_into(page, off + OFF_TIME, now)
+            if iflags & LRU_BITS == COLD << LRU_SHIFT and iflags & F_ACTIVE:
+                self._to_warm(hd, page, off)
+        elif self.sieve:
+            _TIME.pack_into(page, off + OFF_TIME, now)
+        elif self.item_time(hd) < now - ITEM_UPDATE_INTERVAL:
+            _TIME.pack_into(page, off + OFF_TIME, now)
+            self._lru_move(hd, page, off, COLD)
+
+    def _to_warm(self, hd: int, page: bytearray, off: int) -> None:
+        """A hit to COLD moves the item to WARM (not ACTIVE: it has had its move)."""
+        self._lru_move(hd, page, off, WARM, F_ACTIVE)
+        clsid = page[off + OFF_CLSID]
+        self.stats.cls[clsid].moves_to_warm += 1
+        if self.slabs.classes[clsid].lru_bytes[WARM] > self.slabs.classes[clsid].warm_at:
+            self.juggle(clsid)
+
+    def _linked(self, clsid: int) -> None:
+        """A new item went to HOT: juggle its class once HOT has grown past its share by a
+        margin (memcached's maintainer thread wakes every millisecond or so while writes
+        come in; this margin is what it lets HOT overshoot in that time, about the same)."""
+        cls = self.slabs.classes[clsid]
+        if cls.lru_bytes[HOT] > cls.juggle_at:
+            self.juggle(clsid)
+
+    def juggle(self, clsid: int) -> int:
+        """memcached's ``lru_maintainer_juggle`` of one class: TEMP's expired items reclaimed,
+        then up to 500 rounds of HOT's tail (else WARM's) and COLD's tail until none moves:
+        HOT and WARM over their shares of the class's bytes (``hot_lru_pct``,
+        ``warm_lru_pct``), or whose tail idles longer than COLD's tail age times
+        ``hot_max_factor``/``warm_max_factor``, give their tail to COLD; an ACTIVE tail goes
+        to WARM's head instead; COLD's ACTIVE tail goes to WARM. Returns the rounds that did
+        something."""
+        if not self.segmented:
+            return 0
+        cls = self.slabs.classes[clsid]
+        pull = self._pull_tail
+        did = 0
+        if self.temporary_ttl is not None:
+            for _ in range(500):
+                if pull(clsid, TEMP, 0, False, 0) <= 0:
+                    break
+                did += 1
+        tails = cls.tails
+        now = self.clock.now
+        cold_age = now - self.item_time(tails[COLD]) if tails[COLD] != NONE else 0
+        lru_bytes = cls.lru_bytes
+        total = lru_bytes[COLD] + lru_bytes[HOT] + lru_bytes[WARM]
+        hot_age = int(cold_age * self.hot_max_factor)
+        warm_age = int(cold_age * self.warm_max_factor)
+        for _ in range(500):
+            more = 0
+            if pull(clsid, HOT, total, False, hot_age) or pull(clsid, WARM, total, False, warm_age):
+                more = 1
+            more += pull(clsid, COLD, total, False, 0)
+            if not more:
+                break
+            did += 1
+        # The next juggle: when HOT (or WARM, by hits to COLD) overshoots its share by a
+        # 64th of the class, at most 32 items.
+        total = lru_bytes[COLD] + lru_bytes[HOT] + lru_bytes[WARM]
+        margin = min(total // 64, 32 * cls.size)
+        cls.juggle_at = total * self.hot_lru_pct // 100 + margin
+        cls.warm_at = total * self.warm_lru_pct // 100 + margin
+        self.stats.lru_maintainer_juggles += 1
+        return did
+
+    def juggle_all(self) -> None:
+        """Every class with items, as the maintainer thread's rounds do when nothing else
+        wakes it (the ages rule moves items that wait, writes or not)."""
+        for cls in self.slabs.classes[1:]:
+            if cls.count:
+                self.juggle(cls.clsid)
 
     # -- allocation ------------------------------------------------------------------------
     def _alloc(self, clsid: int) -> int:
+        """memcached's ``do_item_alloc_pull``: a chunk, else evict COLD's tail — and when COLD
+        gives nothing, push HOT's tail down (segmented) — up to ten tries. Where memcached
+        would answer out of memory because the class has nothing to evict, a page is taken
+        from another class (``_steal_page``)."""
         slabs = self.slabs
+        segmented = self.segmented
         for attempt in range(10):
+            if not segmented and not self.sieve:
+                self._pull_tail(clsid, COLD, 0, False, 0)  # reclaim first
             hd = slabs.alloc(clsid)
             if hd != NONE:
                 if attempt:
                     self.stats.cls[clsid].direct_reclaims += attempt
                 return hd
-            if not self._pull_tail(clsid) and not self._steal_page(clsid):
+            if self.sieve:
+                freed = self._sieve_evict(clsid)
+            else:
+                freed = self._pull_tail(clsid, COLD, 0, True, 0) > 0
+                if not freed and segmented:
+                    freed = self._pull_tail(clsid, HOT, 0, False, 0) > 0
+            if not freed and not self._steal_page(clsid):
                 break
         return NONE
 
-    def _pull_tail(self, clsid: int) -> bool:
-        """Free one item of ``clsid``'s list: an expired one met on the way, else evict (unless
-        -M). ``clock`` starts at the tail and moves an item read since it was last looked at
-        to the head (a second chance, five at most). ``sieve`` (Zhang et al., NSDI'24, ``-o
-        lru_policy=sieve``) keeps the list a FIFO: a hand moves from the tail towards the head
-        clearing the visited bit (``F_ACTIVE``, set by a hit) of the items it passes, evicts
-        the first one not read since it last passed and stays there for the next eviction,
-        wrapping to the tail at the head; new items never read again go first, unmoved."""
+    def _pull_tail(self, clsid: int, lru: int, total: int, evict: bool, max_age: int) -> int:
+        """memcached's ``lru_pull_tail`` on one LRU of ``clsid``: from its tail, reclaim
+        expired or flushed items (five looks at most), then for the first live one: HOT or
+        WARM give an ACTIVE tail to WARM (WARM: to its own head), else the tail to COLD when
+        the LRU is over its share of ``total`` bytes or idles longer than ``max_age``; COLD
+        evicts it (``evict``, unless -M) or moves an ACTIVE one to WARM; TEMP only reclaims.
+        Returns the items reclaimed, evicted or moved."""
         cls = self.slabs.classes[clsid]
         counters = self.stats.cls[clsid]
         now = self.clock.now
-        sieve = self.sieve
-        hd = cls.hand if sieve and cls.hand != NONE else cls.lru_tail
-        spared = SIEVE_SCAN_LIMIT if sieve else 5  # read items passed over before one goes
+        removed = 0
+        hd = cls.tails[lru]
+        for _ in range(5):
+            if hd == NONE:
+                break
+            page, off = self._loc(hd)
+            prv = _Q.unpack_from(page, off + OFF_PREV)[0]
+            exptime, itime = _EXP_TIME.unpack_from(page, off + OFF_EXPTIME)
+            iflags = page[off + OFF_IFLAGS]
+            if (exptime and exptime < now) or self._flushed(page, off, itime):
+                counters.reclaimed += 1
+                if not iflags & F_FETCHED:
+                    counters.expired_unfetched += 1
+                self.unlink(hd)
+                removed += 1
+                hd = prv
+                continue
+            if lru in (HOT, WARM):
+                limit = total * self.hot_lru_pct // 100 if lru == HOT else 0
+                if not limit:
+                    limit = total * self.warm_lru_pct // 100
+                if iflags & F_ACTIVE:  # rescue ACTIVE items aggressively
+                    removed += 1
+                    if lru == WARM:
+                        counters.moves_within_lru += 1
+                    else:
+                        counters.moves_to_warm += 1
+                    self._lru_move(hd, page, off, WARM, F_ACTIVE)
+                elif cls.lru_bytes[lru] > limit or now - itime > max_age:
+                    counters.moves_to_cold += 1
+                    self._lru_move(hd, page, off, COLD)
+                    removed += 1
+            elif lru == COLD:
+                if evict:
+                    if self.evictions:
+                        self._evict(hd, page, off, counters, exptime, itime, iflags)
+                        removed += 1
+                elif iflags & F_ACTIVE and self.segmented:
+                    counters.moves_to_warm += 1
+                    self._lru_move(hd, page, off, WARM, F_ACTIVE)
+                    removed += 1
+            break
+        return removed
+
+    def _evict(self, hd, page, off, counters, exptime: int, itime: int, iflags: int) -> None:
+        counters.evicted += 1
+        counters.evicted_time = self.clock.now - itime
+        if exptime:
+            counters.evicted_nonzero += 1
+        if not iflags & F_FETCHED:
+            counters.evicted_unfetched += 1
+        if iflags & F_ACTIVE:
+            counters.evicted_active += 1
+        self.unlink(hd)
+
+    def _sieve_evict(self, clsid: int) -> bool:
+        """SIEVE (Zhang et al., NSDI'24, ``-o lru_policy=sieve``) on the class's one list, a
+        FIFO: a hand moves from the tail towards the head clearing the visited bit
+        (``F_ACTIVE``, set by a hit) of the items it passes, evicts the first one not read
+        since it last passed and stays there for the next eviction, wrapping to the tail at
+        the head; new items never read again go first, unmoved. Expired items met on the way
+        are reclaimed instead."""
+        cls = self.slabs.classes[clsid]
+        counters = self.stats.cls[clsid]
+        now = self.clock.now
+        hd = cls.hand if cls.hand != NONE else cls.tails[COLD]
+        spared = SIEVE_SCAN_LIMIT
         while hd != NONE:
             page, off = self._loc(hd)
             prv = _Q.unpack_from(page, off + OFF_PREV)[0]
@@ -192,26 +403,11 @@ class Items:
             if iflags & F_ACTIVE and spared:
                 spared -= 1
                 page[off + OFF_IFLAGS] = iflags & ~F_ACTIVE
-                if sieve:
-                    counters.moves_within_lru += 1
-                    hd = prv if prv != NONE else cls.lru_tail
-                    continue
-                self._lru_unlink(hd, page, off)
-                self._lru_link(hd, page, off)
-                counters.moves_to_warm += 1
-                hd = prv
+                counters.moves_within_lru += 1
+                hd = prv if prv != NONE else cls.tails[COLD]
                 continue
-            if sieve:
-                cls.hand = hd  # unlinking it moves the hand on to the item before it
-            counters.evicted += 1
-            counters.evicted_time = now - itime
-            if exptime:
-                counters.evicted_nonzero += 1
-            if not iflags & F_FETCHED:
-                counters.evicted_unfetched += 1
-            if iflags & F_ACTIVE:
-                counters.evicted_active += 1
-            self.unlink(hd)
+            cls.hand = hd  # unlinking it moves the hand on to the item before it
+            self._evict(hd, page, off, counters, exptime, itime, iflags)
             return True
         return False
 
@@ -238,9 +434,8 @@ class Items:
     def _forget(self, hd: int, page: bytearray, off: int) -> None:
         """Everything of ``unlink`` but the hash index: LRU, accounting, chunks."""
         _, _, nbytes, flags, nkey, iflags = _VIEW.unpack_from(page, off + OFF_EXPTIME)
-        self._lru_unlink(hd, page, off)
         ntotal = item_total(nkey, flags, nbytes)
-        self._lru_cls(page, off).requested -= ntotal
+        self._lru_unlink(hd, page, off, ntotal)
         self.curr_items -= 1
         self.bytes -= ntotal
         page[off + OFF_IFLAGS] = iflags & ~F_LINKED
@@ -273,20 +468,22 @@ class Items:
         cas = self.cas_id
         _CAS.pack_into(page, off + OFF_CAS, cas)
         _TIME.pack_into(page, off + OFF_TIME, self.clock.now)
-        page[off + OFF_IFLAGS] |= F_LINKED
+        exptime = _I.unpack_from(page, off + OFF_EXPTIME)[0]
+        page[off + OFF_IFLAGS] |= F_LINKED | self._new_lru(exptime)
         if old != NONE:
             self.table[slot] = hd  # same key, same slot
             self._forget(old, *self._loc(old))
         else:
             self._table_insert(slot, hd)
-        self._lru_link(hd, page, off)
         if not ntotal:
             _, _, nbytes, flags, nkey, _ = _VIEW.unpack_from(page, off + OFF_EXPTIME)
             ntotal = item_total(nkey, flags, nbytes)
-        self._lru_cls(page, off).requested += ntotal
+        self._lru_link(hd, page, off, ntotal)
         self.curr_items += 1
         self.bytes += ntotal
         self.stats.total_items += 1
+        if self.segmented:
+            self._linked(page[off + OFF_CLSID])
         return cas
 
     def relink(self, hd: int, key: bytes, page, off: int) -> None:
@@ -299,9 +496,11 @@ class Items:
         if old != NONE:
             raise ValueError(f"the key {key!r} twice")
         self._table_insert(slot, hd)
+        size = self.item_size(hd)
         self.curr_items += 1
-        self.bytes += self.item_size(hd)
+        self.bytes += size
         self.stats.total_items += 1
+        self._lru_cls(page, off).lru_bytes[page[off + OFF_IFLAGS] >> LRU_SHIFT] += size
 
     def _replace_in_place(
         self,
@@ -321,7 +520,7 @@ class Items:
         frees the old chunk. When the new item is of the same class and that free list is not
         empty, writing it over the old chunk leaves every count of ``stats``, ``stats slabs``
         and ``stats items`` as memcached's would be, without the allocation's work. The item
-        goes to the head of its LRU, as a new item does.
+        goes to the head of HOT (or TEMP), not fetched, as a new item does.
         """
         nbytes = len(data)
         nkey = len(key)
@@ -334,20 +533,19 @@ class Items:
         if cls.free_head == NONE or page[off + OFF_IFLAGS] & F_CHUNKED:
             return 0
         _, _, onbytes, oflags, _, _ = _VIEW.unpack_from(page, off + OFF_EXPTIME)
-        grown = ntotal - item_total(nkey, oflags, onbytes)
-        cls.requested += grown
-        self.bytes += grown
+        self._lru_unlink(old, page, off, item_total(nkey, oflags, onbytes))
+        self.bytes += ntotal - item_total(nkey, oflags, onbytes)
         self.cas_id += 1
         cas = self.cas_id
         _REWRITE.pack_into(page, off + OFF_CAS, cas, exptime, self.clock.now, nbytes, flags)
-        page[off + OFF_IFLAGS] = F_LINKED
+        page[off + OFF_IFLAGS] = F_LINKED | self._new_lru(exptime)
         page[off + OFF_MFLAGS] = mflags
         start = off + ITEM_HEADER + nkey
         page[start : start + nbytes] = data
-        if cls.lru_head != old:
-            self._lru_unlink(old, page, off)
-            self._lru_link(old, page, off)
+        self._lru_link(old, page, off, ntotal)
         self.stats.total_items += 1
+        if self.segmented:
+            self._linked(clsid)
         return cas
 
     # -- item construction -----------------------------------------------------------------
@@ -475,9 +673,9 @@ class Items:
         page[off + OFF_MFLAGS] = mflags
 
     # -- introspection ---------------------------------------------------------------------
-    def items(self, clsid: int) -> Iterator[int]:
-        """Handles of the items of one class, most recently used first."""
-        hd = self.slabs.classes[clsid].lru_head
+    def items(self, clsid: int, lru: int = COLD) -> Iterator[int]:
+        """Handles of the items on one LRU of one class, most recently used first."""
+        hd = self.slabs.classes[clsid].heads[lru]
         while hd != NONE:
             page, off = self._loc(hd)
             nxt = _Q.unpack_from(page, off)[0]

@@ -39,7 +39,7 @@ from .protocol import (
     b64encode,
     parse_meta_flags,
 )
-from .slabs import F_FETCHED, NONE
+from .slabs import F_FETCHED, LRU_BITS, NONE
 
 if TYPE_CHECKING:
     from .counters import Stats
@@ -99,7 +99,7 @@ class MetaCommands:
         st = self.stats
         flags_tokens = tokens[2 : ntokens - 1]
         key = of.key
-        hd = store.fetch(key, not of.locked and not of.no_update)
+        hd = store.fetch(key, False)  # bumped below, once its flags are read
         created = False
         if hd == NONE and of.vivify:
             hd = store.create(key)
@@ -166,13 +166,13 @@ class MetaCommands:
         parts.append(b"\r\n")
         if of.value:
             parts.append(store.value(hd))
-        if of.locked and not of.no_update:
+        if not of.no_update and (of.locked or not created):
             store.bump(hd)
         if ttl_set:
             st.cmd_touch += 1
             st.cls[clsid].touch_hits += 1
         else:
-            st.cls[clsid].get_hits += 1
+            st.lru_hits[clsid | iflags & LRU_BITS] += 1  # the LRU it was hit on
             st.cmd_get += 1
         return b"".join(parts)
 

@@ -24,11 +24,12 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .items import _Q, _VIEW, item_total
+from .items import _Q, _VIEW
 from .slabs import (
     F_DATA,
     F_LINKED,
     ITEM_HEADER,
+    LRU_SHIFT,
     NONE,
     OFF_EXPTIME,
     OFFSET_MASK,
@@ -43,19 +44,11 @@ if TYPE_CHECKING:
 
 META_SUFFIX = ".meta"
 REQUIRED_META = 17  # memcached's RESTART_REQUIRED_META
-LAYOUT = "1"  # of the ringcache tag and of the item memory it describes
+LAYOUT = "2"  # of the ringcache tag and of the item memory it describes
+_INCOMPATIBLE = "[restart] restart incompatible due to setting for [{key}] [old value: {value}]"
 NOT_AN_ADDRESS = "ringcache"  # our mmap_oldbase: memcached refuses our file, we refuse its
-_CLASS_FIELDS = (
-    "free_head",
-    "free_count",
-    "end_handle",
-    "end_left",
-    "lru_head",
-    "lru_tail",
-    "lru_count",
-    "used",
-    "hand",
-)
+_CLASS_FIELDS = ("free_head", "free_count", "end_handle", "end_left", "used", "hand")
+_CLASS_LRUS = ("heads", "tails", "lru_counts")  # four each: HOT, WARM, COLD, TEMP
 
 
 def _say(line: str) -> None:
@@ -98,11 +91,13 @@ def save(store: Store, cfg: Config, memory: MemoryFile) -> None:
         f"Kmmap_oldbase {NOT_AN_ADDRESS}",
         "Tringcache",
         f"Klayout {LAYOUT}",
+        f"Klru_policy {cfg.lru_policy}",
         f"Kpages {','.join(map(str, slabs.page_class))}",
         f"Kpool {','.join(map(str, slabs.free_pages))}",
     ]
     for cls in slabs.classes[1:]:
         fields = [str(getattr(cls, name)) for name in _CLASS_FIELDS]
+        fields += [str(value) for name in _CLASS_LRUS for value in getattr(cls, name)]
         lines.append(f"Kclass {cls.clsid}:{':'.join(fields)}:{','.join(map(str, cls.pages))}")
     lines.append(f"Kitems {store.curr_items}")
     lines.append(f"Kcrc32 {crc:08x}")
@@ -171,6 +166,10 @@ def _parse(raw: bytes, cfg: Config, now: int, say: Callable[[str], None]) -> _Me
             return None
         key, _, value = line[1:].partition(" ")
         if tag == "ringcache":
+            if key == "lru_policy" and value != cfg.lru_policy:
+                # The items' LRU marks are the old policy's.
+                say(_INCOMPATIBLE.format(key=key, value=value))
+                return None
             if key == "class":
                 meta.classes.append(value)
             else:
@@ -181,7 +180,7 @@ def _parse(raw: bytes, cfg: Config, now: int, say: Callable[[str], None]) -> _Me
             continue
         seen += 1
         if not _main_value_ok(key, value, expected, now):
-            say(f"[restart] restart incompatible due to setting for [{key}] [old value: {value}]")
+            say(_INCOMPATIBLE.format(key=key, value=value))
             break
         meta.main[key] = value
     if seen < REQUIRED_META:
@@ -270,8 +269,14 @@ def _apply(store: Store, meta: _Meta, memory: MemoryFile) -> None:
     for record in meta.classes:
         clsid_text, *fields, pages_text = record.split(":")
         cls = slabs.classes[int(clsid_text)]
-        for name, value in zip(_CLASS_FIELDS, fields, strict=True):
+        scalars = len(_CLASS_FIELDS)
+        for name, value in zip(_CLASS_FIELDS, fields[:scalars], strict=True):
             setattr(cls, name, int(value))
+        lrus = [int(v) for v in fields[scalars:]]
+        if len(lrus) != 4 * len(_CLASS_LRUS):
+            raise ValueError(f"the LRUs of class {cls.clsid}")
+        for i, name in enumerate(_CLASS_LRUS):
+            setattr(cls, name, lrus[4 * i : 4 * i + 4])
         cls.pages = _ints(pages_text)
         if any(page_class[i] != cls.clsid for i in cls.pages):
             raise ValueError(f"the pages of class {cls.clsid}")
@@ -293,20 +298,19 @@ def _relink(store: Store) -> None:
     pages = store.pages
     npages = len(pages)
     for cls in store.slabs.classes[1:]:
-        hd = cls.lru_head
-        requested = 0
-        for _ in range(cls.lru_count):
-            if hd < 0 or hd >> PAGE_SHIFT >= npages:
-                raise ValueError(f"a broken LRU in class {cls.clsid}")
-            page = pages[hd >> PAGE_SHIFT]
-            off = hd & OFFSET_MASK
-            _, _, nbytes, flags, nkey, iflags = _VIEW.unpack_from(page, off + OFF_EXPTIME)
-            if not iflags & F_LINKED or iflags & F_DATA:
-                raise ValueError(f"an unlinked item on the LRU of class {cls.clsid}")
-            key = bytes(page[off + ITEM_HEADER : off + ITEM_HEADER + nkey])
-            store.relink(hd, key, page, off)
-            requested += item_total(nkey, flags, nbytes)
-            hd = _Q.unpack_from(page, off)[0]
-        if hd != NONE:
-            raise ValueError(f"the LRU of class {cls.clsid} is longer than counted")
-        cls.requested = requested
+        cls.lru_bytes = [0] * 4  # relink counts them again
+        for lru in range(4):
+            hd = cls.heads[lru]
+            for _ in range(cls.lru_counts[lru]):
+                if hd < 0 or hd >> PAGE_SHIFT >= npages:
+                    raise ValueError(f"a broken LRU in class {cls.clsid}")
+                page = pages[hd >> PAGE_SHIFT]
+                off = hd & OFFSET_MASK
+                _, _, _, _, nkey, iflags = _VIEW.unpack_from(page, off + OFF_EXPTIME)
+                if not iflags & F_LINKED or iflags & F_DATA or iflags >> LRU_SHIFT != lru:
+                    raise ValueError(f"an unlinked item on an LRU of class {cls.clsid}")
+                key = bytes(page[off + ITEM_HEADER : off + ITEM_HEADER + nkey])
+                store.relink(hd, key, page, off)
+                hd = _Q.unpack_from(page, off)[0]
+            if hd != NONE:
+                raise ValueError(f"an LRU of class {cls.clsid} is longer than counted")

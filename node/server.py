@@ -3,7 +3,8 @@
 This is the only module of the node that imports trio. It owns accepting and the connection
 limit (``-c``), running ``reactor``'s hot loop (one turn, then a trio checkpoint, or a wait
 on the reactor's epoll set when no connection has anything to do), the idle-timeout sweep,
-the once-a-second clock, the expiry crawler, the slab automover, shutdown and cancellation.
+the once-a-second clock and LRU juggle, the expiry crawler, the slab automover, shutdown and
+cancellation.
 """
 
 from __future__ import annotations
@@ -148,6 +149,9 @@ class Node:
             clock.tick()
             if idle:
                 self.reactor.close_idle(idle)
+            # The LRU maintainer's rounds that no write triggers: items that wait in HOT or
+            # WARM longer than the age rules allow go down to COLD (each class bounded).
+            store.juggle_all()
             # A growing hash index moves a bounded share of its slots per step.
             while store.rehash_step(REHASH_BUDGET):
                 await trio.lowlevel.checkpoint()

@@ -51,6 +51,11 @@ F_ACTIVE = 0x04
 F_CHUNKED = 0x08  # an item header whose value lives in a chain of chunks
 F_FREE = 0x10
 F_DATA = 0x20  # a chunk of a chained item's value
+# The two high bits of the item flags say which of its class's LRUs an item is on (memcached
+# keeps them in the high bits of ``slabs_clsid``).
+LRU_SHIFT = 6
+LRU_BITS = 0xC0
+HOT, WARM, COLD, TEMP = 0, 1, 2, 3
 
 
 def class_sizes(
@@ -138,7 +143,7 @@ class PreallocError(Exception):
 
 
 class SlabClass:
-    """One chunk size: its pages, its free list and its LRU ends (the LRU is store's)."""
+    """One chunk size: its pages, its free list and its LRUs' ends (the LRUs are store's)."""
 
     __slots__ = (
         "clsid",
@@ -147,14 +152,16 @@ class SlabClass:
         "free_count",
         "free_head",
         "hand",
-        "lru_count",
-        "lru_head",
-        "lru_tail",
+        "heads",
+        "juggle_at",
+        "lru_bytes",
+        "lru_counts",
         "pages",
         "perslab",
-        "requested",
         "size",
+        "tails",
         "used",
+        "warm_at",
     )
 
     def __init__(self, clsid: int, size: int, page_size: int) -> None:
@@ -168,11 +175,25 @@ class SlabClass:
         self.end_handle = NONE
         self.end_left = 0
         self.used = 0
-        self.lru_head = NONE
-        self.lru_tail = NONE
-        self.lru_count = 0
+        # HOT, WARM, COLD and TEMP: each LRU's ends, items and their bytes (memcached's
+        # heads, tails, sizes and sizes_bytes); -o lru_policy=lru|sieve use COLD alone.
+        self.heads = [NONE] * 4
+        self.tails = [NONE] * 4
+        self.lru_counts = [0] * 4
+        self.lru_bytes = [0] * 4
         self.hand = NONE  # -o lru_policy=sieve: where the next eviction scan starts
-        self.requested = 0  # sum of ntotal of items in this class (mem_requested)
+        self.juggle_at = 0  # HOT's bytes at which the store juggles this class again
+        self.warm_at = 0  # the same for WARM
+
+    @property
+    def count(self) -> int:
+        """Items linked in this class."""
+        return sum(self.lru_counts)
+
+    @property
+    def requested(self) -> int:
+        """Sum of the sizes of this class's items (``mem_requested``)."""
+        return sum(self.lru_bytes)
 
 
 class Slabs:

@@ -12,6 +12,7 @@ import resource
 from typing import TYPE_CHECKING
 
 from .config import VERSION
+from .slabs import COLD, HOT, LRU_SHIFT, TEMP, WARM
 from .tls import settings_lines as tls_settings
 
 if TYPE_CHECKING:
@@ -98,7 +99,7 @@ def general(
         ("slabs_moved", st.slabs_moved),
         ("lru_crawler_running", 0),
         ("lru_crawler_starts", st.lru_crawler_starts),
-        ("lru_maintainer_juggles", 0),
+        ("lru_maintainer_juggles", st.lru_maintainer_juggles),
         ("malloc_fails", 0),
         ("log_worker_dropped", 0),
         ("log_worker_written", 0),
@@ -130,22 +131,38 @@ def general(
 
 
 def items(store: Store) -> bytes:
+    """``stats items``, as memcached's ``item_stats``: the LRU lengths, ages and moves only
+    with its LRU maintainer (not with ``-o lru_policy=lru``, its ``no_lru_maintainer``)."""
     pairs: list[tuple[str, object]] = []
     now = store.clock.now
+    maintained = store.cfg.lru_policy != "lru"
+    hits = store.stats.lru_hits
+
+    def age(hd: int) -> int:
+        return now - store.item_time(hd) if hd >= 0 else 0
+
     for cls in store.slabs.classes[1:]:
-        if cls.lru_count == 0:
+        if not cls.count:
             continue
-        c = store.stats.cls[cls.clsid]
-        age = now - store.item_time(cls.lru_tail) if cls.lru_tail >= 0 else 0
-        p = f"items:{cls.clsid}:"
+        clsid = cls.clsid
+        c = store.stats.cls[clsid]
+        counts = cls.lru_counts
+        p = f"items:{clsid}:"
+        pairs.append((p + "number", cls.count))
+        if maintained:
+            pairs += [
+                (p + "number_hot", counts[HOT]),
+                (p + "number_warm", counts[WARM]),
+                (p + "number_cold", counts[COLD]),
+            ]
+            if store.temporary_ttl is not None:
+                pairs.append((p + "number_temp", counts[TEMP]))
+            pairs += [
+                (p + "age_hot", age(cls.tails[HOT])),
+                (p + "age_warm", age(cls.tails[WARM])),
+            ]
         pairs += [
-            (p + "number", cls.lru_count),
-            (p + "number_hot", 0),
-            (p + "number_warm", 0),
-            (p + "number_cold", cls.lru_count),
-            (p + "age_hot", 0),
-            (p + "age_warm", 0),
-            (p + "age", age),
+            (p + "age", age(cls.tails[COLD])),
             (p + "mem_requested", cls.requested),
             (p + "evicted", c.evicted),
             (p + "evicted_nonzero", c.evicted_nonzero),
@@ -155,19 +172,25 @@ def items(store: Store) -> bytes:
             (p + "reclaimed", c.reclaimed),
             (p + "expired_unfetched", c.expired_unfetched),
             (p + "evicted_unfetched", c.evicted_unfetched),
-            (p + "evicted_active", c.evicted_active),
+        ]
+        if maintained:
+            pairs.append((p + "evicted_active", c.evicted_active))
+        pairs += [
             (p + "crawler_reclaimed", c.crawler_reclaimed),
             (p + "crawler_items_checked", c.crawler_items_checked),
             (p + "lrutail_reflocked", c.lrutail_reflocked),
-            (p + "moves_to_cold", c.moves_to_cold),
-            (p + "moves_to_warm", c.moves_to_warm),
-            (p + "moves_within_lru", c.moves_within_lru),
-            (p + "direct_reclaims", c.direct_reclaims),
-            (p + "hits_to_hot", 0),
-            (p + "hits_to_warm", 0),
-            (p + "hits_to_cold", c.get_hits),
-            (p + "hits_to_temp", 0),
         ]
+        if maintained:
+            pairs += [
+                (p + "moves_to_cold", c.moves_to_cold),
+                (p + "moves_to_warm", c.moves_to_warm),
+                (p + "moves_within_lru", c.moves_within_lru),
+                (p + "direct_reclaims", c.direct_reclaims),
+                (p + "hits_to_hot", hits[clsid | HOT << LRU_SHIFT]),
+                (p + "hits_to_warm", hits[clsid | WARM << LRU_SHIFT]),
+                (p + "hits_to_cold", hits[clsid | COLD << LRU_SHIFT]),
+                (p + "hits_to_temp", hits[clsid | TEMP << LRU_SHIFT]),
+            ]
     return _lines(pairs)
 
 
@@ -189,7 +212,7 @@ def slabs(store: Store) -> bytes:
             (p + "used_chunks", cls.used),
             (p + "free_chunks", cls.free_count + cls.end_left),
             (p + "free_chunks_end", 0),
-            (p + "get_hits", c.get_hits),
+            (p + "get_hits", store.stats.get_hits(cls.clsid)),
             (p + "cmd_set", c.cmd_set),
             (p + "delete_hits", c.delete_hits),
             (p + "incr_hits", c.incr_hits),
@@ -242,14 +265,14 @@ def settings(store: Store, cfg: Config, verbosity: int) -> bytes:
         ("flush_enabled", "yes"),
         ("dump_enabled", "yes"),
         ("hash_algorithm", "siphash"),
-        ("lru_maintainer_thread", "no"),
-        ("lru_segmented", "no"),
-        ("hot_lru_pct", 20),
-        ("warm_lru_pct", 40),
-        ("hot_max_factor", "0.20"),
-        ("warm_max_factor", "2.00"),
-        ("temp_lru", "no"),
-        ("temporary_ttl", 61),
+        ("lru_maintainer_thread", "no" if cfg.lru_policy == "lru" else "yes"),
+        ("lru_segmented", "yes" if cfg.lru_policy == "segmented" else "no"),
+        ("hot_lru_pct", cfg.hot_lru_pct),
+        ("warm_lru_pct", cfg.warm_lru_pct),
+        ("hot_max_factor", "%.2f" % cfg.hot_max_factor),
+        ("warm_max_factor", "%.2f" % cfg.warm_max_factor),
+        ("temp_lru", "no" if cfg.temporary_ttl is None else "yes"),
+        ("temporary_ttl", 61 if cfg.temporary_ttl is None else cfg.temporary_ttl & 0xFFFFFFFF),
         ("idle_timeout", cfg.idle_timeout),
         ("watcher_logbuf_size", 262144),
         ("worker_logbuf_size", 65536),

@@ -44,8 +44,8 @@ from .defs import (
 from .items import (
     _CAS,
     _I,
-    _TIME,
     _VIEW,
+    ITEM_UPDATE_INTERVAL,
     M_STALE,
     M_TOKEN_SENT,
     Items,
@@ -54,25 +54,21 @@ from .items import (
 from .slabs import (
     F_ACTIVE,
     F_CHUNKED,
-    F_FETCHED,
     ITEM_HEADER,
+    LRU_BITS,
     NONE,
     OFF_CAS,
     OFF_CLSID,
     OFF_EXPTIME,
-    OFF_IFLAGS,
     OFF_MFLAGS,
-    OFF_TIME,
     OFFSET_MASK,
     PAGE_SHIFT,
     MemoryFile,
     Slabs,
 )
 
-ITEM_UPDATE_INTERVAL = 60
 # cas, exptime, time, nbytes, flags, nkey, iflags, clsid, mflags, hash (header offsets 16..47)
 _FIELDS = struct.Struct("<QIIIIBBBBI")
-_BUMPED = F_FETCHED | F_ACTIVE
 
 
 class Clock:
@@ -139,6 +135,12 @@ class Store(HashIndex, Items, Crawler):
         self.stats = stats or Stats(self.slabs.largest)
         self.evictions = cfg.evictions
         self.sieve = cfg.lru_policy == "sieve"
+        self.segmented = cfg.lru_policy == "segmented"
+        self.hot_lru_pct = cfg.hot_lru_pct
+        self.warm_lru_pct = cfg.warm_lru_pct
+        self.hot_max_factor = cfg.hot_max_factor
+        self.warm_max_factor = cfg.warm_max_factor
+        self.temporary_ttl = cfg.temporary_ttl
         self.automove = cfg.slab_automove
         self.automove_ratio = 0.8
         self.cas_id = 0
@@ -158,11 +160,14 @@ class Store(HashIndex, Items, Crawler):
         # A value (with its CRLF) of at most this many bytes fits under any key and flags.
         self.always_fits = self.slabs.item_size_max - item_total(KEY_MAX_LENGTH, 1, 0)
         self._crawl_class = 1
+        self._crawl_lru = 0
         self._crawl_pos = NONE
 
     # -- commands --------------------------------------------------------------------------
     def get(self, key: bytes, touch_exptime: int | None = None):
-        """A hit as ``(flags, data_with_crlf, cas, clsid)``, or None; ``touch_exptime`` for gat.
+        """A hit as ``(flags, data_with_crlf, cas, lruid)``, or None; ``touch_exptime`` for
+        gat. ``lruid``: the class with the LRU the item was on in its two high bits (memcached's
+        ``slabs_clsid``, by which it counts hits to HOT, WARM, COLD, TEMP).
 
         The hot path of the node: while the index is not growing and no ``flush_all`` is
         pending, the probe of ``_find``, the expiry test of ``_live`` and the reads of the
@@ -174,7 +179,7 @@ class Store(HashIndex, Items, Crawler):
                 return None
             page = self.pages[hd >> PAGE_SHIFT]
             off = hd & OFFSET_MASK
-            cas, exptime, itime, nbytes, flags, nkey, iflags, clsid, _, _ = _FIELDS.unpack_from(
+            cas, exptime, _, nbytes, flags, nkey, iflags, clsid, _, _ = _FIELDS.unpack_from(
                 page, off + OFF_CAS
             )
         else:
@@ -190,8 +195,8 @@ class Store(HashIndex, Items, Crawler):
                     return None
                 page = pages[hd >> PAGE_SHIFT]
                 off = hd & OFFSET_MASK
-                cas, exptime, itime, nbytes, flags, ikey, iflags, clsid, _, ih = (
-                    _FIELDS.unpack_from(page, off + OFF_CAS)
+                cas, exptime, _, nbytes, flags, ikey, iflags, clsid, _, ih = _FIELDS.unpack_from(
+                    page, off + OFF_CAS
                 )
                 start = off + ITEM_HEADER
                 if ih == h and ikey == nkey and page[start : start + nkey] == key:
@@ -203,19 +208,14 @@ class Store(HashIndex, Items, Crawler):
                 return None
         if touch_exptime is not None:
             _I.pack_into(page, off + OFF_EXPTIME, touch_exptime)
-        # _bump: fetched and active (the CLOCK second chance), last access now; an item
-        # bumped already in this second is left as it is.
-        if iflags & _BUMPED != _BUMPED:
-            page[off + OFF_IFLAGS] = iflags | _BUMPED
-        now = self.clock.now
-        if itime != now:
-            _TIME.pack_into(page, off + OFF_TIME, now)
+        if not iflags & F_ACTIVE:  # an ACTIVE item has had its bump (segmented, sieve)
+            self._bump(hd, page, off)
         if iflags & F_CHUNKED:
             data = self._data(page, off, nkey, nbytes, iflags)
         else:
             start = off + ITEM_HEADER + nkey
             data = page[start : start + nbytes]
-        return flags, data, cas, clsid
+        return flags, data, cas, clsid | iflags & LRU_BITS
 
     def store(
         self,
@@ -261,9 +261,7 @@ class Store(HashIndex, Items, Crawler):
         old_cas = _CAS.unpack_from(opage, ooff + OFF_CAS)[0]
         old_cls = opage[ooff + OFF_CLSID]
         if mode == ADD:
-            _TIME.pack_into(opage, ooff + OFF_TIME, self.clock.now)
-            self._lru_unlink(old, opage, ooff)
-            self._lru_link(old, opage, ooff)
+            self._update(old, opage, ooff)  # memcached: "promote to head of LRU"
             return NOT_STORED, 0
         if mode == CAS:
             if cas_in != 0 and cas_in == old_cas:
@@ -390,7 +388,7 @@ class Store(HashIndex, Items, Crawler):
             self.cas_id += 1
             _CAS.pack_into(page, off + OFF_CAS, self.cas_id)
             page[start : start + nbytes - 2] = digits + b" " * (nbytes - 2 - res)
-            _TIME.pack_into(page, off + OFF_TIME, self.clock.now)
+            self._update(hd, page, off)
             return DELTA_OK, digits, hd, True
         new = self._new_item(key, flags, exptime, digits + b"\r\n")
         if new == NONE:

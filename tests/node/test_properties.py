@@ -248,8 +248,10 @@ class StoreModel(RuleBasedStateMachine):
 
     @invariant()
     def accounting(self):
-        live = sum(c.lru_count for c in self.store.slabs.classes)
+        classes = self.store.slabs.classes
+        live = sum(c.count for c in classes)
         assert live == self.store.curr_items == self.store.count
+        assert sum(c.requested for c in classes) == self.store.bytes
 
 
 TestStoreModel = StoreModel.TestCase

@@ -333,7 +333,7 @@ def _slab_state(store) -> list:
     ]
     for cls in slabs.classes[1:]:
         state.append([cls.pages, cls.free_head, cls.free_count, cls.end_handle, cls.end_left,
-                      cls.lru_head, cls.lru_tail, cls.lru_count, cls.used, cls.requested, cls.hand])  # fmt: skip
+                      cls.heads, cls.tails, cls.lru_counts, cls.lru_bytes, cls.used, cls.hand])  # fmt: skip
     return state
 
 
@@ -399,7 +399,7 @@ def test_a_restored_store_is_the_saved_one_and_goes_on_working(tmp_path):
     for key, value in model.items():
         hit = again.get(key)
         assert hit is None or hit[1] == value
-    assert again.curr_items == sum(c.lru_count for c in again.slabs.classes)
+    assert again.curr_items == sum(c.count for c in again.slabs.classes)
     memory.close()
 
 

@@ -503,10 +503,15 @@ async def test_lru_crawler_crawl_runs_in_the_background_in_bounded_steps(monkeyp
     from ringcache.node import server as server_module
 
     monkeypatch.setattr(server_module, "CRAWL_BUDGET", 50)
-    node = Node(parse_args(["-p", "0", "-o", "no_lru_crawler"]), log=lambda line: None)
+    # Without the LRU maintainer (whose juggle reclaims expired items at the LRUs' tails),
+    # only the crawler reclaims them.
+    args = ["-p", "0", "-o", "no_lru_crawler,no_lru_maintainer"]
+    node = Node(parse_args(args), log=lambda line: None)
     store = node.store
     for i in range(2000):
-        store.store(0, b"e%d" % i, 0, store.clock.realtime(-1), b"x\r\n")  # expired
+        store.store(0, b"e%d" % i, 0, store.clock.realtime(100), b"x\r\n")
+    store.clock.process_started -= 200  # now all expired
+    store.clock.tick()
     assert store.curr_items == 2000
     budgets = []
     real_crawl = store.crawl

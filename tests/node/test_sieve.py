@@ -69,7 +69,7 @@ def test_the_node_evicts_as_sieve_does(seed):
     assert store.stats.cls[clsid].evicted == 30_000 - sum(o for o, _ in outcomes) - capacity
 
 
-def test_clock_is_not_sieve():
+def test_the_segmented_default_is_not_sieve():
     """The same trace under the default policy differs from the model (so the test above
     tells the two apart)."""
     store = Store(parse_args(["-m", "1", "-I", "512k", "-o", "slab_automove=0"]))
@@ -82,7 +82,10 @@ def test_clock_is_not_sieve():
 
 
 def test_the_option():
-    assert parse_args([]).lru_policy == "clock"
+    assert parse_args([]).lru_policy == "segmented"
     assert parse_args(["-o", "lru_policy=sieve"]).lru_policy == "sieve"
-    with pytest.raises(ConfigError, match="lru_policy: 'lru' is not one of clock, sieve"):
-        parse_args(["-o", "lru_policy=lru"])
+    assert parse_args(["-o", "no_lru_maintainer"]).lru_policy == "lru"
+    with pytest.raises(
+        ConfigError, match="lru_policy: 'clock' is not one of segmented, lru, sieve"
+    ):
+        parse_args(["-o", "lru_policy=clock"])
