@@ -42,6 +42,7 @@ from .slabs import (
     PAGE_SHIFT,
     TEMP,
     WARM,
+    SlabClass,
 )
 
 ITEM_UPDATE_INTERVAL = 60  # memcached's flat LRU moves a read item to the head this seldom
@@ -122,12 +123,12 @@ class Items:
         return hd
 
     # -- LRU: memcached's segmented LRU (items.c, doc/new_lru.txt) -------------------------
-    def _lru_cls(self, page: bytearray, off: int):
+    def _lru_cls(self, page: bytearray, off: int) -> SlabClass:
         return self.slabs.classes[page[off + OFF_CLSID]]
 
-    def _lru_link(self, hd: int, page: bytearray, off: int, ntotal: int) -> None:
+    def _lru_link(self, hd: int, page: bytearray, off: int, ntotal: int) -> SlabClass:
         """Link at the head of the LRU the item's flags name (memcached's ``do_item_link_q``);
-        ``ntotal``: its size."""
+        ``ntotal``: its size. Returns the item's class."""
         cls = self._lru_cls(page, off)
         lru = page[off + OFF_IFLAGS] >> LRU_SHIFT
         heads = cls.heads
@@ -140,6 +141,7 @@ class Items:
         heads[lru] = hd
         cls.lru_counts[lru] += 1
         cls.lru_bytes[lru] += ntotal
+        return cls
 
     def _lru_unlink(self, hd: int, page: bytearray, off: int, ntotal: int) -> None:
         cls = self._lru_cls(page, off)
@@ -167,14 +169,16 @@ class Items:
         page[off + OFF_IFLAGS] = (iflags & ~(LRU_BITS | clear)) | (lru << LRU_SHIFT)
         self._lru_link(hd, page, off, ntotal)
 
-    def _new_lru(self, exptime: int) -> int:
+    def _new_lru(self, page: bytearray, off: int) -> int:
         """The LRU bits of a new item (memcached's ``do_item_alloc``): TEMP for a TTL within
         ``-o temporary_ttl``, else HOT; COLD alone without the segmented LRU."""
         if not self.segmented:
             return COLD << LRU_SHIFT
         temporary = self.temporary_ttl
-        if temporary is not None and exptime and exptime - self.clock.now <= temporary:
-            return TEMP << LRU_SHIFT
+        if temporary is not None:
+            exptime = _I.unpack_from(page, off + OFF_EXPTIME)[0]
+            if exptime and exptime - self.clock.now <= temporary:
+                return TEMP << LRU_SHIFT
         return HOT << LRU_SHIFT
 
     def _bump(self, hd: int, page: bytearray, off: int) -> None:
@@ -227,47 +231,32 @@ class Items:
         if self.slabs.classes[clsid].lru_bytes[WARM] > self.slabs.classes[clsid].warm_at:
             self.juggle(clsid)
 
-    def _linked(self, clsid: int) -> None:
-        """A new item went to HOT: juggle its class once HOT has grown past its share by a
-        margin (memcached's maintainer thread wakes every millisecond or so while writes
-        come in; this margin is what it lets HOT overshoot in that time, about the same)."""
-        cls = self.slabs.classes[clsid]
-        if cls.lru_bytes[HOT] > cls.juggle_at:
-            self.juggle(clsid)
-
     def juggle(self, clsid: int) -> int:
-        """memcached's ``lru_maintainer_juggle`` of one class: TEMP's expired items reclaimed,
-        then up to 500 rounds of HOT's tail (else WARM's) and COLD's tail until none moves:
+        """memcached's ``lru_maintainer_juggle`` of one class: TEMP's expired items reclaimed;
         HOT and WARM over their shares of the class's bytes (``hot_lru_pct``,
         ``warm_lru_pct``), or whose tail idles longer than COLD's tail age times
-        ``hot_max_factor``/``warm_max_factor``, give their tail to COLD; an ACTIVE tail goes
-        to WARM's head instead; COLD's ACTIVE tail goes to WARM. Returns the rounds that did
-        something."""
+        ``hot_max_factor``/``warm_max_factor``, give their tail to COLD, an ACTIVE tail going
+        to WARM's head instead; COLD's ACTIVE tail goes to WARM. memcached takes one item of
+        each LRU per round, up to 500 rounds; here each LRU is drained in turn, up to 500
+        items each: the same moves in another order. Returns the items moved or reclaimed."""
         if not self.segmented:
             return 0
         cls = self.slabs.classes[clsid]
-        pull = self._pull_tail
         did = 0
         if self.temporary_ttl is not None:
             for _ in range(500):
-                if pull(clsid, TEMP, 0, False, 0) <= 0:
+                if self._pull_tail(clsid, TEMP, 0, False, 0) <= 0:
                     break
                 did += 1
         tails = cls.tails
-        now = self.clock.now
-        cold_age = now - self.item_time(tails[COLD]) if tails[COLD] != NONE else 0
+        cold_age = self.clock.now - self.item_time(tails[COLD]) if tails[COLD] != NONE else 0
         lru_bytes = cls.lru_bytes
         total = lru_bytes[COLD] + lru_bytes[HOT] + lru_bytes[WARM]
-        hot_age = int(cold_age * self.hot_max_factor)
-        warm_age = int(cold_age * self.warm_max_factor)
-        for _ in range(500):
-            more = 0
-            if pull(clsid, HOT, total, False, hot_age) or pull(clsid, WARM, total, False, warm_age):
-                more = 1
-            more += pull(clsid, COLD, total, False, 0)
-            if not more:
-                break
-            did += 1
+        hot = total * self.hot_lru_pct // 100
+        warm = total * self.warm_lru_pct // 100
+        did += self._drain(cls, HOT, hot or warm, int(cold_age * self.hot_max_factor))
+        did += self._drain(cls, WARM, warm, int(cold_age * self.warm_max_factor))
+        did += self._drain(cls, COLD, 0, 0)
         # The next juggle: when HOT (or WARM, by hits to COLD) overshoots its share by a
         # 64th of the class, at most 32 items.
         total = lru_bytes[COLD] + lru_bytes[HOT] + lru_bytes[WARM]
@@ -276,6 +265,88 @@ class Items:
         cls.warm_at = total * self.warm_lru_pct // 100 + margin
         self.stats.lru_maintainer_juggles += 1
         return did
+
+    def _drain(self, cls, lru: int, limit: int, max_age: int) -> int:
+        """``lru_pull_tail`` of one LRU repeated while it does something, at most 500 times:
+        an expired or flushed tail is reclaimed; an ACTIVE tail goes to WARM's head (from
+        WARM: ``moves_within_lru``); from HOT or WARM, a tail over ``limit`` bytes or idle
+        longer than ``max_age`` goes to COLD's head. Consecutive tails bound for COLD are
+        moved as one run (``_to_cold``): the same list as moving them one by one."""
+        counters = self.stats.cls[cls.clsid]
+        pages = self.pages
+        tails = cls.tails
+        lru_bytes = cls.lru_bytes
+        now = self.clock.now
+        flush = self.oldest_live
+        cold_bits = COLD << LRU_SHIFT
+        oldest = newest = NONE  # the run bound for COLD, from the tail
+        run = run_bytes = 0
+        moved = 0
+        hd = tails[lru]
+        while moved < 500 and hd != NONE:
+            page = pages[hd >> PAGE_SHIFT]
+            off = hd & OFFSET_MASK
+            exptime, itime, nbytes, flags, nkey, iflags = _VIEW.unpack_from(page, off + OFF_EXPTIME)
+            expired = (exptime and exptime < now) or (flush and self._flushed(page, off, itime))
+            if not expired and not iflags & F_ACTIVE:
+                if lru == COLD or (lru_bytes[lru] - run_bytes <= limit and now - itime <= max_age):
+                    break
+                page[off + OFF_IFLAGS] = (iflags & ~LRU_BITS) | cold_bits
+                if oldest == NONE:
+                    oldest = hd
+                newest = hd
+                run += 1
+                run_bytes += item_total(nkey, flags, nbytes)
+                moved += 1
+                hd = _Q.unpack_from(page, off + OFF_PREV)[0]
+                continue
+            if run:  # the run first: this item is then the tail
+                self._to_cold(cls, lru, oldest, newest, run, run_bytes)
+                counters.moves_to_cold += run
+                oldest = NONE
+                run = run_bytes = 0
+            moved += 1
+            if expired:
+                counters.reclaimed += 1
+                if not iflags & F_FETCHED:
+                    counters.expired_unfetched += 1
+                self.unlink(hd)
+            else:
+                if lru == WARM:
+                    counters.moves_within_lru += 1
+                else:
+                    counters.moves_to_warm += 1
+                self._lru_move(hd, page, off, WARM, F_ACTIVE)
+            hd = tails[lru]
+        if run:
+            self._to_cold(cls, lru, oldest, newest, run, run_bytes)
+            counters.moves_to_cold += run
+        return moved
+
+    def _to_cold(self, cls, lru: int, oldest: int, newest: int, n: int, nbytes: int) -> None:
+        """Move the ``n`` items from ``lru``'s tail ``oldest`` up to ``newest`` (``nbytes`` in
+        all, already marked COLD) to COLD's head, in their order."""
+        pages = self.pages
+        npage = pages[newest >> PAGE_SHIFT]
+        noff = newest & OFFSET_MASK
+        before = _Q.unpack_from(npage, noff + OFF_PREV)[0]
+        cls.tails[lru] = before
+        if before != NONE:
+            _Q.pack_into(pages[before >> PAGE_SHIFT], before & OFFSET_MASK, NONE)
+        else:
+            cls.heads[lru] = NONE
+        head = cls.heads[COLD]
+        _Q.pack_into(pages[oldest >> PAGE_SHIFT], oldest & OFFSET_MASK, head)
+        if head != NONE:
+            _Q.pack_into(pages[head >> PAGE_SHIFT], (head & OFFSET_MASK) + OFF_PREV, oldest)
+        else:
+            cls.tails[COLD] = oldest
+        _Q.pack_into(npage, noff + OFF_PREV, NONE)
+        cls.heads[COLD] = newest
+        cls.lru_counts[lru] -= n
+        cls.lru_counts[COLD] += n
+        cls.lru_bytes[lru] -= nbytes
+        cls.lru_bytes[COLD] += nbytes
 
     def juggle_all(self) -> None:
         """Every class with items, as the maintainer thread's rounds do when nothing else
@@ -290,24 +361,27 @@ class Items:
         gives nothing, push HOT's tail down (segmented) — up to ten tries. Where memcached
         would answer out of memory because the class has nothing to evict, a page is taken
         from another class (``_steal_page``)."""
-        slabs = self.slabs
-        segmented = self.segmented
-        for attempt in range(10):
-            if not segmented and not self.sieve:
-                self._pull_tail(clsid, COLD, 0, False, 0)  # reclaim first
-            hd = slabs.alloc(clsid)
-            if hd != NONE:
-                if attempt:
-                    self.stats.cls[clsid].direct_reclaims += attempt
-                return hd
+        flat = not self.segmented and not self.sieve
+        if flat:
+            self._pull_tail(clsid, COLD, 0, False, 0)  # reclaim first
+        hd = self.slabs.alloc(clsid)
+        if hd != NONE:
+            return hd
+        for attempt in range(1, 10):
             if self.sieve:
                 freed = self._sieve_evict(clsid)
             else:
                 freed = self._pull_tail(clsid, COLD, 0, True, 0) > 0
-                if not freed and segmented:
+                if not freed and self.segmented:
                     freed = self._pull_tail(clsid, HOT, 0, False, 0) > 0
             if not freed and not self._steal_page(clsid):
-                break
+                return NONE
+            if flat:
+                self._pull_tail(clsid, COLD, 0, False, 0)
+            hd = self.slabs.alloc(clsid)
+            if hd != NONE:
+                self.stats.cls[clsid].direct_reclaims += attempt
+                return hd
         return NONE
 
     def _pull_tail(self, clsid: int, lru: int, total: int, evict: bool, max_age: int) -> int:
@@ -468,8 +542,10 @@ class Items:
         cas = self.cas_id
         _CAS.pack_into(page, off + OFF_CAS, cas)
         _TIME.pack_into(page, off + OFF_TIME, self.clock.now)
-        exptime = _I.unpack_from(page, off + OFF_EXPTIME)[0]
-        page[off + OFF_IFLAGS] |= F_LINKED | self._new_lru(exptime)
+        bits = self.new_lru_bits
+        if bits < 0:
+            bits = self._new_lru(page, off)
+        page[off + OFF_IFLAGS] |= F_LINKED | bits
         if old != NONE:
             self.table[slot] = hd  # same key, same slot
             self._forget(old, *self._loc(old))
@@ -478,12 +554,12 @@ class Items:
         if not ntotal:
             _, _, nbytes, flags, nkey, _ = _VIEW.unpack_from(page, off + OFF_EXPTIME)
             ntotal = item_total(nkey, flags, nbytes)
-        self._lru_link(hd, page, off, ntotal)
+        cls = self._lru_link(hd, page, off, ntotal)
         self.curr_items += 1
         self.bytes += ntotal
         self.stats.total_items += 1
-        if self.segmented:
-            self._linked(page[off + OFF_CLSID])
+        if cls.lru_bytes[HOT] > cls.juggle_at and self.segmented:
+            self.juggle(cls.clsid)
         return cas
 
     def relink(self, hd: int, key: bytes, page, off: int) -> None:
@@ -538,14 +614,14 @@ class Items:
         self.cas_id += 1
         cas = self.cas_id
         _REWRITE.pack_into(page, off + OFF_CAS, cas, exptime, self.clock.now, nbytes, flags)
-        page[off + OFF_IFLAGS] = F_LINKED | self._new_lru(exptime)
+        page[off + OFF_IFLAGS] = F_LINKED | self._new_lru(page, off)
         page[off + OFF_MFLAGS] = mflags
         start = off + ITEM_HEADER + nkey
         page[start : start + nbytes] = data
         self._lru_link(old, page, off, ntotal)
         self.stats.total_items += 1
-        if self.segmented:
-            self._linked(clsid)
+        if cls.lru_bytes[HOT] > cls.juggle_at and self.segmented:
+            self.juggle(clsid)
         return cas
 
     # -- item construction -----------------------------------------------------------------
