@@ -224,12 +224,15 @@ class Items:
             self._lru_move(hd, page, off, COLD)
 
     def _to_warm(self, hd: int, page: bytearray, off: int) -> None:
-        """A hit to COLD moves the item to WARM (not ACTIVE: it has had its move)."""
-        self._lru_move(hd, page, off, WARM, F_ACTIVE)
-        clsid = page[off + OFF_CLSID]
-        self.stats.cls[clsid].moves_to_warm += 1
-        if self.slabs.classes[clsid].lru_bytes[WARM] > self.slabs.classes[clsid].warm_at:
-            self.juggle(clsid)
+        """A hit to COLD moves the item to WARM's head (not ACTIVE: it has had its move)."""
+        _, _, nbytes, flags, nkey, iflags = _VIEW.unpack_from(page, off + OFF_EXPTIME)
+        ntotal = item_total(nkey, flags, nbytes)
+        self._lru_unlink(hd, page, off, ntotal)
+        page[off + OFF_IFLAGS] = (iflags & ~(LRU_BITS | F_ACTIVE)) | WARM << LRU_SHIFT
+        cls = self._lru_link(hd, page, off, ntotal)
+        self.stats.cls[cls.clsid].moves_to_warm += 1
+        if cls.lru_bytes[WARM] > cls.warm_at:
+            self.juggle(cls.clsid)
 
     def juggle(self, clsid: int) -> int:
         """memcached's ``lru_maintainer_juggle`` of one class: TEMP's expired items reclaimed;
@@ -245,7 +248,7 @@ class Items:
         did = 0
         if self.temporary_ttl is not None:
             for _ in range(500):
-                if self._pull_tail(clsid, TEMP, 0, False, 0) <= 0:
+                if self._pull_tail(clsid, TEMP, False) <= 0:
                     break
                 did += 1
         tails = cls.tails
@@ -266,87 +269,99 @@ class Items:
         self.stats.lru_maintainer_juggles += 1
         return did
 
-    def _drain(self, cls, lru: int, limit: int, max_age: int) -> int:
-        """``lru_pull_tail`` of one LRU repeated while it does something, at most 500 times:
-        an expired or flushed tail is reclaimed; an ACTIVE tail goes to WARM's head (from
-        WARM: ``moves_within_lru``); from HOT or WARM, a tail over ``limit`` bytes or idle
-        longer than ``max_age`` goes to COLD's head. Consecutive tails bound for COLD are
-        moved as one run (``_to_cold``): the same list as moving them one by one."""
+    def _drain(self, cls, lru: int, limit: int, max_age: int, most: int = 500) -> int:
+        """``lru_pull_tail`` of one LRU repeated while it does something, at most ``most``
+        times: an expired or flushed tail is reclaimed; an ACTIVE tail goes to WARM's head
+        (from WARM: ``moves_within_lru``); from HOT or WARM, a tail over ``limit`` bytes or
+        idle longer than ``max_age`` goes to COLD's head. Consecutive tails bound for the
+        same LRU are moved as one run (``_splice``): the list is the one moving them one by
+        one leaves."""
         counters = self.stats.cls[cls.clsid]
         pages = self.pages
         tails = cls.tails
         lru_bytes = cls.lru_bytes
         now = self.clock.now
         flush = self.oldest_live
-        cold_bits = COLD << LRU_SHIFT
-        oldest = newest = NONE  # the run bound for COLD, from the tail
-        run = run_bytes = 0
+        oldest = newest = NONE  # the run, from the tail
+        run_to = run = run_bytes = 0
         moved = 0
         hd = tails[lru]
-        while moved < 500 and hd != NONE:
+        while moved < most and hd != NONE:
             page = pages[hd >> PAGE_SHIFT]
             off = hd & OFFSET_MASK
             exptime, itime, nbytes, flags, nkey, iflags = _VIEW.unpack_from(page, off + OFF_EXPTIME)
-            expired = (exptime and exptime < now) or (flush and self._flushed(page, off, itime))
-            if not expired and not iflags & F_ACTIVE:
-                if lru == COLD or (lru_bytes[lru] - run_bytes <= limit and now - itime <= max_age):
-                    break
-                page[off + OFF_IFLAGS] = (iflags & ~LRU_BITS) | cold_bits
-                if oldest == NONE:
-                    oldest = hd
-                newest = hd
-                run += 1
-                run_bytes += item_total(nkey, flags, nbytes)
-                moved += 1
-                hd = _Q.unpack_from(page, off + OFF_PREV)[0]
-                continue
-            if run:  # the run first: this item is then the tail
-                self._to_cold(cls, lru, oldest, newest, run, run_bytes)
-                counters.moves_to_cold += run
-                oldest = NONE
-                run = run_bytes = 0
-            moved += 1
-            if expired:
+            if (exptime and exptime < now) or (flush and self._flushed(page, off, itime)):
+                if run:  # the run first: this item is then the tail
+                    self._splice(cls, lru, run_to, oldest, newest, run, run_bytes)
+                    run = run_bytes = 0
                 counters.reclaimed += 1
                 if not iflags & F_FETCHED:
                     counters.expired_unfetched += 1
                 self.unlink(hd)
+                moved += 1
+                hd = tails[lru]
+                continue
+            if iflags & F_ACTIVE:  # rescue ACTIVE items aggressively
+                to = WARM
+            elif lru == COLD:
+                break
             else:
-                if lru == WARM:
-                    counters.moves_within_lru += 1
-                else:
-                    counters.moves_to_warm += 1
-                self._lru_move(hd, page, off, WARM, F_ACTIVE)
-            hd = tails[lru]
+                leaving = run_bytes if run and run_to != lru else 0
+                if lru_bytes[lru] - leaving <= limit and now - itime <= max_age:
+                    break
+                to = COLD
+            if run and to != run_to:
+                self._splice(cls, lru, run_to, oldest, newest, run, run_bytes)
+                run = run_bytes = 0
+            if to == COLD:
+                counters.moves_to_cold += 1
+            elif lru == WARM:
+                counters.moves_within_lru += 1
+            else:
+                counters.moves_to_warm += 1
+            page[off + OFF_IFLAGS] = (iflags & ~(LRU_BITS | F_ACTIVE)) | to << LRU_SHIFT
+            if not run:
+                oldest = hd
+                run_to = to
+            newest = hd
+            run += 1
+            run_bytes += item_total(nkey, flags, nbytes)
+            moved += 1
+            hd = _Q.unpack_from(page, off + OFF_PREV)[0]
         if run:
-            self._to_cold(cls, lru, oldest, newest, run, run_bytes)
-            counters.moves_to_cold += run
+            self._splice(cls, lru, run_to, oldest, newest, run, run_bytes)
         return moved
 
-    def _to_cold(self, cls, lru: int, oldest: int, newest: int, n: int, nbytes: int) -> None:
+    def _splice(
+        self, cls, lru: int, to: int, oldest: int, newest: int, n: int, nbytes: int
+    ) -> None:
         """Move the ``n`` items from ``lru``'s tail ``oldest`` up to ``newest`` (``nbytes`` in
-        all, already marked COLD) to COLD's head, in their order."""
+        all, already marked as on ``to``) to the head of ``to``, in their order."""
         pages = self.pages
+        heads = cls.heads
+        tails = cls.tails
         npage = pages[newest >> PAGE_SHIFT]
         noff = newest & OFFSET_MASK
         before = _Q.unpack_from(npage, noff + OFF_PREV)[0]
-        cls.tails[lru] = before
+        tails[lru] = before
         if before != NONE:
             _Q.pack_into(pages[before >> PAGE_SHIFT], before & OFFSET_MASK, NONE)
         else:
-            cls.heads[lru] = NONE
-        head = cls.heads[COLD]
+            heads[lru] = NONE
+        head = heads[to]
         _Q.pack_into(pages[oldest >> PAGE_SHIFT], oldest & OFFSET_MASK, head)
         if head != NONE:
             _Q.pack_into(pages[head >> PAGE_SHIFT], (head & OFFSET_MASK) + OFF_PREV, oldest)
         else:
-            cls.tails[COLD] = oldest
+            tails[to] = oldest
         _Q.pack_into(npage, noff + OFF_PREV, NONE)
-        cls.heads[COLD] = newest
-        cls.lru_counts[lru] -= n
-        cls.lru_counts[COLD] += n
-        cls.lru_bytes[lru] -= nbytes
-        cls.lru_bytes[COLD] += nbytes
+        heads[to] = newest
+        counts = cls.lru_counts
+        counts[lru] -= n
+        counts[to] += n
+        lru_bytes = cls.lru_bytes
+        lru_bytes[lru] -= nbytes
+        lru_bytes[to] += nbytes
 
     def juggle_all(self) -> None:
         """Every class with items, as the maintainer thread's rounds do when nothing else
@@ -363,7 +378,7 @@ class Items:
         from another class (``_steal_page``)."""
         flat = not self.segmented and not self.sieve
         if flat:
-            self._pull_tail(clsid, COLD, 0, False, 0)  # reclaim first
+            self._pull_tail(clsid, COLD, False)  # reclaim first
         hd = self.slabs.alloc(clsid)
         if hd != NONE:
             return hd
@@ -371,26 +386,24 @@ class Items:
             if self.sieve:
                 freed = self._sieve_evict(clsid)
             else:
-                freed = self._pull_tail(clsid, COLD, 0, True, 0) > 0
-                if not freed and self.segmented:
-                    freed = self._pull_tail(clsid, HOT, 0, False, 0) > 0
+                freed = self._pull_tail(clsid, COLD, True) > 0
+                if not freed and self.segmented:  # HOT's tail down (or an ACTIVE one to WARM)
+                    freed = self._drain(self.slabs.classes[clsid], HOT, 0, 0, 1) > 0
             if not freed and not self._steal_page(clsid):
                 return NONE
             if flat:
-                self._pull_tail(clsid, COLD, 0, False, 0)
+                self._pull_tail(clsid, COLD, False)
             hd = self.slabs.alloc(clsid)
             if hd != NONE:
                 self.stats.cls[clsid].direct_reclaims += attempt
                 return hd
         return NONE
 
-    def _pull_tail(self, clsid: int, lru: int, total: int, evict: bool, max_age: int) -> int:
-        """memcached's ``lru_pull_tail`` on one LRU of ``clsid``: from its tail, reclaim
-        expired or flushed items (five looks at most), then for the first live one: HOT or
-        WARM give an ACTIVE tail to WARM (WARM: to its own head), else the tail to COLD when
-        the LRU is over its share of ``total`` bytes or idles longer than ``max_age``; COLD
-        evicts it (``evict``, unless -M) or moves an ACTIVE one to WARM; TEMP only reclaims.
-        Returns the items reclaimed, evicted or moved."""
+    def _pull_tail(self, clsid: int, lru: int, evict: bool) -> int:
+        """memcached's ``lru_pull_tail`` on COLD or TEMP of ``clsid`` (HOT's and WARM's are
+        ``_drain``'s): from the tail, reclaim expired or flushed items (five looks at most),
+        then evict the first live one when ``evict`` (unless -M). Returns the items reclaimed
+        or evicted."""
         cls = self.slabs.classes[clsid]
         counters = self.stats.cls[clsid]
         now = self.clock.now
@@ -411,30 +424,9 @@ class Items:
                 removed += 1
                 hd = prv
                 continue
-            if lru in (HOT, WARM):
-                limit = total * self.hot_lru_pct // 100 if lru == HOT else 0
-                if not limit:
-                    limit = total * self.warm_lru_pct // 100
-                if iflags & F_ACTIVE:  # rescue ACTIVE items aggressively
-                    removed += 1
-                    if lru == WARM:
-                        counters.moves_within_lru += 1
-                    else:
-                        counters.moves_to_warm += 1
-                    self._lru_move(hd, page, off, WARM, F_ACTIVE)
-                elif cls.lru_bytes[lru] > limit or now - itime > max_age:
-                    counters.moves_to_cold += 1
-                    self._lru_move(hd, page, off, COLD)
-                    removed += 1
-            elif lru == COLD:
-                if evict:
-                    if self.evictions:
-                        self._evict(hd, page, off, counters, exptime, itime, iflags)
-                        removed += 1
-                elif iflags & F_ACTIVE and self.segmented:
-                    counters.moves_to_warm += 1
-                    self._lru_move(hd, page, off, WARM, F_ACTIVE)
-                    removed += 1
+            if evict and self.evictions:
+                self._evict(hd, page, off, counters, exptime, itime, iflags)
+                removed += 1
             break
         return removed
 

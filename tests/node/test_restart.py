@@ -163,6 +163,27 @@ def test_other_settings_start_empty_with_memcacheds_message(kind, flags, refused
         second.stop()
 
 
+def test_another_lru_policy_starts_empty(tmp_path):
+    """The items carry the LRU they are on; a node started with another policy starts empty
+    (memcached's message; memcached itself does not compare its LRU settings)."""
+    memory = str(tmp_path / "memory")
+    first = start("node", "-e", memory)
+    try:
+        call(first, WRITES)
+    finally:
+        graceful_stop(first)
+    next_second()
+    second = start("node", "-e", memory, "-o", "lru_policy=sieve")
+    try:
+        refused = (
+            "[restart] restart incompatible due to setting for [lru_policy] [old value: segmented]"
+        )
+        assert restart_lines(second) == [refused, FAILED]
+        assert call(second, b"get long counter\r\n", b"END\r\n") == b"END\r\n"
+    finally:
+        second.stop()
+
+
 def _damage_lines(meta: Path, change) -> None:
     lines = meta.read_text().splitlines()
     meta.write_text("\n".join(change(lines)) + "\n")
