@@ -99,7 +99,7 @@ class MetaCommands:
         st = self.stats
         flags_tokens = tokens[2 : ntokens - 1]
         key = of.key
-        hd = store.fetch(key, False)  # bumped below, once its flags are read
+        hd = store.fetch(key)  # bumped below, once its flags are read
         created = False
         if hd == NONE and of.vivify:
             hd = store.create(key)
@@ -312,7 +312,7 @@ class MetaCommands:
             key = decoded
         store = self.store
         self.stats.cmd_meta += 1
-        hd = store.fetch(key, False)
+        hd = store.fetch(key)
         if hd == NONE:
             return R_EN
         exptime, itime, _, _, iflags, mflags, cas, clsid = store.fields(hd)

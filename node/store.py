@@ -399,12 +399,9 @@ class Store(HashIndex, Items, Crawler):
         return DELTA_OK, digits, new, False
 
     # -- meta commands ---------------------------------------------------------------------
-    def fetch(self, key: bytes, bump: bool) -> int:
-        """The live item under ``key`` (NONE if none), marked fetched when ``bump``."""
-        hd = self._lookup(key)
-        if hd != NONE and bump:
-            self._bump(hd, *self._loc(hd))
-        return hd
+    def fetch(self, key: bytes) -> int:
+        """The live item under ``key`` (NONE if none), not bumped (``bump`` does that)."""
+        return self._lookup(key)
 
     def create(self, key: bytes, data: bytes = b"\r\n") -> int:
         """Link a new item with flags 0 and no TTL under a key that just missed (mg ``N``
