@@ -7,6 +7,7 @@ started it, by pid.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -27,31 +28,41 @@ needs_memcached = pytest.mark.skipif(
 )
 
 
-def free_port() -> int:
+def _ephemeral_low() -> int:
+    """The first port of the kernel's range for outgoing connections' source ports."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
+            return int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def free_ports(n: int) -> int:
-    """The first of ``n`` consecutive free ports on 127.0.0.1."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n > 65000:
-            continue
-        ok = True
-        for port in range(base, base + n):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
+    """The first of ``n`` consecutive free ports on 127.0.0.1, below the range the kernel
+    takes source ports from: a port there can be taken by any outgoing connection (this
+    test's own, to the first of the servers it starts) between this check and the server's
+    bind, which CI saw happen."""
+    high = _ephemeral_low() - n
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(10_000, high)
+        if all(_bindable(port) for port in range(base, base + n)):
             return base
     raise RuntimeError("no free port range")
+
+
+def free_port() -> int:
+    """A free port on 127.0.0.1 for a server that cannot take ``-p 0`` (see ``free_ports``)."""
+    return free_ports(1)
 
 
 def wait_port(
