@@ -160,18 +160,22 @@ class Items:
         cls.lru_counts[lru] -= 1
         cls.lru_bytes[lru] -= ntotal
 
-    def _lru_move(self, hd: int, page: bytearray, off: int, lru: int, clear: int = 0) -> None:
+    def _lru_move(self, hd: int, page: bytearray, off: int, lru: int, clear: int = 0) -> SlabClass:
         """Relink at the head of ``lru`` (the same LRU: its head), clearing the flags
-        ``clear``."""
+        ``clear``. Returns the item's class."""
         _, _, nbytes, flags, nkey, iflags = _VIEW.unpack_from(page, off + OFF_EXPTIME)
         ntotal = item_total(nkey, flags, nbytes)
         self._lru_unlink(hd, page, off, ntotal)
         page[off + OFF_IFLAGS] = (iflags & ~(LRU_BITS | clear)) | (lru << LRU_SHIFT)
-        self._lru_link(hd, page, off, ntotal)
+        return self._lru_link(hd, page, off, ntotal)
 
     def _new_lru(self, page: bytearray, off: int) -> int:
         """The LRU bits of a new item (memcached's ``do_item_alloc``): TEMP for a TTL within
-        ``-o temporary_ttl``, else HOT; COLD alone without the segmented LRU."""
+        ``-o temporary_ttl``, else HOT; COLD alone without the segmented LRU. Without a
+        temporary TTL they are the same for every item (``new_lru_bits``)."""
+        bits = self.new_lru_bits
+        if bits >= 0:
+            return bits
         if not self.segmented:
             return COLD << LRU_SHIFT
         temporary = self.temporary_ttl
@@ -225,11 +229,7 @@ class Items:
 
     def _to_warm(self, hd: int, page: bytearray, off: int) -> None:
         """A hit to COLD moves the item to WARM's head (not ACTIVE: it has had its move)."""
-        _, _, nbytes, flags, nkey, iflags = _VIEW.unpack_from(page, off + OFF_EXPTIME)
-        ntotal = item_total(nkey, flags, nbytes)
-        self._lru_unlink(hd, page, off, ntotal)
-        page[off + OFF_IFLAGS] = (iflags & ~(LRU_BITS | F_ACTIVE)) | WARM << LRU_SHIFT
-        cls = self._lru_link(hd, page, off, ntotal)
+        cls = self._lru_move(hd, page, off, WARM, F_ACTIVE)
         self.stats.cls[cls.clsid].moves_to_warm += 1
         if cls.lru_bytes[WARM] > cls.warm_at:
             self.juggle(cls.clsid)
@@ -534,10 +534,7 @@ class Items:
         cas = self.cas_id
         _CAS.pack_into(page, off + OFF_CAS, cas)
         _TIME.pack_into(page, off + OFF_TIME, self.clock.now)
-        bits = self.new_lru_bits
-        if bits < 0:
-            bits = self._new_lru(page, off)
-        page[off + OFF_IFLAGS] |= F_LINKED | bits
+        page[off + OFF_IFLAGS] |= F_LINKED | self._new_lru(page, off)
         if old != NONE:
             self.table[slot] = hd  # same key, same slot
             self._forget(old, *self._loc(old))
@@ -601,8 +598,9 @@ class Items:
         if cls.free_head == NONE or page[off + OFF_IFLAGS] & F_CHUNKED:
             return 0
         _, _, onbytes, oflags, _, _ = _VIEW.unpack_from(page, off + OFF_EXPTIME)
-        self._lru_unlink(old, page, off, item_total(nkey, oflags, onbytes))
-        self.bytes += ntotal - item_total(nkey, oflags, onbytes)
+        old_total = item_total(nkey, oflags, onbytes)
+        self._lru_unlink(old, page, off, old_total)
+        self.bytes += ntotal - old_total
         self.cas_id += 1
         cas = self.cas_id
         _REWRITE.pack_into(page, off + OFF_CAS, cas, exptime, self.clock.now, nbytes, flags)

@@ -141,8 +141,10 @@ class Store(HashIndex, Items, Crawler):
         self.hot_max_factor = cfg.hot_max_factor
         self.warm_max_factor = cfg.warm_max_factor
         self.temporary_ttl = cfg.temporary_ttl
-        # A new item's LRU bits, or -1 when they depend on its TTL (_new_lru).
-        self.new_lru_bits = -1 if self.temporary_ttl is not None else self._new_lru(b"", 0)
+        # A new item's LRU bits, or -1 while they depend on its TTL (_new_lru).
+        self.new_lru_bits = -1
+        if self.temporary_ttl is None:
+            self.new_lru_bits = self._new_lru(b"", 0)
         self.automove = cfg.slab_automove
         self.automove_ratio = 0.8
         self.cas_id = 0
