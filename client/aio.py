@@ -19,7 +19,8 @@ import asyncio
 import inspect
 import socket
 import struct
-from collections.abc import Iterable, Mapping
+from collections import deque
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, TypeVar
 
 import anyio
@@ -29,11 +30,11 @@ import sniffio
 from anyio.streams.tls import TLSStream
 
 from .engine import Engine, Face
-from .errors import RingcacheError, UnexpectedCloseError
+from .errors import ProtocolError, RingcacheError, UnexpectedCloseError
 from .leases import NO_FALLBACK
 from .options import Options
 from .peer import Peer
-from .pool import Pools
+from .pool import Lanes, Pool, Pools
 from .protocol import NEED_DATA, STATUS, Reader
 from .ring import Server
 from .security import Security
@@ -63,7 +64,7 @@ def _io_error(exc: BaseException, call: Call) -> BaseException:
 
 
 class _Conn:
-    """One connection to a node on anyio streams (under trio; asyncio has ``_AsyncioConn``),
+    """One connection to a node on anyio streams (under trio; asyncio has ``_Shared``),
     TLS when the client has ``tls``, with its reply reader; every send and receive within
     ``timeout`` seconds."""
 
@@ -134,77 +135,59 @@ class _Conn:
         _close(self.plain)
 
 
-class _Wire(asyncio.Protocol):
-    """The asyncio side of a connection: bytes in feed the reader; a reply that completes, an
-    EOF or a lost connection wakes the one waiting read."""
+class _Shared(asyncio.Protocol):
+    """One connection to a node on asyncio's own transports (TLS included) that carries many
+    calls at once (``pool.Lanes`` chooses it): each call's request joins the ones written in
+    this turn of the loop (one send for all of them), and the replies, which the node sends in
+    the order of the requests, are read off by the calls in that order. A call cancelled
+    while it waits leaves its place: its reply is read and dropped, so the connection stays in
+    step. Same policy as ``_Conn``: each step of opening within ``connect_timeout``; waiting
+    for replies, no more than ``timeout`` without a byte received (one timer per connection,
+    not one per wait), else every call on it fails with ``TimeoutError``. A lost connection,
+    an EOF or bytes that are not the replies asked for fail every call on it, and the lanes
+    open another."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout: float, clock: Callable[[], float]) -> None:
         self.reader = Reader()
-        self.transport: asyncio.Transport | None = None
-        self.waiter: asyncio.Future[None] | None = None
-        self.closed: BaseException | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # a stream transport
-
-    def data_received(self, data: bytes) -> None:
-        self.reader.feed(data)
-        self._wake()
-
-    def eof_received(self) -> bool:
-        self.closed = UnexpectedCloseError("the server closed the connection")
-        self._wake()
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.closed is None:
-            self.closed = exc or UnexpectedCloseError("the server closed the connection")
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-
-class _AsyncioConn:
-    """One connection to a node on asyncio's own transports (TLS included): what ``_Conn``
-    does, without anyio's stream layer, which yields to the loop on every send and pauses
-    and resumes reading on every receive (a third of emcache's throughput, measured). Same
-    policy: each step of opening within ``connect_timeout``, the send and each receive of a
-    call within ``timeout``."""
-
-    __slots__ = ("idle_since", "loop", "reader", "sock", "timeout", "transport", "wire")
-
-    def __init__(self, wire: _Wire, timeout: float) -> None:
-        assert wire.transport is not None
-        self.wire = wire
-        self.transport = wire.transport
-        self.reader = wire.reader
-        self.sock = self.transport.get_extra_info("socket")
         self.loop = asyncio.get_running_loop()
-        self.idle_since = 0.0
+        self.clock = clock
+        self.transport: asyncio.Transport | None = None
+        self.sock: socket.socket  # set by connection_made
         self.timeout = timeout
+        self.closed: BaseException | None = None
+        self.idle_since = 0.0
+        # (kinds, replies so far, the waiter) of each call whose replies are still to come
+        self.pending: deque[tuple[tuple[int, ...], list[Any], asyncio.Future[list[Any]]]] = deque()
+        self.out: list[bytes] = []  # requests of this turn of the loop, written by _flush
+        self.heard = 0.0  # when the oldest waiting call was sent, or a byte last came
+        self.watch: asyncio.TimerHandle | None = None
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.pending)
 
     @classmethod
-    async def open(cls, server: Server, options: Options) -> _AsyncioConn:
+    async def open(cls, server: Server, options: Options) -> _Shared:
         loop = asyncio.get_running_loop()
         address = server.address
         security = options.security
         limit = options.connect_timeout
         tls = None if security is None or isinstance(address, str) else security.tls
+
+        def made() -> _Shared:
+            return cls(limit, options.clock)
+
         async with asyncio.timeout(limit):  # the connect and the TLS handshake
             if isinstance(address, str):
-                _, wire = await loop.create_unix_connection(_Wire, address)
+                _, conn = await loop.create_unix_connection(made, address)
             else:
                 host, port = address
                 hostname = None
                 if security is not None and tls is not None:
                     hostname = security.server_hostname(server)
-                _, wire = await loop.create_connection(
-                    _Wire, host, port, ssl=tls, server_hostname=hostname
+                _, conn = await loop.create_connection(
+                    made, host, port, ssl=tls, server_hostname=hostname
                 )
-        conn = cls(wire, limit)
         try:
             if security is not None and security.login is not None:
                 (reply,) = await conn.exchange(security.login, (STATUS,))
@@ -215,35 +198,97 @@ class _AsyncioConn:
         conn.timeout = options.timeout
         return conn
 
-    async def exchange(self, data: bytes, kinds: tuple[int, ...]) -> list[Any]:
-        wire, reader = self.wire, self.reader
-        if wire.closed is not None:
-            raise wire.closed
-        self.transport.write(data)
-        replies = []
-        for kind in kinds:
-            reply = reader.next(kind)
-            while reply is NEED_DATA:
-                if wire.closed is not None:
-                    raise wire.closed
-                waiter = wire.waiter = self.loop.create_future()
-                timer = self.loop.call_later(self.timeout, _expire, waiter)
-                try:
-                    await waiter
-                finally:
-                    timer.cancel()
-                    wire.waiter = None
-                reply = reader.next(kind)
-            replies.append(reply)
-        return replies
+    def exchange(self, data: bytes, kinds: tuple[int, ...]) -> asyncio.Future[list[Any]]:
+        """Send ``data`` (with the other requests of this turn of the loop); the future of a
+        reply of each kind."""
+        if self.closed is not None:
+            raise self.closed
+        loop = self.loop
+        out = self.out
+        if not out:
+            loop.call_soon(self._flush)
+        out.append(data)
+        waiter: asyncio.Future[list[Any]] = loop.create_future()
+        if not kinds:  # noreply: nothing comes back
+            waiter.set_result([])
+            return waiter
+        pending = self.pending
+        if not pending:
+            self.heard = loop.time()
+            if self.watch is None:
+                self.watch = loop.call_at(self.heard + self.timeout, self._check)
+        pending.append((kinds, [], waiter))
+        return waiter
+
+    def _flush(self) -> None:
+        out = self.out
+        if self.closed is None and self.transport is not None:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        out.clear()
+
+    def _check(self) -> None:
+        """The connection's timer: every call on it fails once ``timeout`` passed without a
+        byte while calls wait."""
+        self.watch = None
+        if not self.pending or self.closed is not None:
+            return
+        due = self.heard + self.timeout
+        if self.loop.time() >= due:
+            self._fail(TimeoutError("timed out waiting for the server"))
+        else:
+            self.watch = self.loop.call_at(due, self._check)
+
+    def _fail(self, error: BaseException) -> None:
+        if self.closed is None:
+            self.closed = error
+        pending, self.pending = self.pending, deque()
+        for _, _, waiter in pending:
+            if not waiter.done():
+                waiter.set_exception(error)
+        self.out.clear()
+        if self.watch is not None:
+            self.watch.cancel()
+            self.watch = None
+        if self.transport is not None:
+            self.transport.abort()
 
     def close(self) -> None:
-        self.transport.abort()
+        self._fail(ConnectionResetError("the client closed the connection"))
 
+    # -- asyncio.Protocol ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # a stream transport
+        self.sock = transport.get_extra_info("socket")
 
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError("timed out waiting for the server"))
+    def data_received(self, data: bytes) -> None:
+        reader = self.reader
+        reader.feed(data)
+        pending = self.pending
+        try:
+            while pending:
+                kinds, replies, waiter = pending[0]
+                while len(replies) < len(kinds):
+                    reply = reader.next(kinds[len(replies)])
+                    if reply is NEED_DATA:
+                        self.heard = self.loop.time()
+                        return
+                    replies.append(reply)
+                pending.popleft()
+                if not waiter.done():
+                    waiter.set_result(replies)
+            if reader.buffered:
+                raise ProtocolError("the server sent bytes no request asked for")
+        except Exception as exc:  # out of step: no reply on it can be trusted
+            self._fail(exc)
+            return
+        self.idle_since = self.clock()
+
+    def eof_received(self) -> bool:
+        self._fail(UnexpectedCloseError("the server closed the connection"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(exc or UnexpectedCloseError("the server closed the connection"))
 
 
 def _close(plain: anyio.abc.SocketStream) -> None:
@@ -263,8 +308,11 @@ class AsyncClient(Face):
     def __init__(self, location: str | Iterable[Any] | Mapping[str, Any], **options: Any) -> None:
         opts = Options.from_kwargs(**options)
         self.engine = Engine(location, opts)
-        self._pools: Pools[_Conn | _AsyncioConn] = Pools(opts.pool_size, opts.clock)
-        self._opener: Any = _Conn.open  # asyncio's own transports under asyncio (__aenter__)
+        # trio: a pool of connections that carry one call at a time; asyncio: shared ones
+        # (__aenter__ chooses).
+        self._pools: Pools[Pool[_Conn]] = Pools(lambda: Pool(opts.pool_size, opts.clock))
+        self._lanes: Pools[Lanes[_Shared]] = Pools(lambda: Lanes(opts.pool_size, opts.clock))
+        self._perform: Callable[[Call], Coroutine[Any, Any, None]] = self._perform_pooled
         self._group: anyio.abc.TaskGroup | None = None
         self._probing = False
         self._wake: anyio.Event | None = None
@@ -279,7 +327,7 @@ class AsyncClient(Face):
             ) from None
         if self._group is not None:
             raise RuntimeError("this AsyncClient is already open")
-        self._opener = _AsyncioConn.open if library == "asyncio" else _Conn.open
+        self._perform = self._perform_shared if library == "asyncio" else self._perform_pooled
         group = anyio.create_task_group()
         await group.__aenter__()
         self._group = group
@@ -317,12 +365,14 @@ class AsyncClient(Face):
             self._group = None
             self._probing = False
             self._pools.close()
+            self._lanes.close()
 
     async def aclose(self) -> None:
         """End the background tasks and close the pooled connections."""
         if self._group is not None:
             self._group.cancel_scope.cancel()
         self._pools.close()
+        self._lanes.close()
 
     # -- running the engine's operations ---------------------------------------------------
     async def _run(self, op: Op[T]) -> T:
@@ -382,15 +432,17 @@ class AsyncClient(Face):
         except (OSError, TimeoutError, anyio.BrokenResourceError, anyio.IncompleteRead):
             return None
 
-    async def _perform(self, call: Call) -> None:
-        conn: _Conn | _AsyncioConn | None = None
+    async def _perform_pooled(self, call: Call) -> None:
+        """trio: ``call`` on a connection of its own from the peer's pool, returned to it once
+        every reply was read."""
+        conn: _Conn | None = None
         peer: Peer = call.peer
         pool = None if call.fresh else self._pools[peer]
         try:
             if pool is not None:
                 conn = pool.take()
             if conn is None:
-                conn = await self._opener(peer.server, self.engine.options)
+                conn = await _Conn.open(peer.server, self.engine.options)
             call.replies = await conn.exchange(call.data, call.kinds)
         except Exception as exc:  # the engine decides what it means (``settle``)
             if conn is not None:
@@ -406,6 +458,45 @@ class AsyncClient(Face):
             conn.close()
         else:
             pool.give(conn)
+
+    async def _perform_shared(self, call: Call) -> None:
+        """asyncio: ``call`` on one of the peer's shared connections (``fresh``: on one of its
+        own, closed afterwards). A failure fails the connection itself (``_Shared``); a
+        cancelled call leaves its reply to be read and dropped."""
+        peer: Peer = call.peer
+        try:
+            if call.fresh:
+                conn = await _Shared.open(peer.server, self.engine.options)
+                try:
+                    call.replies = await conn.exchange(call.data, call.kinds)
+                finally:
+                    conn.close()
+                return
+            lanes = self._lanes[peer]
+            conn = lanes.pick() or await self._open_lane(lanes, peer)
+            call.replies = await conn.exchange(call.data, call.kinds)
+        except Exception as exc:  # the engine decides what it means (``settle``)
+            call.error = _io_error(exc, call)
+
+    async def _open_lane(self, lanes: Lanes[_Shared], peer: Peer) -> _Shared:
+        """Another shared connection to ``peer``, or the one already on its way: opened in a
+        task of its own, so a caller cancelled while it waits leaves it to the others."""
+        opening = lanes.opening
+        if opening is None:
+            opening = asyncio.get_running_loop().create_task(
+                _Shared.open(peer.server, self.engine.options)
+            )
+            lanes.opening = opening
+
+            def opened(task: asyncio.Task[_Shared]) -> None:
+                if lanes.opening is task:
+                    lanes.opening = None
+                if not task.cancelled() and task.exception() is None:
+                    lanes.add(task.result())
+
+            opening.add_done_callback(opened)
+        conn: _Shared = await asyncio.shield(opening)
+        return conn
 
     # -- background tasks ------------------------------------------------------------------
     def _start_prober(self) -> None:
@@ -432,6 +523,7 @@ class AsyncClient(Face):
     async def _discover(self) -> None:
         if await self._run(self.engine.discover()):
             self._pools.keep(self.engine.peers.values())
+            self._lanes.keep(self.engine.peers.values())
 
     async def _discover_loop(self) -> None:
         while True:

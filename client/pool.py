@@ -1,17 +1,20 @@
-"""The drivers' idle connections: one pool per peer, and how a stale one is told apart.
+"""The drivers' connections to each peer, and how a stale one is told apart.
 
-This module owns connection reuse for both drivers: a bounded stack of idle connections per
-peer (``Pools``), the rule that a connection idle for more than ``STALE_CHECK_AFTER`` is
-checked before it carries a request (closed if the server closed it meanwhile, so a restarted
-node's old connections are replaced instead of counting as its failures; one idle for less is
-not checked: a server that closed it within that time died, and a request to it fails anyway),
-and the check itself: an idle connection is stale when its reader holds bytes nobody asked for
-or its socket is readable (the server closed it, or sent what was not asked for), tested with
-``poll``, which takes descriptors of any number, unlike ``select``. A TLS connection is tested
-on its socket too: a TLS record that arrives while it is idle (none does, after a request has
-been answered, from the node or from memcached) would only cost a reconnect, never a failure.
-The time is the engine's injected clock. A connection has ``idle_since``, ``reader``, ``sock``
-and ``close()``.
+This module owns connection reuse for both drivers: a bounded stack of idle connections per peer
+(``Pool``: the sync driver's and trio's, a connection carries one call at a time), the shared
+connections of asyncio's driver (``Lanes``: each carries up to ``DEPTH`` calls at once, their
+requests written together and their replies read in order; another is opened only when every
+open one is that deep, at most ``size``), one of either per peer (``Pools``), the rule that a
+connection idle for more than ``STALE_CHECK_AFTER`` is checked before it carries a request
+(closed if the server closed it meanwhile, so a restarted node's old connections are replaced
+instead of counting as its failures; one idle for less is not checked: a server that closed it
+within that time died, and a request to it fails anyway), and the check itself: an idle
+connection is stale when its reader holds bytes nobody asked for or its socket is readable (the
+server closed it, or sent what was not asked for), tested with ``poll``, which takes descriptors
+of any number, unlike ``select``. A TLS connection is tested on its socket too: a TLS record
+that arrives while it is idle (none does, after a request has been answered, from the node or
+from memcached) would only cost a reconnect, never a failure. The time is the engine's injected
+clock. A connection has ``idle_since``, ``reader``, ``sock`` and ``close()``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from .protocol import Reader
 
 STALE_CHECK_AFTER = 0.01  # seconds a pooled connection may sit idle before use checks it
+DEPTH = 32  # calls in flight on one shared connection before another one is opened
 
 
 class Pooled(Protocol):
@@ -34,7 +38,23 @@ class Pooled(Protocol):
     def close(self) -> None: ...
 
 
+class Shared(Pooled, Protocol):
+    """A connection that carries several calls at once (``in_flight`` of them); ``closed`` is
+    set once it failed or was closed."""
+
+    closed: BaseException | None
+
+    @property
+    def in_flight(self) -> int: ...
+
+
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
 C = TypeVar("C", bound=Pooled)
+S = TypeVar("S", bound=Shared)
+P = TypeVar("P", bound=Closable)
 
 
 def stale(conn: Pooled) -> bool:
@@ -88,17 +108,70 @@ class Pool(Generic[C]):
                 return
 
 
-class Pools(dict[Any, Pool[C]]):
-    """One ``Pool`` per peer, made on first use (a dict: a lookup of an existing pool, on every
-    call, runs no Python code)."""
+class Lanes(Generic[S]):
+    """The shared connections to one peer: a call goes on the first open one with fewer than
+    ``DEPTH`` calls in flight (so calls gather on as few connections as they fit, and their
+    requests leave together); when every open one is that deep, another is opened, at most
+    ``size`` (then the least busy one carries it). ``opening`` is the driver's connection on
+    its way, at most one at a time: callers that find no room wait for it."""
+
+    __slots__ = ("_clock", "_closed", "_size", "conns", "opening")
 
     def __init__(self, size: int, clock: Callable[[], float]) -> None:
-        super().__init__()
-        self._size = size
+        self.conns: list[S] = []
+        self.opening: Any = None
+        self._size = max(1, size)
         self._clock = clock
+        self._closed = False
 
-    def __missing__(self, peer: Any) -> Pool[C]:
-        return self.setdefault(peer, Pool(self._size, self._clock))
+    def pick(self) -> S | None:
+        """The connection for the next call, or None: open another (or wait for ``opening``)."""
+        least: S | None = None
+        dropped = False
+        for conn in self.conns:
+            n = conn.in_flight
+            if n >= DEPTH:
+                if least is None or n < least.in_flight:
+                    least = conn
+            elif conn.closed is None and (
+                n or self._clock() - conn.idle_since < STALE_CHECK_AFTER or not stale(conn)
+            ):
+                return conn
+            else:  # failed, or closed by the server while idle
+                conn.close()
+                dropped = True
+        if dropped:
+            self.conns = [c for c in self.conns if c.closed is None]
+        if len(self.conns) + (self.opening is not None) < self._size:
+            return None
+        return least
+
+    def add(self, conn: S) -> None:
+        """A connection that was opened for this peer (closed if the peer's pools were)."""
+        if self._closed:
+            conn.close()
+        else:
+            self.conns.append(conn)
+
+    def close(self) -> None:
+        self._closed = True
+        opening, self.opening = self.opening, None
+        if opening is not None:
+            opening.cancel()
+        while self.conns:
+            self.conns.pop().close()
+
+
+class Pools(dict[Any, P]):
+    """A ``Pool`` or ``Lanes`` per peer (what ``make`` returns), made on first use (a dict: a
+    lookup of an existing one, on every call, runs no Python code)."""
+
+    def __init__(self, make: Callable[[], P]) -> None:
+        super().__init__()
+        self._make = make
+
+    def __missing__(self, peer: Any) -> P:
+        return self.setdefault(peer, self._make())
 
     def keep(self, peers: Iterable[Any]) -> None:
         """Close the pools of every peer not in ``peers`` (it left the membership)."""

@@ -206,7 +206,7 @@ class Client(Face):
         self.engine = Engine(location, opts)
         # Held while the engine's code runs (never during I/O): see ``steps``.
         self._lock = threading.Lock()
-        self._pools: Pools[Connection] = Pools(opts.pool_size, opts.clock)
+        self._pools: Pools[Pool[Connection]] = Pools(lambda: Pool(opts.pool_size, opts.clock))
         self._closed = threading.Event()
         self._prober: threading.Thread | None = None
         self._prober_lock = threading.Lock()
