@@ -21,6 +21,7 @@ import socket
 import struct
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Mapping
+from functools import partial
 from typing import Any, TypeVar
 
 import anyio
@@ -291,6 +292,14 @@ class _Shared(asyncio.Protocol):
         self._fail(exc or UnexpectedCloseError("the server closed the connection"))
 
 
+def _opened(lanes: Lanes[_Shared], task: asyncio.Task[_Shared]) -> None:
+    """A shared connection's opening ended: the connection joins its lanes."""
+    if lanes.opening is task:
+        lanes.opening = None
+    if not task.cancelled() and task.exception() is None:
+        lanes.add(task.result())
+
+
 def _close(plain: anyio.abc.SocketStream) -> None:
     """Close a connection at once, from synchronous code (the pools close stale and surplus
     connections so): under trio, closing the socket is closing the stream."""
@@ -479,23 +488,21 @@ class AsyncClient(Face):
             call.error = _io_error(exc, call)
 
     async def _open_lane(self, lanes: Lanes[_Shared], peer: Peer) -> _Shared:
-        """Another shared connection to ``peer``, or the one already on its way: opened in a
-        task of its own, so a caller cancelled while it waits leaves it to the others."""
-        opening = lanes.opening
-        if opening is None:
-            opening = asyncio.get_running_loop().create_task(
-                _Shared.open(peer.server, self.engine.options)
-            )
-            lanes.opening = opening
-
-            def opened(task: asyncio.Task[_Shared]) -> None:
-                if lanes.opening is task:
-                    lanes.opening = None
-                if not task.cancelled() and task.exception() is None:
-                    lanes.add(task.result())
-
-            opening.add_done_callback(opened)
-        conn: _Shared = await asyncio.shield(opening)
+        """A shared connection with room, once another one was opened (or the one already on
+        its way): opened in a task of its own, so a caller cancelled while it waits leaves it
+        to the others. At most ``size`` openings for one call; then the last one opened."""
+        for _ in range(lanes.size):
+            opening = lanes.opening
+            if opening is None:
+                opening = asyncio.get_running_loop().create_task(
+                    _Shared.open(peer.server, self.engine.options)
+                )
+                lanes.opening = opening
+                opening.add_done_callback(partial(_opened, lanes))
+            conn: _Shared = await asyncio.shield(opening)
+            picked = lanes.pick()
+            if picked is not None:
+                return picked
         return conn
 
     # -- background tasks ------------------------------------------------------------------

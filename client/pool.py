@@ -115,12 +115,12 @@ class Lanes(Generic[S]):
     ``size`` (then the least busy one carries it). ``opening`` is the driver's connection on
     its way, at most one at a time: callers that find no room wait for it."""
 
-    __slots__ = ("_clock", "_closed", "_size", "conns", "opening")
+    __slots__ = ("_clock", "_closed", "conns", "opening", "size")
 
     def __init__(self, size: int, clock: Callable[[], float]) -> None:
         self.conns: list[S] = []
         self.opening: Any = None
-        self._size = max(1, size)
+        self.size = max(1, size)
         self._clock = clock
         self._closed = False
 
@@ -142,7 +142,7 @@ class Lanes(Generic[S]):
                 dropped = True
         if dropped:
             self.conns = [c for c in self.conns if c.closed is None]
-        if len(self.conns) + (self.opening is not None) < self._size:
+        if len(self.conns) + (self.opening is not None) < self.size:
             return None
         return least
 

@@ -30,7 +30,11 @@ What a driver must do the same way (the timeout policy and the failure set):
   driver translates its own I/O library's exceptions into them), and its connection is closed;
   anything else is a bug and propagates;
 - a ``fresh`` call gets a connection of its own, closed afterwards (probes, replays);
-- a connection is returned to its pool only after every reply of its call was read.
+- a reply is only ever read by the call that asked for it: a connection that carries one call
+  at a time is returned to its pool only after every reply of its call was read (and closed
+  when the call is cancelled midway); one that carries several at once (asyncio's) reads
+  the replies in the order of the requests, each for its own call, a cancelled call's too,
+  and fails every call on it when its bytes are not those replies.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ failover suite."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import ssl
@@ -14,7 +15,7 @@ import time
 
 import pytest
 
-from ringcache.client import Client
+from ringcache.client import AsyncClient, Client
 from tests.client.conftest import AsyncDriven
 from tests.conftest import free_port
 
@@ -131,3 +132,31 @@ def test_both_drivers_count_the_same_failures_with_the_same_exceptions(driver, c
         f"127.0.0.1:{server.port}": {"TimeoutError"},
     }
     assert all(s["failures"] > 0 for s in stats.values())
+
+
+def test_calls_sharing_a_connection_to_a_silent_server_all_fail_after_timeout():
+    """asyncio's shared connection: one timer for all the calls on it, none waits longer."""
+    with Silent() as server:
+        location = f"127.0.0.1:{server.port}"
+
+        async def main() -> tuple[list[float], dict]:
+            async with AsyncClient(
+                [location], timeout=0.3, connect_timeout=2.0, failure_limit=100, agreement=False
+            ) as c:
+                started = time.monotonic()
+
+                async def one(i: int) -> float:
+                    assert await c.get(f"k{i}") is None
+                    return time.monotonic() - started
+
+                elapsed = await asyncio.gather(*(one(i) for i in range(20)))
+                return elapsed, c.node_stats()[location]
+
+        elapsed, stats = asyncio.run(main())
+        connections = len(server.conns)
+    print(
+        f"\n[failover] asyncio: 20 calls on one silent connection failed after {max(elapsed):.3f} s"
+    )
+    assert all(0.28 <= e < 1.3 for e in elapsed), elapsed
+    assert connections == 1
+    assert stats["failures"] == 20
