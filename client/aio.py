@@ -138,8 +138,9 @@ class _Conn:
 
 class _Shared(asyncio.Protocol):
     """One connection to a node on asyncio's own transports (TLS included) that carries many
-    calls at once (``pool.Lanes`` chooses it): each call's request joins the ones written in
-    this turn of the loop (one send for all of them), and the replies, which the node sends in
+    calls at once (``pool.Lanes`` chooses it): a request goes out at once when nothing is in
+    flight, else it joins the ones written at the end of this turn of the loop (one send for
+    all of them), and the replies, which the node sends in
     the order of the requests, are read off by the calls in that order. A call cancelled
     while it waits leaves its place: its reply is read and dropped, so the connection stays in
     step. Same policy as ``_Conn``: each step of opening within ``connect_timeout``; waiting
@@ -200,20 +201,24 @@ class _Shared(asyncio.Protocol):
         return conn
 
     def exchange(self, data: bytes, kinds: tuple[int, ...]) -> asyncio.Future[list[Any]]:
-        """Send ``data`` (with the other requests of this turn of the loop); the future of a
-        reply of each kind."""
+        """Send ``data``: at once when nothing is in flight, else with the other requests of
+        this turn of the loop; the future of a reply of each kind."""
         if self.closed is not None:
             raise self.closed
         loop = self.loop
         out = self.out
-        if not out:
+        pending = self.pending
+        if out:
+            out.append(data)
+        elif pending:  # the first of this turn's requests behind replies still to come
+            out.append(data)
             loop.call_soon(self._flush)
-        out.append(data)
+        else:  # nothing in flight: the node can start on it at once
+            self.transport.write(data)  # type: ignore[union-attr]  # open
         waiter: asyncio.Future[list[Any]] = loop.create_future()
         if not kinds:  # noreply: nothing comes back
             waiter.set_result([])
             return waiter
-        pending = self.pending
         if not pending:
             self.heard = loop.time()
             if self.watch is None:
