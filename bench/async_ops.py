@@ -1,13 +1,13 @@
 """Async client benchmark on asyncio against Debian memcached, peers measured in the same run.
 
 - gets and sets per second of ``AsyncClient`` against emcache and aiomcache (PyPI) on the same
-  memcached, 16 concurrent tasks, on asyncio's own loop and on uvloop; goal: at least
-  emcache's throughput.
+  memcached, at 1, 4, 16 and 64 concurrent tasks (each client with a pool of that many
+  connections), on asyncio's own loop and on uvloop; goal: at least emcache's throughput.
 - ``aget_many`` of 100 keys over 3 servers: latency of Django's ``RingCache`` (native) against
   Django's ``PyMemcacheCache`` (Django's default async path, ``sync_to_async`` per key);
   goal: at least 10x faster.
 
-    python -m bench.async_ops [--seconds 2]
+    python -m bench.async_ops [--seconds 2] [--tasks 1,4,16,64]
 """
 
 from __future__ import annotations
@@ -32,12 +32,11 @@ from bench.client_ops import memcached_servers
 from ringcache.client import AsyncClient
 from ringcache.client.django import RingCache
 
-TASKS = 16
 VALUE = b"x" * 100
 
 
-async def throughput(op: Callable[[int], Awaitable[object]], seconds: float) -> float:
-    """Calls per second of ``op`` by ``TASKS`` concurrent tasks over ``seconds``."""
+async def throughput(op: Callable[[int], Awaitable[object]], seconds: float, tasks: int) -> float:
+    """Calls per second of ``op`` by ``tasks`` concurrent tasks over ``seconds``."""
     done = 0
     deadline = time.perf_counter() + seconds
 
@@ -46,22 +45,24 @@ async def throughput(op: Callable[[int], Awaitable[object]], seconds: float) -> 
         i = n
         while time.perf_counter() < deadline:
             await op(i)
-            i += TASKS
+            i += tasks
             done += 1
 
     started = time.perf_counter()
-    await asyncio.gather(*(task(n) for n in range(TASKS)))
+    await asyncio.gather(*(task(n) for n in range(tasks)))
     return done / (time.perf_counter() - started)
 
 
-async def clients_race(port: int, seconds: float, rounds: int) -> dict[str, dict[str, float]]:
+async def clients_race(
+    port: int, seconds: float, rounds: int, tasks: int
+) -> dict[str, dict[str, float]]:
     keys = [f"bench:{i}".encode() for i in range(1000)]
-    ring = AsyncClient([f"127.0.0.1:{port}"], pool_size=TASKS, agreement=False)
+    ring = AsyncClient([f"127.0.0.1:{port}"], pool_size=tasks, agreement=False)
     await ring.__aenter__()
     em = await emcache.create_client(
-        [emcache.MemcachedHostAddress("127.0.0.1", port)], max_connections=TASKS
+        [emcache.MemcachedHostAddress("127.0.0.1", port)], max_connections=tasks
     )
-    aio = aiomcache.Client("127.0.0.1", port, pool_size=TASKS)
+    aio = aiomcache.Client("127.0.0.1", port, pool_size=tasks)
     for k in keys:
         await em.set(k, VALUE)
     ops = {
@@ -79,8 +80,8 @@ async def clients_race(port: int, seconds: float, rounds: int) -> dict[str, dict
     try:
         for _ in range(rounds):
             for name, (get, put) in ops.items():
-                results[name]["get"].append(await throughput(get, seconds / rounds))
-                results[name]["set"].append(await throughput(put, seconds / rounds))
+                results[name]["get"].append(await throughput(get, seconds / rounds, tasks))
+                results[name]["set"].append(await throughput(put, seconds / rounds, tasks))
     finally:
         await ring.__aexit__(None, None, None)
         await em.close()
@@ -112,30 +113,34 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--tasks", type=lambda v: [int(t) for t in v.split(",")], default=[1, 4, 16, 64]
+    )
     args = parser.parse_args()
     with memcached_servers(3) as servers:
         if servers is None:
             return 2
         port = servers[0][1]
         for loop_name, factory in (("asyncio", None), ("uvloop", uvloop.new_event_loop)):
-            with asyncio.Runner(loop_factory=factory) as runner:
-                figures = runner.run(clients_race(port, args.seconds, args.rounds))
-            print(
-                f"{TASKS} concurrent tasks, 100-byte values, one memcached, {loop_name} "
-                f"(median of {args.rounds} alternating rounds)"
-            )
-            for name, f in figures.items():
-                print(f"  {name:24} get {f['get']:9.0f}/s   set {f['set']:9.0f}/s")
-            ours, em = figures["ringcache AsyncClient"], figures["emcache"]
-            aio = figures["aiomcache"]
-            print(
-                f"  ratio vs emcache:   get {ours['get'] / em['get']:.2f}x, "
-                f"set {ours['set'] / em['set']:.2f}x (goal >= 1x)"
-            )
-            print(
-                f"  ratio vs aiomcache: get {ours['get'] / aio['get']:.2f}x, "
-                f"set {ours['set'] / aio['set']:.2f}x"
-            )
+            for tasks in args.tasks:
+                with asyncio.Runner(loop_factory=factory) as runner:
+                    figures = runner.run(clients_race(port, args.seconds, args.rounds, tasks))
+                print(
+                    f"{tasks} concurrent tasks, 100-byte values, one memcached, {loop_name} "
+                    f"(median of {args.rounds} alternating rounds)"
+                )
+                for name, f in figures.items():
+                    print(f"  {name:24} get {f['get']:9.0f}/s   set {f['set']:9.0f}/s")
+                ours, em = figures["ringcache AsyncClient"], figures["emcache"]
+                aio = figures["aiomcache"]
+                print(
+                    f"  ratio vs emcache:   get {ours['get'] / em['get']:.2f}x, "
+                    f"set {ours['set'] / em['set']:.2f}x (goal >= 1x)"
+                )
+                print(
+                    f"  ratio vs aiomcache: get {ours['get'] / aio['get']:.2f}x, "
+                    f"set {ours['set'] / aio['set']:.2f}x"
+                )
         with asyncio.Runner() as runner:
             many = runner.run(aget_many_race([p for _, p in servers], 30))
         print("\naget_many of 100 keys over 3 servers, Django (median of 30)")

@@ -1,16 +1,18 @@
 """The async driver: the engine's steps for trio and asyncio alike, one class.
 
-This module owns I/O only: connections with a ``protocol.Reader`` each (anyio's streams under
-trio, asyncio's own transports under asyncio, where anyio's stream layer costs two thirds of
-the throughput), the timeouts of ``steps``' policy (each step of opening within
-``connect_timeout``, each send and receive within ``timeout``), running a step (a single call
-inline, several at once in a task group), the translation of the event loop's I/O errors into
-the built-in ones the sync driver raises, the per-peer pools (``pool``), and the background
-tasks (the engine's rounds, discovery), which live in a task group that ``async with
-AsyncClient(...)`` opens and closes. Task groups, cancellation and timeouts are anyio's, so
-the same code serves both loops (uvloop too). A call that is cancelled or fails midway closes
-its connection instead of returning it to the pool, so no unread reply is ever left on a
-pooled connection. Every rule of the client is ``engine.Engine``'s.
+This module owns I/O only: connections with a ``protocol.Reader`` each, the timeouts of
+``steps``' policy (each step of opening within ``connect_timeout``, each send and receive
+within ``timeout``), running a step (a single call inline, several at once in a task group),
+the translation of the event loop's I/O errors into the built-in ones the sync driver raises,
+and the background tasks (the engine's rounds, discovery), which live in a task group that
+``async with AsyncClient(...)`` opens and closes. Under trio a call takes a connection of its
+own from the peer's pool (``_Conn`` on anyio's streams); one cancelled or failed midway is
+closed instead of returned, so no unread reply is left on a pooled connection. Under asyncio
+(uvloop too) calls share connections on asyncio's own transports (``_Shared``, chosen by
+``pool.Lanes``; anyio's stream layer cost two thirds of the throughput): requests of a turn of
+the loop leave in one send, replies are read in order by the calls that asked, a cancelled
+call's reply is read and dropped. Task groups, cancellation and timeouts are anyio's, so the
+same code serves both loops. Every rule of the client is ``engine.Engine``'s.
 """
 
 from __future__ import annotations
