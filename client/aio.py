@@ -165,6 +165,7 @@ class _Shared(asyncio.Protocol):
         self.out: list[bytes] = []  # requests of this turn of the loop, written by _flush
         self.heard = 0.0  # when the oldest waiting call was sent, or a byte last came
         self.watch: asyncio.TimerHandle | None = None
+        self.retiring = False  # close once the calls on it have their replies
 
     @property
     def in_flight(self) -> int:
@@ -263,6 +264,15 @@ class _Shared(asyncio.Protocol):
     def close(self) -> None:
         self._fail(ConnectionResetError("the client closed the connection"))
 
+    def retire(self) -> None:
+        """Close once every call on it has its replies (now, if none waits)."""
+        self.retiring = True
+        if not self.pending:
+            self._flush()  # a noreply request of this turn still goes out
+            self.closed = ConnectionResetError("the client closed the connection")
+            if self.transport is not None:
+                self.transport.close()
+
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # a stream transport
@@ -290,6 +300,8 @@ class _Shared(asyncio.Protocol):
             self._fail(exc)
             return
         self.idle_since = self.clock()
+        if self.retiring:
+            self.retire()
 
     def eof_received(self) -> bool:
         self._fail(UnexpectedCloseError("the server closed the connection"))
@@ -497,7 +509,9 @@ class AsyncClient(Face):
     async def _open_lane(self, lanes: Lanes[_Shared], peer: Peer) -> _Shared:
         """A shared connection with room, once another one was opened (or the one already on
         its way): opened in a task of its own, so a caller cancelled while it waits leaves it
-        to the others. At most ``size`` openings for one call; then the last one opened."""
+        to the others. At most ``size`` openings for one call; then the last one opened. When
+        the lanes were retired or closed meanwhile, the peer's lanes of now are used."""
+        conn: _Shared | None = None
         for _ in range(lanes.size):
             opening = lanes.opening
             if opening is None:
@@ -506,10 +520,15 @@ class AsyncClient(Face):
                 )
                 lanes.opening = opening
                 opening.add_done_callback(partial(_opened, lanes))
-            conn: _Shared = await asyncio.shield(opening)
+            conn = await asyncio.shield(opening)
+            if lanes.closed:
+                if self._group is None:
+                    raise ConnectionResetError("the client closed the connection")
+                lanes = self._lanes[peer]
             picked = lanes.pick()
             if picked is not None:
                 return picked
+        assert conn is not None
         return conn
 
     # -- background tasks ------------------------------------------------------------------
@@ -537,7 +556,7 @@ class AsyncClient(Face):
     async def _discover(self) -> None:
         if await self._run(self.engine.discover()):
             self._pools.keep(self.engine.peers.values())
-            self._lanes.keep(self.engine.peers.values())
+            self._lanes.keep(self.engine.peers.values())  # retired: calls in flight end
 
     async def _discover_loop(self) -> None:
         while True:

@@ -47,9 +47,13 @@ class Shared(Pooled, Protocol):
     @property
     def in_flight(self) -> int: ...
 
+    def retire(self) -> None: ...
+
 
 class Closable(Protocol):
     def close(self) -> None: ...
+
+    def retire(self) -> None: ...
 
 
 C = TypeVar("C", bound=Pooled)
@@ -107,6 +111,8 @@ class Pool(Generic[C]):
             except IndexError:
                 return
 
+    retire = close  # only idle connections are here: a call in flight holds its own
+
 
 class Lanes(Generic[S]):
     """The shared connections to one peer: a call goes on the first open one with fewer than
@@ -115,14 +121,14 @@ class Lanes(Generic[S]):
     ``size`` (then the least busy one carries it). ``opening`` is the driver's connection on
     its way, at most one at a time: callers that find no room wait for it."""
 
-    __slots__ = ("_clock", "_closed", "conns", "opening", "size")
+    __slots__ = ("_clock", "closed", "conns", "opening", "size")
 
     def __init__(self, size: int, clock: Callable[[], float]) -> None:
         self.conns: list[S] = []
         self.opening: Any = None
         self.size = max(1, size)
         self._clock = clock
-        self._closed = False
+        self.closed = False  # closed or retired: a caller that waited for ``opening`` looks again
 
     def pick(self) -> S | None:
         """The connection for the next call, or None: open another (or wait for ``opening``)."""
@@ -147,17 +153,23 @@ class Lanes(Generic[S]):
         return least
 
     def add(self, conn: S) -> None:
-        """A connection that was opened for this peer (closed if the peer's pools were)."""
-        if self._closed:
-            conn.close()
+        """A connection that was opened for this peer (retired if these lanes were)."""
+        if self.closed:
+            conn.retire()
         else:
             self.conns.append(conn)
 
+    def retire(self) -> None:
+        """The peer left the membership: no new call here, and each connection closes once
+        the calls on it have their replies (a peer that was the previous owner during a move
+        still answers the calls made before)."""
+        self.closed = True
+        while self.conns:
+            self.conns.pop().retire()
+
     def close(self) -> None:
-        self._closed = True
-        opening, self.opening = self.opening, None
-        if opening is not None:
-            opening.cancel()
+        """Close every connection now (the client is closing): calls on them fail."""
+        self.closed = True
         while self.conns:
             self.conns.pop().close()
 
@@ -174,12 +186,12 @@ class Pools(dict[Any, P]):
         return self.setdefault(peer, self._make())
 
     def keep(self, peers: Iterable[Any]) -> None:
-        """Close the pools of every peer not in ``peers`` (it left the membership)."""
+        """Retire the pools of every peer not in ``peers`` (it left the membership)."""
         kept = set(peers)
         for peer in [p for p in self if p not in kept]:
             pool = self.pop(peer, None)
             if pool is not None:
-                pool.close()
+                pool.retire()
 
     def close(self) -> None:
         for peer in list(self):

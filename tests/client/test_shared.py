@@ -165,3 +165,27 @@ def test_bytes_nobody_asked_for_cost_the_connection_not_an_answer():
         server.close()
     assert (first, second, failures) == (b"one!", b"two!", 0)
     assert server.accepted == 2
+
+
+def test_a_peer_that_leaves_the_membership_still_answers_the_calls_in_flight(nodes):
+    """Adopting a membership without a peer retires its connections: during a move it is the
+    previous owner, and a call in flight on it must not fail (a failure ejects it, and an
+    ejected previous owner gets no deletes: the mover would copy what they should remove)."""
+    proxy = Proxy(nodes[0].port, delay=0.3)
+
+    async def main() -> tuple[object, int, bool]:
+        async with AsyncClient([proxy.location], timeout=3, agreement=False) as c:
+            await c.set("a", b"first")
+            peer = next(iter(c.engine.peers.values()))
+            (conn,) = c._lanes[peer].conns
+            in_flight = asyncio.create_task(c.get("a"))
+            await asyncio.sleep(0.1)
+            c._lanes.keep([])  # what adopting a membership without this peer does
+            got = await in_flight
+            return got, c.node_stats()[proxy.location]["failures"], conn.closed is not None
+
+    try:
+        got, failures, closed = asyncio.run(main())
+    finally:
+        proxy.close()
+    assert (got, failures, closed) == (b"first", 0, True)

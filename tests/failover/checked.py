@@ -1,7 +1,8 @@
 """Traffic that checks every read against what it last wrote: the "cache never lies" oracle.
 
-A sync thread and a trio task each own a key space and, until stopped, read, overwrite (some
-writes with a 2-second TTL), delete and multi-get their own keys with values never used twice.
+A sync thread, a trio task and four asyncio tasks (one client, whose calls share its
+connections) each own a key space and, until stopped, read, overwrite (some writes with a
+2-second TTL), delete and multi-get their own keys with values never used twice.
 Each key's model is the set of values a read may return: after a write that succeeded, only
 that value (until its TTL has passed); after a write or delete whose outcome is unknown (it
 returned False: a failure, or for a delete also "not found"), the old possibilities plus the
@@ -14,6 +15,7 @@ Loops are bounded by a deadline and by ``stop``; nothing here talks to anything 
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
@@ -33,6 +35,7 @@ OPTIONS = {
 # memcached counts whole seconds: a value written with TTL t can be served until about t + 1 s.
 TTL_SLACK = 1.5
 FOREVER = float("inf")
+ASYNCIO_TASKS = 4
 
 
 @dataclass
@@ -75,11 +78,13 @@ class CheckedTraffic:
         self.options = {**OPTIONS, **options}
         self.stop = threading.Event()
         self.models = {"sync": Model(), "trio": Model()}
+        self.models.update({f"asyncio{n}": Model() for n in range(ASYNCIO_TASKS)})
         self.errors: list[BaseException] = []
         self.clients: list[Any] = []
         self._threads = [
             threading.Thread(target=self._sync_loop, daemon=True),
             threading.Thread(target=lambda: trio.run(self._trio_loop), daemon=True),
+            threading.Thread(target=lambda: asyncio.run(self._asyncio_loop()), daemon=True),
         ]
 
     def __enter__(self) -> CheckedTraffic:
@@ -149,27 +154,40 @@ class CheckedTraffic:
     async def _trio_loop(self, limit: float = 60.0) -> None:
         async with AsyncClient(self.location, **self.options) as client:
             self.clients.append(client)
-            model = self.models["trio"]
-            rng = random.Random(f"{self.seed}trio")
-            deadline = time.monotonic() + limit
-            counter = 0
-            while not self.stop.is_set() and time.monotonic() < deadline:
-                counter += 1
-                what, arg = self._plan("trio", rng, counter)
-                started = time.monotonic()
-                try:
-                    if what == "get":
-                        model.read(arg, await client.get(arg), started)
-                    elif what == "get_many":
-                        found = await client.get_many(arg)
-                        for key in arg:
-                            model.read(key, found.get(key), started)
-                    elif what == "set":
-                        key, value, ttl = arg
-                        ok = await client.set(key, value, ttl)
-                        model.wrote(key, value, ttl, bool(ok), time.monotonic())
-                    else:
-                        model.deleted(arg, bool(await client.delete(arg)))
-                except Exception as exc:
-                    self.errors.append(exc)
-                await trio.sleep(0)
+            await self._drive_async(client, "trio", trio.sleep, limit)
+
+    async def _asyncio_loop(self, limit: float = 60.0) -> None:
+        async with AsyncClient(self.location, **self.options) as client:
+            self.clients.append(client)
+            await asyncio.gather(
+                *(
+                    self._drive_async(client, f"asyncio{n}", asyncio.sleep, limit)
+                    for n in range(ASYNCIO_TASKS)
+                )
+            )
+
+    async def _drive_async(self, client: AsyncClient, label: str, sleep: Any, limit: float) -> None:
+        model = self.models[label]
+        rng = random.Random(f"{self.seed}{label}")
+        deadline = time.monotonic() + limit
+        counter = 0
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            counter += 1
+            what, arg = self._plan(label, rng, counter)
+            started = time.monotonic()
+            try:
+                if what == "get":
+                    model.read(arg, await client.get(arg), started)
+                elif what == "get_many":
+                    found = await client.get_many(arg)
+                    for key in arg:
+                        model.read(key, found.get(key), started)
+                elif what == "set":
+                    key, value, ttl = arg
+                    ok = await client.set(key, value, ttl)
+                    model.wrote(key, value, ttl, bool(ok), time.monotonic())
+                else:
+                    model.deleted(arg, bool(await client.delete(arg)))
+            except Exception as exc:
+                self.errors.append(exc)
+            await sleep(0)

@@ -1,5 +1,5 @@
-"""Traffic for the failover suite: a sync and a trio client hammer a key space each while a
-scenario injects a fault; every operation's outcome and latency is recorded with its time, and
+"""Traffic for the failover suite: a sync, a trio and an asyncio client (four tasks whose
+calls share its connections) hammer a key space each while a scenario injects a fault; every operation's outcome and latency is recorded with its time, and
 every hit is checked against what that client last wrote (``checked.Model``).
 
 Loops are bounded by a deadline and by ``stop``; nothing here sends traffic anywhere but the
@@ -8,10 +8,12 @@ Loops are bounded by a deadline and by ``stop``; nothing here sends traffic anyw
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -59,20 +61,23 @@ class Record:
 
 
 class Traffic:
-    """A sync thread and a trio thread doing set-then-get over ``keys`` until stopped."""
+    """A sync thread, a trio thread and an asyncio thread (four tasks) doing set-then-get over
+    ``keys`` until stopped."""
 
     def __init__(self, location: list[str], keys: int = 200, **options) -> None:
         self.location = location
         self.keys = [f"key:{i}" for i in range(keys)]
-        self.models = {"sync": Model(), "trio": Model()}
+        self.models = {"sync": Model(), "trio": Model(), "asyncio": Model()}
         self.options = {**OPTIONS, **options}
         self.stop = threading.Event()
         self.sync = Record()
         self.trio = Record()
+        self.asyncio = Record()
         self.clients: list[Client] = []
         self._threads = [
             threading.Thread(target=self._sync_loop, daemon=True),
             threading.Thread(target=lambda: trio.run(self._trio_loop), daemon=True),
+            threading.Thread(target=lambda: asyncio.run(self._asyncio_loop()), daemon=True),
         ]
 
     def __enter__(self) -> Traffic:
@@ -117,33 +122,55 @@ class Traffic:
 
     async def _trio_loop(self, limit: float = 60.0) -> None:
         async with AsyncClient(self.location, **self.options) as client:
-            deadline = time.monotonic() + limit
-            i = 0
-            model = self.models["trio"]
-            while not self.stop.is_set() and time.monotonic() < deadline:
-                key = "trio:" + self.keys[(i * 7) % len(self.keys)]
-                i += 1
-                try:
+            await self._async_loop(client, "trio", self.trio, trio.sleep, 0, 1, limit)
+
+    async def _asyncio_loop(self, limit: float = 60.0) -> None:
+        async with AsyncClient(self.location, **self.options) as client:
+            await asyncio.gather(
+                *(
+                    self._async_loop(client, "asyncio", self.asyncio, asyncio.sleep, n, 4, limit)
+                    for n in range(4)
+                )
+            )
+
+    async def _async_loop(
+        self,
+        client: AsyncClient,
+        label: str,
+        record: Record,
+        sleep: Any,
+        start: int,
+        step: int,
+        limit: float,
+    ) -> None:
+        """One task's set-then-get: keys ``start``, ``start + step``, … (times 7, spread)."""
+        deadline = time.monotonic() + limit
+        i = start
+        model = self.models[label]
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            key = f"{label}:" + self.keys[(i * 7) % len(self.keys)]
+            i += step
+            try:
+                started = time.monotonic()
+                value = await client.get(key)
+                model.read(key, value, started)
+                record.ops.append(
+                    Op(started, "miss" if value is None else "hit", time.monotonic() - started)
+                )
+                if value is None:
                     started = time.monotonic()
-                    value = await client.get(key)
-                    model.read(key, value, started)
-                    self.trio.ops.append(
-                        Op(started, "miss" if value is None else "hit", time.monotonic() - started)
-                    )
-                    if value is None:
-                        started = time.monotonic()
-                        stored = await client.set(key, i)
-                        model.wrote(key, i, 0, stored, time.monotonic())
-                        kind = "stored" if stored else "not_stored"
-                        self.trio.ops.append(Op(started, kind, time.monotonic() - started))
-                except Exception as exc:
-                    self.trio.errors.append(exc)
-                    self.trio.ops.append(Op(started, "error", time.monotonic() - started))
-                await trio.sleep(0)
+                    stored = await client.set(key, i)
+                    model.wrote(key, i, 0, stored, time.monotonic())
+                    kind = "stored" if stored else "not_stored"
+                    record.ops.append(Op(started, kind, time.monotonic() - started))
+            except Exception as exc:
+                record.errors.append(exc)
+                record.ops.append(Op(started, "error", time.monotonic() - started))
+            await sleep(0)
 
     def report(self, name: str, fault_at: float) -> dict[str, float | int | None]:
         figures = {}
-        for label, record in (("sync", self.sync), ("trio", self.trio)):
+        for label, record in (("sync", self.sync), ("trio", self.trio), ("asyncio", self.asyncio)):
             recovered = record.recovered_at(fault_at)
             figures[f"{label}_ops"] = len(record.ops)
             figures[f"{label}_errors"] = len(record.errors)
