@@ -19,6 +19,7 @@ import asyncio
 import random
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,34 +123,15 @@ class CheckedTraffic:
         client = Client(self.location, **self.options)
         self.clients.append(client)
         try:
-            self._drive("sync", lambda name, *a: getattr(client, name)(*a), limit)
+            model = self.models["sync"]
+            for what, arg, args in self._ops("sync", limit):
+                started = time.monotonic()
+                try:
+                    self._record(model, what, arg, getattr(client, what)(*args), started)
+                except Exception as exc:  # none may reach the application
+                    self.errors.append(exc)
         finally:
             client.close()
-
-    def _drive(self, label: str, call: Any, limit: float) -> None:
-        model = self.models[label]
-        rng = random.Random(f"{self.seed}{label}")
-        deadline = time.monotonic() + limit
-        counter = 0
-        while not self.stop.is_set() and time.monotonic() < deadline:
-            counter += 1
-            what, arg = self._plan(label, rng, counter)
-            started = time.monotonic()
-            try:
-                if what == "get":
-                    model.read(arg, call("get", arg), started)
-                elif what == "get_many":
-                    found = call("get_many", arg)
-                    for key in arg:
-                        model.read(key, found.get(key), started)
-                elif what == "set":
-                    key, value, ttl = arg
-                    ok = call("set", key, value, ttl)
-                    model.wrote(key, value, ttl, bool(ok), time.monotonic())
-                else:
-                    model.deleted(arg, bool(call("delete", arg)))
-            except Exception as exc:  # none may reach the application
-                self.errors.append(exc)
 
     async def _trio_loop(self, limit: float = 60.0) -> None:
         async with AsyncClient(self.location, **self.options) as client:
@@ -168,26 +150,35 @@ class CheckedTraffic:
 
     async def _drive_async(self, client: AsyncClient, label: str, sleep: Any, limit: float) -> None:
         model = self.models[label]
+        for what, arg, args in self._ops(label, limit):
+            started = time.monotonic()
+            try:
+                self._record(model, what, arg, await getattr(client, what)(*args), started)
+            except Exception as exc:
+                self.errors.append(exc)
+            await sleep(0)
+
+    def _ops(self, label: str, limit: float) -> Iterator[tuple[str, Any, tuple[Any, ...]]]:
+        """The next operation of ``label``'s traffic (the client method, its plan, its
+        arguments) until stopped or ``limit`` seconds have passed."""
         rng = random.Random(f"{self.seed}{label}")
         deadline = time.monotonic() + limit
         counter = 0
         while not self.stop.is_set() and time.monotonic() < deadline:
             counter += 1
             what, arg = self._plan(label, rng, counter)
-            started = time.monotonic()
-            try:
-                if what == "get":
-                    model.read(arg, await client.get(arg), started)
-                elif what == "get_many":
-                    found = await client.get_many(arg)
-                    for key in arg:
-                        model.read(key, found.get(key), started)
-                elif what == "set":
-                    key, value, ttl = arg
-                    ok = await client.set(key, value, ttl)
-                    model.wrote(key, value, ttl, bool(ok), time.monotonic())
-                else:
-                    model.deleted(arg, bool(await client.delete(arg)))
-            except Exception as exc:
-                self.errors.append(exc)
-            await sleep(0)
+            yield what, arg, tuple(arg) if what == "set" else (arg,)
+
+    @staticmethod
+    def _record(model: Model, what: str, arg: Any, result: Any, started: float) -> None:
+        """What the operation's outcome allows the key (or keys) to hold from now on."""
+        if what == "get":
+            model.read(arg, result, started)
+        elif what == "get_many":
+            for key in arg:
+                model.read(key, result.get(key), started)
+        elif what == "set":
+            key, value, ttl = arg
+            model.wrote(key, value, ttl, bool(result), time.monotonic())
+        else:
+            model.deleted(arg, bool(result))
