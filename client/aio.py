@@ -139,17 +139,17 @@ class _Conn:
 
 
 class _Shared(asyncio.Protocol):
-    """One connection to a node on asyncio's own transports (TLS included) that carries many
-    calls at once (``pool.Lanes`` chooses it): a request goes out at once when nothing is in
+    """One connection to a node on asyncio's own transports (TLS included) that carries many calls
+    at once (``pool.Lanes`` chooses it): a request goes out at once when nothing is in
     flight, else it joins the ones written at the end of this turn of the loop (one send for
-    all of them), and the replies, which the node sends in
-    the order of the requests, are read off by the calls in that order. A call cancelled
-    while it waits leaves its place: its reply is read and dropped, so the connection stays in
-    step. Same policy as ``_Conn``: each step of opening within ``connect_timeout``; waiting
-    for replies, no more than ``timeout`` without a byte received (one timer per connection,
-    not one per wait), else every call on it fails with ``TimeoutError``. A lost connection,
-    an EOF or bytes that are not the replies asked for fail every call on it, and the lanes
-    open another."""
+    all of them), and the replies, which the node sends in the order of the requests, are
+    read off by the calls in that order. A call cancelled while it waits leaves its place:
+    its reply is read and dropped, so the connection stays in step. Same policy as
+    ``_Conn``: each step of opening within ``connect_timeout``; waiting for replies, no more
+    than ``timeout`` without a byte received (one timer per connection, not one per wait),
+    else every call on it fails with ``TimeoutError``. A lost connection, an EOF or bytes
+    that are not the replies asked for fail every call on it, and the lanes open another.
+    Retired (its peer left the membership), it closes once every call on it has its replies."""
 
     def __init__(self, timeout: float, clock: Callable[[], float]) -> None:
         self.reader = Reader()

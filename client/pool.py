@@ -4,17 +4,18 @@ This module owns connection reuse for both drivers: a bounded stack of idle conn
 (``Pool``: the sync driver's and trio's, a connection carries one call at a time), the shared
 connections of asyncio's driver (``Lanes``: each carries up to ``DEPTH`` calls at once, their
 requests written together and their replies read in order; another is opened only when every
-open one is that deep, at most ``size``), one of either per peer (``Pools``), the rule that a
-connection idle for more than ``STALE_CHECK_AFTER`` is checked before it carries a request
-(closed if the server closed it meanwhile, so a restarted node's old connections are replaced
-instead of counting as its failures; one idle for less is not checked: a server that closed it
-within that time died, and a request to it fails anyway), and the check itself: an idle
-connection is stale when its reader holds bytes nobody asked for or its socket is readable (the
-server closed it, or sent what was not asked for), tested with ``poll``, which takes descriptors
-of any number, unlike ``select``. A TLS connection is tested on its socket too: a TLS record
-that arrives while it is idle (none does, after a request has been answered, from the node or
-from memcached) would only cost a reconnect, never a failure. The time is the engine's injected
-clock. A connection has ``idle_since``, ``reader``, ``sock`` and ``close()``.
+open one is that deep, at most ``size``), one of either per peer (``Pools``; a peer that leaves
+the membership has its own retired: idle connections closed, shared ones once their calls have
+their replies), the rule that a connection idle for more than ``STALE_CHECK_AFTER`` is checked
+before it carries a request (closed if the server closed it meanwhile, so a restarted node's old
+connections are replaced instead of counting as its failures; one idle for less is not checked:
+a server that closed it within that time died, and a request to it fails anyway), and the check
+itself: an idle connection is stale when its reader holds bytes nobody asked for or its socket
+is readable (the server closed it, or sent what was not asked for), tested with ``poll``, which
+takes descriptors of any number, unlike ``select``. A TLS connection is tested on its socket
+too: a TLS record that arrives while it is idle (none does, after a request has been answered,
+from the node or from memcached) would only cost a reconnect, never a failure. The time is the
+engine's injected clock. A connection has ``idle_since``, ``reader``, ``sock`` and ``close()``.
 """
 
 from __future__ import annotations
