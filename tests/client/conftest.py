@@ -6,6 +6,7 @@ assertions."""
 from __future__ import annotations
 
 import inspect
+import ssl
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
@@ -15,7 +16,7 @@ import anyio.from_thread
 import pytest
 
 from ringcache.client import AsyncClient, Client
-from tests.conftest import start_node
+from tests.conftest import RawClient, start_node
 from tests.proxy import NoMeta, Proxy
 
 
@@ -36,6 +37,17 @@ def nodes():
 def cluster():
     """Three node processes shared by the tests of one module (Django's), stopped after it."""
     yield from _three_nodes()
+
+
+def total_connections(port: int, tls: ssl.SSLContext | None = None) -> int:
+    """The node's ``total_connections`` (this query's own connection included)."""
+    raw = RawClient(port, tls=tls)
+    try:
+        reply = raw.call(b"stats\r\n", b"END\r\n")
+    finally:
+        raw.close()
+    line = next(x for x in reply.split(b"\r\n") if x.startswith(b"STAT total_connections "))
+    return int(line.split()[2])
 
 
 class AsyncDriven:

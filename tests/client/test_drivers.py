@@ -10,7 +10,8 @@ import resource
 
 import pytest
 
-from tests.conftest import RawClient, start_node
+from tests.client.conftest import total_connections
+from tests.conftest import start_node
 
 
 class Clock:
@@ -36,16 +37,6 @@ def many_descriptors():
         for fd in fds:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-
-def total_connections(port: int, tls) -> int:
-    raw = RawClient(port, tls=tls)
-    try:
-        reply = raw.call(b"stats\r\n", b"END\r\n")
-    finally:
-        raw.close()
-    line = next(x for x in reply.split(b"\r\n") if x.startswith(b"STAT total_connections "))
-    return int(line.split()[2])
 
 
 @pytest.mark.parametrize("transport", ["plain", "tls"])

@@ -11,22 +11,8 @@ import threading
 
 from ringcache.client import AsyncClient
 from ringcache.client.pool import DEPTH
+from tests.client.conftest import total_connections
 from tests.proxy import Proxy
-
-
-def total_connections(port: int) -> int:
-    """The node's ``total_connections`` (this query's own connection included)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(b"stats\r\n")
-        data = b""
-        while not data.endswith(b"END\r\n"):
-            chunk = s.recv(65536)
-            assert chunk, "the node closed the stats connection"
-            data += chunk
-    for line in data.split(b"\r\n"):
-        if line.startswith(b"STAT total_connections "):
-            return int(line.split()[2])
-    raise AssertionError("no total_connections")
 
 
 def test_calls_in_flight_together_share_one_connection_and_get_their_own_replies(nodes):
