@@ -203,7 +203,7 @@ class Items:
             if iflags & LRU_BITS != COLD << LRU_SHIFT:
                 page[off + OFF_IFLAGS] = iflags | F_ACTIVE
                 return
-            self._to_warm(hd, page, off)
+            self._to_warm(hd, page, off, iflags)
         elif self.sieve:
             page[off + OFF_IFLAGS] = iflags | F_FETCHED | F_ACTIVE
             _TIME.pack_into(page, off + OFF_TIME, now)
@@ -220,18 +220,48 @@ class Items:
             iflags = page[off + OFF_IFLAGS]
             _TIME.pack_into(page, off + OFF_TIME, now)
             if iflags & LRU_BITS == COLD << LRU_SHIFT and iflags & F_ACTIVE:
-                self._to_warm(hd, page, off)
+                self._to_warm(hd, page, off, iflags)
         elif self.sieve:
             _TIME.pack_into(page, off + OFF_TIME, now)
         elif self.item_time(hd) < now - ITEM_UPDATE_INTERVAL:
             _TIME.pack_into(page, off + OFF_TIME, now)
             self._lru_move(hd, page, off, COLD)
 
-    def _to_warm(self, hd: int, page: bytearray, off: int) -> None:
-        """A hit to COLD moves the item to WARM's head (not ACTIVE: it has had its move)."""
-        cls = self._lru_move(hd, page, off, WARM, F_ACTIVE)
+    def _to_warm(self, hd: int, page: bytearray, off: int, iflags: int) -> None:
+        """A hit to COLD moves the item to WARM's head (not ACTIVE: it has had its move).
+        ``_lru_unlink`` and ``_lru_link`` written out for the two known LRUs: this runs for
+        about every other hit when the items are read alike."""
+        cls = self.slabs.classes[page[off + OFF_CLSID]]
+        _, _, nbytes, flags, nkey, _ = _VIEW.unpack_from(page, off + OFF_EXPTIME)
+        ntotal = ITEM_HEADER + nkey + 9 + (4 if flags else 0) + nbytes  # item_total
+        pages = self.pages
+        heads = cls.heads
+        tails = cls.tails
+        nxt, prv = _QQ.unpack_from(page, off)
+        if prv != NONE:
+            _Q.pack_into(pages[prv >> PAGE_SHIFT], prv & OFFSET_MASK, nxt)
+        else:
+            heads[COLD] = nxt
+        if nxt != NONE:
+            _Q.pack_into(pages[nxt >> PAGE_SHIFT], (nxt & OFFSET_MASK) + OFF_PREV, prv)
+        else:
+            tails[COLD] = prv
+        head = heads[WARM]
+        _QQ.pack_into(page, off, head, NONE)
+        if head != NONE:
+            _Q.pack_into(pages[head >> PAGE_SHIFT], (head & OFFSET_MASK) + OFF_PREV, hd)
+        else:
+            tails[WARM] = hd
+        heads[WARM] = hd
+        page[off + OFF_IFLAGS] = (iflags & ~(LRU_BITS | F_ACTIVE)) | WARM << LRU_SHIFT
+        counts = cls.lru_counts
+        counts[COLD] -= 1
+        counts[WARM] += 1
+        lru_bytes = cls.lru_bytes
+        lru_bytes[COLD] -= ntotal
+        lru_bytes[WARM] += ntotal
         self.stats.cls[cls.clsid].moves_to_warm += 1
-        if cls.lru_bytes[WARM] > cls.warm_at:
+        if lru_bytes[WARM] > cls.warm_at:
             self.juggle(cls.clsid)
 
     def juggle(self, clsid: int) -> int:
@@ -273,88 +303,115 @@ class Items:
         """``lru_pull_tail`` of one LRU repeated while it does something, at most ``most``
         times: an expired or flushed tail is reclaimed; an ACTIVE tail goes to WARM's head
         (from WARM: ``moves_within_lru``); from HOT or WARM, a tail over ``limit`` bytes or
-        idle longer than ``max_age`` goes to COLD's head. Consecutive tails bound for the
-        same LRU are moved as one run (``_splice``): the list is the one moving them one by
-        one leaves."""
+        idle longer than ``max_age`` goes to COLD's head.
+
+        The items are walked from the tail and strung, as they are met, into one chain for
+        each LRU they go to; the walked stretch is then cut off the tail and each chain put
+        at its LRU's head: the lists moving them one at a time leaves. An expired item ends
+        the stretch (and is reclaimed once it is the tail), and so does the LRU's head, so
+        that items moved within WARM are met again as one-at-a-time moves would meet them."""
         counters = self.stats.cls[cls.clsid]
         pages = self.pages
+        heads = cls.heads
         tails = cls.tails
         lru_bytes = cls.lru_bytes
         now = self.clock.now
         flush = self.oldest_live
-        oldest = newest = NONE  # the run, from the tail
-        run_to = run = run_bytes = 0
+        keep = ~(LRU_BITS | F_ACTIVE)
+        on_warm = WARM << LRU_SHIFT
+        on_cold = COLD << LRU_SHIFT
         moved = 0
-        hd = tails[lru]
-        while moved < most and hd != NONE:
-            page = pages[hd >> PAGE_SHIFT]
-            off = hd & OFFSET_MASK
-            exptime, itime, nbytes, flags, nkey, iflags = _VIEW.unpack_from(page, off + OFF_EXPTIME)
-            if (exptime and exptime < now) or (flush and self._flushed(page, off, itime)):
-                if run:  # the run first: this item is then the tail
-                    self._splice(cls, lru, run_to, oldest, newest, run, run_bytes)
-                    run = run_bytes = 0
+        while True:
+            # The chains: their oldest and newest item (its page and offset), length and
+            # bytes, to WARM and to COLD.
+            w_old = w_new = c_old = c_new = NONE
+            w_page = c_page = b""
+            w_off = c_off = w_n = w_bytes = c_n = c_bytes = 0
+            leaving = 0  # bytes of the stretch that leave ``lru``
+            expired = False
+            hd = tails[lru]
+            while moved < most and hd != NONE:
+                page = pages[hd >> PAGE_SHIFT]
+                off = hd & OFFSET_MASK
+                exptime, itime, nbytes, flags, nkey, iflags = _VIEW.unpack_from(
+                    page, off + OFF_EXPTIME
+                )
+                if (exptime and exptime < now) or (flush and self._flushed(page, off, itime)):
+                    expired = True
+                    break
+                ntotal = ITEM_HEADER + nkey + 9 + (4 if flags else 0) + nbytes  # item_total
+                prv = _Q.unpack_from(page, off + OFF_PREV)[0]
+                if iflags & F_ACTIVE:  # rescue ACTIVE items aggressively
+                    page[off + OFF_IFLAGS] = iflags & keep | on_warm
+                    if w_n:
+                        _Q.pack_into(page, off, w_new)
+                        _Q.pack_into(w_page, w_off + OFF_PREV, hd)
+                    else:
+                        w_old = hd
+                    w_new = hd
+                    w_page = page
+                    w_off = off
+                    w_n += 1
+                    w_bytes += ntotal
+                    if lru != WARM:
+                        leaving += ntotal
+                elif lru == COLD or (lru_bytes[lru] - leaving <= limit and now - itime <= max_age):
+                    break
+                else:
+                    page[off + OFF_IFLAGS] = iflags & keep | on_cold
+                    if c_n:
+                        _Q.pack_into(page, off, c_new)
+                        _Q.pack_into(c_page, c_off + OFF_PREV, hd)
+                    else:
+                        c_old = hd
+                    c_new = hd
+                    c_page = page
+                    c_off = off
+                    c_n += 1
+                    c_bytes += ntotal
+                    leaving += ntotal
+                moved += 1
+                hd = prv
+            if w_n or c_n:  # cut the stretch off: ``hd`` is the new tail
+                tails[lru] = hd
+                if hd != NONE:
+                    _Q.pack_into(pages[hd >> PAGE_SHIFT], hd & OFFSET_MASK, NONE)
+                else:
+                    heads[lru] = NONE
+                if w_n:
+                    if lru == WARM:
+                        counters.moves_within_lru += w_n
+                    else:
+                        counters.moves_to_warm += w_n
+                    self._chain_to_head(cls, lru, WARM, w_old, w_new, w_n, w_bytes)
+                if c_n:
+                    counters.moves_to_cold += c_n
+                    self._chain_to_head(cls, lru, COLD, c_old, c_new, c_n, c_bytes)
+            if expired:
+                page = pages[hd >> PAGE_SHIFT]
+                off = hd & OFFSET_MASK
                 counters.reclaimed += 1
-                if not iflags & F_FETCHED:
+                if not page[off + OFF_IFLAGS] & F_FETCHED:
                     counters.expired_unfetched += 1
                 self.unlink(hd)
                 moved += 1
-                hd = tails[lru]
-                continue
-            if iflags & F_ACTIVE:  # rescue ACTIVE items aggressively
-                to = WARM
-            elif lru == COLD:
-                break
-            else:
-                leaving = run_bytes if run and run_to != lru else 0
-                if lru_bytes[lru] - leaving <= limit and now - itime <= max_age:
-                    break
-                to = COLD
-            if run and to != run_to:
-                self._splice(cls, lru, run_to, oldest, newest, run, run_bytes)
-                run = run_bytes = 0
-            if to == COLD:
-                counters.moves_to_cold += 1
-            elif lru == WARM:
-                counters.moves_within_lru += 1
-            else:
-                counters.moves_to_warm += 1
-            page[off + OFF_IFLAGS] = (iflags & ~(LRU_BITS | F_ACTIVE)) | to << LRU_SHIFT
-            if not run:
-                oldest = hd
-                run_to = to
-            newest = hd
-            run += 1
-            run_bytes += item_total(nkey, flags, nbytes)
-            moved += 1
-            hd = _Q.unpack_from(page, off + OFF_PREV)[0]
-        if run:
-            self._splice(cls, lru, run_to, oldest, newest, run, run_bytes)
-        return moved
+            elif hd != NONE or moved >= most or not w_n:
+                return moved
 
-    def _splice(
+    def _chain_to_head(
         self, cls, lru: int, to: int, oldest: int, newest: int, n: int, nbytes: int
     ) -> None:
-        """Move the ``n`` items from ``lru``'s tail ``oldest`` up to ``newest`` (``nbytes`` in
-        all, already marked as on ``to``) to the head of ``to``, in their order."""
+        """Put a chain cut off ``lru`` (``n`` items, ``nbytes`` in all, linked newest to
+        oldest and already marked as on ``to``) at the head of ``to``."""
         pages = self.pages
         heads = cls.heads
-        tails = cls.tails
-        npage = pages[newest >> PAGE_SHIFT]
-        noff = newest & OFFSET_MASK
-        before = _Q.unpack_from(npage, noff + OFF_PREV)[0]
-        tails[lru] = before
-        if before != NONE:
-            _Q.pack_into(pages[before >> PAGE_SHIFT], before & OFFSET_MASK, NONE)
-        else:
-            heads[lru] = NONE
         head = heads[to]
         _Q.pack_into(pages[oldest >> PAGE_SHIFT], oldest & OFFSET_MASK, head)
         if head != NONE:
             _Q.pack_into(pages[head >> PAGE_SHIFT], (head & OFFSET_MASK) + OFF_PREV, oldest)
         else:
-            tails[to] = oldest
-        _Q.pack_into(npage, noff + OFF_PREV, NONE)
+            cls.tails[to] = oldest
+        _Q.pack_into(pages[newest >> PAGE_SHIFT], (newest & OFFSET_MASK) + OFF_PREV, NONE)
         heads[to] = newest
         counts = cls.lru_counts
         counts[lru] -= n
