@@ -7,8 +7,9 @@ periodic one-pass loops over cold keys (a batch job walking a table). Prints the
 each server on each trace, at two cache sizes: memcached, the node with each eviction policy
 (``-o lru_policy=segmented``, memcached's and the default; ``lru``, memcached's flat LRU of
 ``-o no_lru_maintainer``; ``sieve``), and libcachesim's LRU, ARC, S3-FIFO and SIEVE simulated
-with the node's item count as their size; and each node policy's difference from memcached in
-points.
+with the node's item count as their size; each node policy's difference from memcached in
+points; and the room: Belady's offline optimum (libcachesim's, told every request's next
+request, the same size) less memcached, the most points any eviction policy could gain.
 """
 
 from __future__ import annotations
@@ -85,21 +86,36 @@ def replay(port: int, keys: list[str]) -> tuple[float, int]:
     return hits / len(keys), items
 
 
+def next_uses(numbered: list[int]) -> list[int]:
+    """For each request, the index of the next request of the same object (``NEVER`` when
+    there is none): what Belady's offline optimum is told."""
+    following = [NEVER] * len(numbered)
+    seen: dict[int, int] = {}
+    for i in range(len(numbered) - 1, -1, -1):
+        following[i] = seen.get(numbered[i], NEVER)
+        seen[numbered[i]] = i
+    return following
+
+
 def simulated(policies: list[str], keys: list[str], capacity: int) -> list[float]:
     """libcachesim's policies holding ``capacity`` items (the node's count at the end of the
-    same trace: equal memory in items of one class)."""
+    same trace: equal memory in items of one class). ``Belady`` evicts the item whose next
+    request is farthest: no policy that does not know the future hits more."""
     import libcachesim
 
     ids: dict[str, int] = {}
     numbered = [ids.setdefault(k, len(ids)) for k in keys]
+    following = next_uses(numbered) if "Belady" in policies else []
     ratios = []
     for name in policies:
         cache = getattr(libcachesim, name)(cache_size=capacity)
         request = libcachesim.Request()
         request.obj_size = 1
         hits = 0
-        for obj in numbered:
+        for i, obj in enumerate(numbered):
             request.obj_id = obj
+            if following:
+                request.next_access_vtime = following[i]
             hits += bool(cache.get(request))
         ratios.append(hits / len(keys))
     return ratios
@@ -111,7 +127,8 @@ SERVERS = {
     "node lru": lambda memory: start_node("-m", str(memory), "-o", "lru_policy=lru"),
     "node sieve": lambda memory: start_node("-m", str(memory), "-o", "lru_policy=sieve"),
 }
-SIMULATED = ["LRU", "ARC", "S3FIFO", "Sieve"]
+SIMULATED = ["LRU", "ARC", "S3FIFO", "Sieve", "Belady"]
+NEVER = 1 << 62  # no next request
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
             theirs = ratios[0]
             points = " ".join(f"{100 * (r - theirs):+.2f}" for r in ratios[1 : len(SERVERS)])
             cells = " ".join(f"{r:>11.3%}" for r in ratios)
-            print(f"{name:10} {memory:>3} {cells}  {points} (segm., lru, sieve)")
+            # How many points above memcached any policy could be: Belady's optimum.
+            room = f", room {100 * (ratios[-1] - theirs):+.2f}" if "Belady" in policies else ""
+            print(f"{name:10} {memory:>3} {cells}  {points} (segm., lru, sieve){room}")
             sys.stdout.flush()
     return 0
 
