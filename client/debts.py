@@ -60,12 +60,21 @@ EDIT_ROUNDS = 10  # gets/cas attempts on one index before that copy is given up
 _ONE_VALUES = (VALUES,)
 
 
+# The prefix of both kinds of items: kept on the node they were written to, never moved.
+DEBT_KEYS = b"ringcache:debt"
+
+
+def index_of(name: str) -> bytes:
+    """The index of the debts owed to the server named ``name`` (the mover reads it too)."""
+    return DEBT_KEYS + b"s:" + name.encode()
+
+
 def index_key(peer: Peer) -> bytes:
-    return b"ringcache:debts:" + peer.server.name.encode()
+    return index_of(peer.server.name)
 
 
 def item_key(peer: Peer, debtor: bytes) -> bytes:
-    return b"ringcache:debt:" + peer.server.name.encode() + b":" + debtor
+    return DEBT_KEYS + b":" + peer.server.name.encode() + b":" + debtor
 
 
 class Verdict:
@@ -166,6 +175,7 @@ class Debts:
         """Renew this client's debts that are due (a debt whose item is gone is registered
         again: another client may have flushed the node meanwhile, which is safe)."""
         now = self.clock()
+        self._drop_departed()
         due = [p for p, at in self.owed.items() if now - at >= REFRESH]
         if not due:
             return
@@ -179,6 +189,20 @@ class Debts:
             yield calls
         for peer in due:
             self.owed[peer] = now
+
+    def _drop_departed(self) -> None:
+        """Stop renewing debts for peers that left the membership (a previous owner this
+        client could not reach during the move that removed it): no replay will reach them,
+        and the debt, left to expire, is an orphan, which makes the node be flushed before
+        any client reads it again, should it come back."""
+        membership = self.membership
+        previous = membership.previous.peers if membership.previous is not None else {}
+        for peer in list(self.owed):
+            name = peer.server.name
+            if membership.peers.get(name) is not peer and previous.get(name) is not peer:
+                log.warning("%s left the membership: its debt is left to expire", peer.server)
+                del self.owed[peer]
+                self.since.pop(peer, None)
 
     def settle(self, peers: Iterable[Peer]) -> Op[None]:
         """This client owes ``peers`` nothing any more: its id out of their indexes, its
@@ -245,15 +269,20 @@ class Debts:
 
     def watch(self, now_: bool = False) -> Op[list[Peer]]:
         """Every ``WATCH`` seconds (``now_``: at once): the nodes this client takes as live
-        that another client owes a replay (their index exists on another node, and lists
-        someone else). Each node's index is asked of two others, so that one node that fails
-        to answer leaves every question answered; a look that answered them all renews the
-        lease for ``LEASE`` seconds from its start."""
+        (during a move, the previous owners among them) that another client owes a replay
+        (their index exists on another node, and lists someone else). Each node's index is
+        asked of two others, so that one node that fails to answer leaves every question
+        answered; a look that answered them all renews the lease for ``LEASE`` seconds from
+        its start."""
         now = self.clock()
         if (now < self.next_watch and not now_) or not self.watching:
             return []
         self.next_watch = now + WATCH
-        live = [p for p in self.membership.view.peer_list if p.health.usable]
+        peers = self.membership.view.peer_list
+        previous = self.membership.previous
+        if previous is not None:  # a move: the previous owners are read on a miss too
+            peers = list(dict.fromkeys([*peers, *previous.peer_list]))
+        live = [p for p in peers if p.health.usable]
         if len(live) < 2:
             self.lease_until = now + LEASE  # nobody else to learn from, nothing to read
             return []

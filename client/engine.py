@@ -329,6 +329,15 @@ class Engine:
                         found[item[0]] = item
         return found
 
+    def _previous_out(self, keys: Iterable[bytes]) -> list[Peer]:
+        """During a move: the previous owners of ``keys`` that are out, to which the writes
+        will owe deletes (``_invalidate_previous`` journals them). This client registers its
+        debt for them before it writes, as for a node it writes around: until the journal is
+        replayed, neither another client's miss nor the mover may read the old value there."""
+        if self.membership.previous is None:
+            return []
+        return list(dict.fromkeys(peer for _, peer in self.membership.previous_owners(keys)[1]))
+
     def _invalidate_previous(self, keys: Iterable[bytes]) -> Op[set[bytes]]:
         """During a move: delete written or deleted keys from their previous owners, so that
         neither a warm-up read nor a later move can bring the old value back (a previous owner
@@ -425,8 +434,9 @@ class Engine:
         peers, standin = membership.copies(k, writing=True)
         fenced = self.recovery.fence({k: peers})
         try:
-            if fenced:
-                yield from self.debts.register([peer for peer, _, _ in fenced])
+            owed = [peer for peer, _, _ in fenced] + self._previous_out([k])
+            if owed:
+                yield from self.debts.register(owed)
             result = yield from body(peers, standin)
             if membership.previous is not None:
                 gone = yield from self._invalidate_previous([k])
@@ -444,8 +454,9 @@ class Engine:
         remove the keys a returning peer gets from the stand-ins that hold them meanwhile."""
         if unrouted and self.options.raise_on_error:
             raise NoServerAvailable("every server is ejected")
-        if fenced:
-            yield from self.debts.register([peer for peer, _, _ in fenced])
+        owed = [peer for peer, _, _ in fenced] + self._previous_out(keys)
+        if owed:
+            yield from self.debts.register(owed)
         if self.membership.all_usable():
             return
         standins = self.membership.returning_standins(keys)

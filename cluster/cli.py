@@ -603,6 +603,11 @@ def _rebalance(
             f"note: {server} did not answer: nothing was moved from it (its keys are misses "
             "until written again)"
         )
+    for server in result["owed"]:
+        console.print(
+            f"note: a client that could not reach {server} owes it a replay: nothing more was "
+            "moved from it (its keys are misses until written again)"
+        )
     console.print(
         f"moved {result['copied']} of {result['planned']} keys that changed owner; "
         f"membership version {result['version']}: {';'.join(map(str, new))}"

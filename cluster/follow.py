@@ -311,4 +311,6 @@ def _move(
     drop_plan(everyone, security)
     for server in result["skipped"]:
         say(f"{server} did not answer: nothing was moved from it")
+    for server in result["owed"]:
+        say(f"{server} is owed a replay by a client: nothing more was moved from it")
     say(f"moved {result['copied']} of {result['planned']} keys; version {result['version']}")

@@ -4,8 +4,9 @@ This module owns what ``ringcache add``/``remove``/``rebalance`` do to a cluster
 compute which keys change owner between two rings, enumerate them on their old owners
 (``lru_crawler metadump all``), clear leftovers of earlier memberships from the new owners,
 move each key with its flags and remaining TTL (``add`` on the new owner, then delete the
-source copy only if it is unchanged, taking the copy back if it changed meanwhile), sweep
-again for keys written to an old owner during the move, and publish memberships with
+source copy only if it is unchanged, taking the copy back if it changed meanwhile) unless a
+client owes the source a replay (its debts, read as the clients read them), sweep again for
+keys written to an old owner during the move, and publish memberships with
 ``config set cluster``: first as moving (clients switch to the new ring, delete written keys
 from their previous owner, and read the previous owner on a miss), then again as complete.
 Re-running after an interruption is safe: every step is idempotent and publishing only ever
@@ -14,12 +15,14 @@ raises the version.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from ringcache.client import Connection, ReplyError, RingcacheError, Security, protocol
+from ringcache.client.debts import DEBT_KEYS, LEASE, index_of
 from ringcache.client.protocol import ClusterConfig, DumpEntry, parse_metadump_line
 from ringcache.client.ring import Ring, Server
 
@@ -35,12 +38,61 @@ def metadump(server: Server, security: Security | None = None) -> Iterator[DumpE
             yield parse_metadump_line(line)
 
 
+class Owed(RuntimeError):
+    """A client owes the source a replay: what it holds may be older than what the
+    application last wrote, so nothing more is copied from it."""
+
+    def __init__(self, src: Server) -> None:
+        self.src = src
+        super().__init__(f"{src} is owed a replay by a client that could not reach it")
+
+
+class Debts:
+    """The debt indexes of one source on the other members (``client/debts.py``), asked over
+    connections kept open for the whole copy."""
+
+    def __init__(self, src: Server, registries: list[Server], security: Security | None) -> None:
+        self.index = index_of(src.name)
+        self.registries = registries
+        self.security = security
+        self.conns: dict[str, Connection] = {}
+
+    def owed(self) -> bool:
+        """Whether a client owes the source a replay: its index on any registry that answers
+        (``touch``, as the clients' watch asks, so that no hit ratio moves), or none of them
+        answering. An index that names only dead debtors counts too: the clients flush such a
+        node before they read it again."""
+        answered = False
+        for server in self.registries:
+            try:
+                conn = self.conns.get(server.name)
+                if conn is None:
+                    conn = Connection(server, timeout=5, security=self.security)
+                    self.conns[server.name] = conn
+                (reply,) = conn.request(b"touch %s 0\r\n" % self.index, (protocol.STATUS,))
+            except (OSError, RingcacheError):
+                dead = self.conns.pop(server.name, None)
+                if dead is not None:
+                    dead.close()
+                continue
+            if reply == b"TOUCHED":
+                return True
+            answered = True
+        return not answered
+
+    def close(self) -> None:
+        for conn in self.conns.values():
+            conn.close()
+        self.conns.clear()
+
+
 def copy_items(
     src: Server,
     dst: Server,
     items: list[DumpEntry],
     batch: int = 200,
     security: Security | None = None,
+    registries: list[Server] | None = None,
 ) -> int:
     """Move ``items`` from ``src`` to ``dst`` without ever bringing back an old value.
 
@@ -51,57 +103,90 @@ def copy_items(
     (a write or delete reached ``src`` while copying), take the copy back from ``dst`` if it
     is still the one added (``md k C<cas>``), so a value the application replaced or deleted
     meanwhile never survives the move. Returns how many keys were added to ``dst``.
+
+    With ``registries`` (the other members), a batch is copied only after a look at them
+    found no client that owes ``src`` a replay (``Debts.owed``), and kept only if it ended within
+    the clients' ``LEASE`` of that look: a client that cannot reach ``src`` and writes or
+    deletes one of its keys registers its debt first and writes only once the debt is
+    ``HOLD`` (more than ``LEASE``) old, so every copy kept was added before any such write,
+    which then replaces or deletes it on ``dst``. A batch that ended later is taken back
+    (``md k C<cas>`` on ``dst``: its keys are misses); a look that finds a debt raises
+    ``Owed``: what ``src`` still holds may be what such a client replaced or deleted.
     """
     added = 0
+    debts = Debts(src, registries or [], security)
     with (
         Connection(src, timeout=10, security=security) as source,
         Connection(dst, timeout=10, security=security) as target,
+        contextlib.closing(debts),
     ):
-        for i in range(0, len(items), batch):
-            keys = [it.key for it in items[i : i + batch]]
-            reads = source.request(
-                b"".join([protocol.meta_get(k) for k in keys]), (protocol.META,) * len(keys)
-            )
-            found = []  # (key, value, flags, ttl token, source cas)
-            for key, reply in zip(keys, reads, strict=True):
-                if isinstance(reply, ReplyError):
-                    raise RuntimeError(f"{src}: {reply}")
-                t = reply.number("t") if reply.code == b"VA" else None
-                if t is None or t == 0 or t < -1:
-                    continue  # gone meanwhile (deleted, expired, evicted) or expiring now
-                flags = reply.flags.get("f", b"0")
-                if not reply.value and flags == b"0":
-                    continue  # a get_or_set lease, not a value: it is not moved
-                found.append(
-                    (key, reply.value, flags, b"0" if t == -1 else b"%d" % t, reply.flags["c"])
+        i = 0
+        while i < len(items):
+            looked = time.monotonic()
+            if registries is not None and debts.owed():
+                raise Owed(src)
+            part = items[i : i + batch]
+            i += len(part)
+            kept = _copy_batch(source, target, src, dst, [it.key for it in part])
+            if kept and registries is not None and time.monotonic() - looked > LEASE:
+                # Too slow for the look it was made under: taken back (its keys are misses
+                # now), and the batches that follow are smaller.
+                target.request(
+                    b"".join(protocol.meta_delete(k, b"C" + cas) for k, cas in kept),
+                    (protocol.META,) * len(kept),
                 )
-            if not found:
+                batch = max(1, batch // 2)
                 continue
-            stores = target.request(
-                b"".join(
-                    b"ms %s %d T%s F%s ME c\r\n%s\r\n" % (k, len(v), ttl, f, v)
-                    for k, v, f, ttl, _ in found
-                ),
-                (protocol.META,) * len(found),
-            )
-            checks = source.request(
-                b"".join(protocol.meta_delete(k, b"C" + cas) for k, _, _, _, cas in found),
-                (protocol.META,) * len(found),
-            )
-            undo = []
-            for (key, *_), stored, check in zip(found, stores, checks, strict=True):
-                if isinstance(stored, ReplyError) or isinstance(check, ReplyError):
-                    raise RuntimeError(
-                        f"{src} → {dst}: {stored if isinstance(stored, ReplyError) else check}"
-                    )
-                ours = stored.code == b"HD"
-                if check.code == b"HD":
-                    added += ours
-                elif ours:  # the source changed while copying: the copy must not outlive it
-                    undo.append(protocol.meta_delete(key, b"C" + stored.flags["c"]))
-            if undo:
-                target.request(b"".join(undo), (protocol.META,) * len(undo))
+            added += len(kept)
     return added
+
+
+def _copy_batch(
+    source: Connection, target: Connection, src: Server, dst: Server, keys: list[bytes]
+) -> list[tuple[bytes, bytes]]:
+    """One batch of ``copy_items``: the keys added to ``dst`` and kept, with their CAS there."""
+    reads = source.request(
+        b"".join([protocol.meta_get(k) for k in keys]), (protocol.META,) * len(keys)
+    )
+    found = []  # (key, value, flags, ttl token, source cas)
+    for key, reply in zip(keys, reads, strict=True):
+        if isinstance(reply, ReplyError):
+            raise RuntimeError(f"{src}: {reply}")
+        t = reply.number("t") if reply.code == b"VA" else None
+        if t is None or t == 0 or t < -1:
+            continue  # gone meanwhile (deleted, expired, evicted) or expiring now
+        flags = reply.flags.get("f", b"0")
+        if not reply.value and flags == b"0":
+            continue  # a get_or_set lease, not a value: it is not moved
+        found.append((key, reply.value, flags, b"0" if t == -1 else b"%d" % t, reply.flags["c"]))
+    if not found:
+        return []
+    stores = target.request(
+        b"".join(
+            b"ms %s %d T%s F%s ME c\r\n%s\r\n" % (k, len(v), ttl, f, v) for k, v, f, ttl, _ in found
+        ),
+        (protocol.META,) * len(found),
+    )
+    checks = source.request(
+        b"".join(protocol.meta_delete(k, b"C" + cas) for k, _, _, _, cas in found),
+        (protocol.META,) * len(found),
+    )
+    undo = []
+    kept = []
+    for (key, *_), stored, check in zip(found, stores, checks, strict=True):
+        if isinstance(stored, ReplyError) or isinstance(check, ReplyError):
+            raise RuntimeError(
+                f"{src} → {dst}: {stored if isinstance(stored, ReplyError) else check}"
+            )
+        if stored.code != b"HD":
+            continue  # dst had a value: the newer one, kept
+        if check.code == b"HD":
+            kept.append((key, stored.flags["c"]))
+        else:  # the source changed while copying: the copy must not outlive it
+            undo.append(protocol.meta_delete(key, b"C" + stored.flags["c"]))
+    if undo:
+        target.request(b"".join(undo), (protocol.META,) * len(undo))
+    return kept
 
 
 def clear(
@@ -195,8 +280,8 @@ def plan(
             unreachable.append(src)
             continue
         for item in items:
-            if item.key.startswith(MOVERS_KEYS):
-                continue  # the movers' own lock and plan are on every node, never moved
+            if item.key.startswith(MOVERS_KEYS) or item.key.startswith(DEBT_KEYS):
+                continue  # the movers' lock and plan, the clients' debts: per node, never moved
             owner = new_ring.get(item.key)
             if owner.name == src.name:
                 continue
@@ -226,11 +311,14 @@ def rebalance(
        be hidden behind it).
     4. Copy (``copy_items``), then look again (up to ``passes`` times) for keys that still sit
        on a server that no longer owns them (written by a client that had not switched yet).
+       Nothing more is copied from a source that a client owes a replay (``Owed``: a client
+       that cannot reach it wrote its keys elsewhere meanwhile); its keys are misses instead,
+       and it is listed in ``owed``.
     5. Publish ``new`` again (the next, even, version): the move is complete.
 
     A member of ``new`` that refuses or misses a publish raises ``PublishError``, naming it.
     ``security`` (TLS, login) is used for every connection. Returns planned, copied,
-    version, passes and skipped.
+    version, passes, skipped and owed.
     """
     everyone = list({s.name: s for s in [*old, *new]}.values())
     members = {s.name for s in new}
@@ -250,17 +338,26 @@ def rebalance(
     total = sum(len(m.items) for m in moves)
     done = copied = 0
     sources = [s for s in old if s not in skipped]
+    owes: list[Server] = []  # sources a client owes a replay: nothing more copied from them
     rounds = 0
     while moves and rounds < passes:
         rounds += 1
         for move in moves:
+            registries = [s for s in everyone if s.name != move.src.name]
             for i in range(0, len(move.items), 500):
+                if move.src in owes:
+                    break
                 part = move.items[i : i + 500]
-                copied += copy_items(move.src, move.dst, part, security=security)
+                try:
+                    copied += copy_items(
+                        move.src, move.dst, part, security=security, registries=registries
+                    )
+                except Owed:
+                    owes.append(move.src)
                 done += len(part)
                 if progress:
                     progress(done, max(total, done))
-        moves = plan(sources, new, [], security)
+        moves = plan([s for s in sources if s not in owes], new, [], security)
         total += sum(len(m.items) for m in moves)
     _publish(everyone, new, version + 1, members, security)  # the same members: complete
     return {
@@ -269,6 +366,7 @@ def rebalance(
         "version": version + 1,
         "passes": rounds,
         "skipped": [str(s) for s in skipped],
+        "owed": [str(s) for s in owes],
     }
 
 

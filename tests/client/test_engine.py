@@ -691,6 +691,42 @@ def test_a_write_around_an_ejected_node_registers_this_clients_debt_first():
     assert len(wire.take()) == 1 and wire.pauses == [pytest.approx(HOLD)]
 
 
+def test_during_a_move_a_write_owing_an_out_previous_owner_registers_the_debt_first():
+    # The previous owner is out for this client: the delete there is journaled. Until it is
+    # replayed, the old value must be read by nobody: neither another client's miss nor the
+    # mover copying it to the new owner, and both look at the debts before they read it.
+    engine, wire = make(LOCATION[:2], agreement=True)
+    assert engine.membership.adopt(3, [Server(h, 11211) for h in ("h1", "h2", "h3")])
+    key = key_on(engine, "h3")
+    k = key.encode()
+    old = engine.membership.previous.owner(k).server.name
+    other = ({"h1", "h2"} - {old}).pop()
+    eject(engine, wire, old)
+    me = engine.debts.identity
+    item = b"ringcache:debt:%s:" % old.encode() + me
+    index = b"ringcache:debts:%s" % old.encode()
+    wire.answer("h3", b"STORED\r\n", b"END\r\n", b"STORED\r\n", b"DELETED\r\n")
+    wire.answer(other, b"STORED\r\n", b"END\r\n", b"STORED\r\n")
+    assert wire.run(engine.delete(key, None, None)) is True
+    sent = wire.take()
+    registration = [
+        b"set %s 0 3 1\r\n1\r\n" % item,
+        b"gets %s\r\n" % index,
+        b"add %s 0 0 %d\r\n%s\r\n" % (index, len(me), me),
+    ]
+    assert [data for n, data in sent if n == other] == registration
+    assert [data for n, data in sent if n == "h3"] == [*registration, b"delete %s\r\n" % k]
+    assert sent[-1] == ("h3", b"delete %s\r\n" % k)  # the write last, after the pause
+    assert wire.pauses == [pytest.approx(HOLD)]
+    assert engine.peers[old] in engine.debts.owed and k in engine.peers[old].journal
+    # The move ends without the previous owner (it left): the debt is no longer renewed, and
+    # expires into an orphan, which gets the node flushed should it ever come back.
+    assert engine.membership.adopt(4, [Server(h, 11211) for h in ("h1", "h2", "h3") if h != old])
+    wire.clock.t += 5
+    wire.run(engine.debts.refresh())
+    assert engine.debts.owed == {} and wire.take() == []
+
+
 def test_a_returning_node_waits_for_another_clients_debt_and_is_flushed_for_a_dead_one():
     engine, wire = make(agreement=True, probe_interval=0.25)
     eject(engine, wire, "h1")  # this client owes nothing: it only read
@@ -796,6 +832,29 @@ def test_the_watch_ejects_a_live_node_another_client_owes_without_moving_hit_rat
     assert wire2.run(engine2.maintain()) == pytest.approx(WATCH)
     assert engine2.peers["h1"].health.usable
     wire2.take()
+
+
+def test_during_a_move_the_watch_looks_at_a_leaving_previous_owner_too():
+    # h3 leaves: during the move a miss still reads it, so a debt another client registered
+    # for it (a delete it journaled there) must stop this client from reading it.
+    engine, wire = make(agreement=True)
+    assert engine.membership.adopt(3, [Server(h, 11211) for h in ("h1", "h2")])
+    index = b"ringcache:debts:h3"
+    wire.answer("h1", b"NOT_FOUND\r\nTOUCHED\r\n", index_value(index, b"other.1", 3) + b"END\r\n")
+    wire.answer("h2", b"NOT_FOUND\r\nNOT_FOUND\r\n")
+    wire.answer("h3", b"NOT_FOUND\r\nNOT_FOUND\r\n")
+    wire.run(engine.maintain())
+    assert wire.take() == [*LOOK, ("h1", b"get %s\r\n" % index)]
+    assert engine.membership.previous.peers["h3"].health.state is State.EJECTED
+    key = next(
+        k
+        for k in (f"k{i}" for i in range(10_000))
+        if engine.server_for(k).name != "h3"
+        and engine.membership.previous.owner(k.encode()).server.name == "h3"
+    )
+    wire.answer(engine.server_for(key).name, b"END\r\n")
+    assert wire.run(engine.get(key, None)) is None  # its previous owner is not read
+    assert wire.take() == [(engine.server_for(key).name, b"get %s\r\n" % key.encode())]
 
 
 def test_a_read_needs_a_lease_on_the_debts_and_a_look_renews_it():

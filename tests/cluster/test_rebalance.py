@@ -9,6 +9,7 @@ import time
 from pymemcache.client.base import Client as Plain
 
 from ringcache.client import Client, Ring, parse_location
+from ringcache.client.debts import index_of
 from ringcache.cluster.rebalance import cluster_version, metadump, plan, publish, rebalance
 
 RINGCACHE = [sys.executable, "-m", "ringcache.cluster.cli"]
@@ -151,3 +152,34 @@ async def test_trio_client_warms_up_during_a_move(local_cluster):
         assert await c.get(moved[0]) == values[moved[0]]
         assert Plain(("127.0.0.1", new_member.port)).get(moved[0]) is None  # the mover copies
         assert await c.get_many(moved[1:10]) == {k: values[k] for k in moved[1:10]}
+
+
+def test_no_key_is_copied_from_a_source_that_a_client_owes_a_replay(local_cluster):
+    # A client that cannot reach a key's previous owner during a move deletes the key on its
+    # new owner and journals the delete for the previous owner, after registering its debt
+    # there (tests/client/test_engine.py). The previous owner still holds the old value: the
+    # mover must not copy it to the new owner, where the next read would return a value the
+    # application deleted.
+    lc, _ = local_cluster
+    old = parse_location(lc.locations())
+    new_member = lc.add()
+    new = [*old, parse_location(new_member.location)[0]]
+    ring, old_ring = Ring(new), Ring(old)
+    moving = [f"k{i}" for i in range(2000) if ring.get(f"k{i}".encode()).port == new_member.port]
+    src = old_ring.get(moving[0].encode())
+    from_src = [k for k in moving if old_ring.get(k.encode()) == src]
+    for k in from_src:
+        Plain(src.address).set(k, b"old")
+    other = next(s for s in old if s != src)
+    debtor = b"host.1.abc"
+    Plain(other.address).set(b"ringcache:debt:%s:%s" % (src.name.encode(), debtor), b"1", 3)
+    Plain(other.address).add(index_of(src.name), debtor, noreply=False)
+    result = rebalance(old, new, grace=0)
+    assert result["owed"] == [str(src)] and result["copied"] == 0
+    new_owner = Plain(("127.0.0.1", new_member.port))
+    assert all(new_owner.get(k) is None for k in from_src)  # misses, never "old"
+    # Once nobody owes it anything, a move copies from it again.
+    Plain(other.address).delete(index_of(src.name))
+    again = rebalance(old, new, grace=0)
+    assert again["owed"] == [] and again["copied"] == len(from_src)
+    assert all(new_owner.get(k) == b"old" for k in from_src)
