@@ -56,21 +56,25 @@ class Debts:
         self.registries = registries
         self.security = security
         self.conns: dict[str, Connection] = {}
+        self.failed: set[str] = set()  # not asked again during this copy
 
     def owed(self) -> bool:
         """Whether a client owes the source a replay: its index on any registry that answers
         (``touch``, as the clients' watch asks, so that no hit ratio moves), or none of them
-        answering. An index that names only dead debtors counts too: the clients flush such a
-        node before they read it again."""
+        answering; one that fails is not asked again. An index that names only dead debtors
+        counts too: the clients flush such a node before they read it again."""
         answered = False
         for server in self.registries:
+            if server.name in self.failed:
+                continue
             try:
                 conn = self.conns.get(server.name)
                 if conn is None:
-                    conn = Connection(server, timeout=5, security=self.security)
+                    conn = Connection(server, timeout=2, security=self.security)
                     self.conns[server.name] = conn
                 (reply,) = conn.request(b"touch %s 0\r\n" % self.index, (protocol.STATUS,))
             except (OSError, RingcacheError):
+                self.failed.add(server.name)
                 dead = self.conns.pop(server.name, None)
                 if dead is not None:
                     dead.close()
@@ -343,7 +347,7 @@ def rebalance(
     while moves and rounds < passes:
         rounds += 1
         for move in moves:
-            registries = [s for s in everyone if s.name != move.src.name]
+            registries = [s for s in everyone if s.name != move.src.name and s not in skipped]
             for i in range(0, len(move.items), 500):
                 if move.src in owes:
                     break
