@@ -6,10 +6,11 @@ Traces (seeded, so every server sees the same requests): zipf at two skews, a po
 periodic one-pass loops over cold keys (a batch job walking a table). Prints the hit ratio of
 each server on each trace, at two cache sizes: memcached, the node with each eviction policy
 (``-o lru_policy=segmented``, memcached's and the default; ``lru``, memcached's flat LRU of
-``-o no_lru_maintainer``; ``sieve``), and libcachesim's LRU, ARC, S3-FIFO and SIEVE simulated
-with the node's item count as their size; each node policy's difference from memcached in
-points; and the room: Belady's offline optimum (libcachesim's, told every request's next
-request, the same size) less memcached, the most points any eviction policy could gain.
+``-o no_lru_maintainer``; ``sieve``), and libcachesim's LRU, ARC, S3-FIFO, SIEVE, LIRS and
+W-TinyLFU simulated with the node's item count as their size; each node policy's difference
+from memcached in points; and the room: Belady's offline optimum (libcachesim's, told every
+request's next request, the same size) less memcached, the most points any eviction policy
+could gain.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ SERVERS = {
     "node lru": lambda memory: start_node("-m", str(memory), "-o", "lru_policy=lru"),
     "node sieve": lambda memory: start_node("-m", str(memory), "-o", "lru_policy=sieve"),
 }
-SIMULATED = ["LRU", "ARC", "S3FIFO", "Sieve", "Belady"]
+SIMULATED = ["LRU", "ARC", "S3FIFO", "Sieve", "LIRS", "WTinyLFU", "Belady"]
 NEVER = 1 << 62  # no next request
 
 

@@ -57,6 +57,7 @@ class Proxy:
         port: int,
         delay: float = 0.0,
         requests: Callable[[], Callable[[bytes], bytes]] | None = None,
+        listen: tuple[str, int] = ("127.0.0.1", 0),
     ) -> None:
         self.target = port
         self.delay = delay
@@ -66,10 +67,10 @@ class Proxy:
         self.blocked_ports: set[int] = set()
         self.listener = socket.socket()
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
+        self.listener.bind(listen)
         self.listener.listen(64)
         self.port = self.listener.getsockname()[1]
-        self.location = f"127.0.0.1:{self.port}"
+        self.location = f"{listen[0]}:{self.port}"
         self.closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 

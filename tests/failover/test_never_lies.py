@@ -10,12 +10,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from ringcache.client import Client, Ring, parse_location
+from ringcache.client import Client, Ring, Server, parse_location
 from ringcache.cluster.rebalance import MOVERS_KEYS, PublishError, metadump, published, rebalance
 from tests.conftest import (
     MEMCACHED,
@@ -219,6 +220,52 @@ def test_a_slow_add_then_remove_under_overwrites_and_deletes(local_cluster):
     print(f"\n[never lies] add: {added} in {add_s:.1f}s; remove: {removed} in {remove_s:.1f}s")
     check(t, "slow add then remove")
     assert added["copied"] > 5000 and removed["copied"] > 5000
+
+
+def items(servers: list[Server]) -> int:
+    with Client([str(s) for s in servers]) as client:
+        return sum(int(st[b"curr_items"]) for st in client.stats().values())
+
+
+@pytest.mark.parametrize("lost", ["before the move", "mid-copy"])
+def test_a_remove_copies_nothing_the_clients_owe_the_leaving_node(local_cluster, lost):
+    """The clients reach the node being removed through a proxy (on 127.0.0.2, the node's
+    port: the same server name); the mover reaches it directly. The proxy holds the clients'
+    traffic before the move (they write its keys around it, on the nodes that will own them)
+    or once copies arrive (its deletes as the keys' previous owner are journaled): either way
+    after a debt registered for it, and the old values stay on it. The mover must copy
+    nothing more from it once it is owed: a copy would be read on the new owner."""
+    lc, _ = local_cluster
+    old = parse_location(lc.locations())
+    leaving = old[0]
+    fill(lc.locations(), 30000)
+    hole = Proxy(leaving.port, listen=("127.0.0.2", leaving.port))
+    through = [Server(leaving.host, leaving.port, ip="127.0.0.2"), *old[1:]]
+    try:
+        with CheckedTraffic(through, discovery=True, discovery_interval=0.1) as t:
+            time.sleep(1.0)
+            if lost == "before the move":
+                hole.blocked.set()
+                time.sleep(1.5)  # ejected; its keys overwritten and deleted around it
+            before = items(old[1:])
+            result: dict = {}
+            mover = threading.Thread(
+                target=lambda: result.update(rebalance(old, old[1:], grace=0.5))
+            )
+            mover.start()
+            if lost == "mid-copy":
+                deadline = time.monotonic() + 20
+                while items(old[1:]) < before + 100:  # the first copies are arriving
+                    assert time.monotonic() < deadline and mover.is_alive()
+                    time.sleep(0.02)
+                hole.blocked.set()
+            mover.join(60)
+            time.sleep(1.0)
+        print(f"\n[never lies] remove, the leaving node lost {lost}: {result}")
+        check(t, f"remove, leaving node lost {lost}")
+        assert result["owed"] == [str(leaving)]
+    finally:
+        hole.close()
 
 
 def test_an_interrupted_move_re_run_completes_without_a_lie(local_cluster):
