@@ -169,22 +169,37 @@ class Crawler:
                     item_total(nkey, flags, nbytes),
                 )
 
-    def crawl(self, budget: int = 1000) -> int:
+    def crawl(self, budget: int = 1000, scheduled: bool = True) -> int:
         """Reclaim expired and flushed items, visiting at most ``budget`` items; returns visits.
 
         The crawler walks each LRU of each class (HOT, WARM, COLD, TEMP) from the tail and
         remembers where it stopped, so a large cache is covered over many short calls without
-        blocking the event loop.
+        blocking the event loop. ``scheduled`` (the background autocrawl): an LRU's pass
+        starts only when memcached's schedule lets it (``_crawl_done``); a ``lru_crawler
+        crawl`` walks them all.
         """
         visited = 0
         now = self.clock.now
         classes = self.slabs.classes
+        nexts = self._crawl_next
+        histo = self._crawl_histo
         start = (self._crawl_class, self._crawl_lru)
         while visited < budget:
             cls = classes[self._crawl_class]
             lru = self._crawl_lru
-            hd = self._crawl_pos if self._crawl_pos != NONE else cls.tails[lru]
+            slot = self._crawl_class * 4 + lru
+            hd = self._crawl_pos
+            if hd == NONE and not (scheduled and now <= nexts[slot]):
+                hd = cls.tails[lru]  # a new pass
+                if scheduled:
+                    nexts[slot] = now + 5  # memcached's minimum retry wait
+                self._crawl_seen = self._crawl_noexp = 0
+                histo[:] = [0] * 60
+                walking = True
+            else:
+                walking = hd != NONE
             counters = self.stats.cls[cls.clsid]
+            seen = noexp = 0
             while hd != NONE and visited < budget:
                 page, off = self._loc(hd)
                 prv = _Q.unpack_from(page, off + OFF_PREV)[0]
@@ -200,14 +215,47 @@ class Crawler:
                     if not iflags & F_FETCHED:
                         counters.expired_unfetched += 1
                     self.unlink(hd)
+                else:
+                    seen += 1
+                    if not exptime:
+                        noexp += 1
+                    elif exptime - now < 3600:
+                        histo[(exptime - now) // 60] += 1
                 hd = prv
+            self._crawl_seen += seen
+            self._crawl_noexp += noexp
             if hd != NONE:
                 self._crawl_pos = hd
                 break
             self._crawl_pos = NONE
+            if walking and scheduled:  # a requested crawl leaves the schedule as it is
+                self._crawl_done(slot, now)
             self._crawl_lru = (lru + 1) % 4
             if not self._crawl_lru:
                 self._crawl_class = self._crawl_class % self.slabs.largest + 1
             if (self._crawl_class, self._crawl_lru) == start:
                 break
         return visited
+
+    def _crawl_done(self, slot: int, now: int) -> None:
+        """The end of an LRU's pass: when it may be crawled again (memcached's
+        ``lru_maintainer_crawler_check``). If 1% of the items it saw with a TTL (plus one)
+        expire within x minutes, the wait moves a minute towards x minutes; if none expires
+        within the hour, it grows by a minute; at most an hour, then 5 seconds more."""
+        histo = self._crawl_histo
+        low_watermark = (self._crawl_seen - self._crawl_noexp) // 100 + 1
+        wait = self._crawl_wait[slot]
+        available = 0
+        for x in range(60):
+            available += histo[x]
+            if available > low_watermark:
+                if wait < x * 60:
+                    wait += 60
+                elif wait >= 60:
+                    wait -= 60
+                break
+        if available == 0:
+            wait += 60
+        wait = min(wait, 3600)
+        self._crawl_wait[slot] = wait
+        self._crawl_next[slot] = now + wait + 5

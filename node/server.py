@@ -161,8 +161,9 @@ class Node:
             await trio.sleep(clock.until_next_second() + 0.001)
 
     async def _crawler(self) -> None:
-        """Reclaim expired items: a share every second, a whole pass after ``lru_crawler
-        crawl`` — always in steps of CRAWL_BUDGET items between checkpoints."""
+        """Reclaim expired items: every second the LRUs that memcached's autocrawl schedule
+        lets start a pass (``Store.crawl``), at most CRAWL_PER_SECOND items; every LRU after
+        ``lru_crawler crawl`` — always in steps of CRAWL_BUDGET items between checkpoints."""
         store = self.store
         while True:
             with trio.move_on_after(1.0):
@@ -176,7 +177,7 @@ class Node:
                 limit = CRAWL_PER_SECOND if self.cfg.lru_crawler else 0
             visited = 0
             while visited < limit:
-                n = store.crawl(CRAWL_BUDGET)
+                n = store.crawl(CRAWL_BUDGET, scheduled=not requested)
                 visited += n
                 await trio.lowlevel.checkpoint()
                 if n < CRAWL_BUDGET:

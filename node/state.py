@@ -35,7 +35,7 @@ class NodeState:
         self.graceful_stop = False
         # ``lru_crawler crawl``: the server replaces this with a wake-up of its crawler task,
         # which crawls in bounded steps; without a server the pass runs at once.
-        self.request_crawl: Callable[[], object] = lambda: store.crawl(budget=1 << 62)
+        self.request_crawl: Callable[[], object] = lambda: store.crawl(1 << 62, scheduled=False)
         store.cas_mismatch = self._cas_mismatch
         # Cluster membership served by `config get cluster` (ElastiCache auto-discovery).
         self.cluster_version = 0

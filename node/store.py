@@ -166,6 +166,14 @@ class Store(HashIndex, Items, Crawler):
         self._crawl_class = 1
         self._crawl_lru = 0
         self._crawl_pos = NONE
+        # memcached's autocrawl schedule, per LRU of each class (index clsid * 4 + lru): the
+        # time its next pass may start, the wait it has earned, and the pass under way's
+        # items seen alive, seen without a TTL, and by minutes left to live (``crawl``).
+        nlrus = (self.slabs.largest + 1) * 4
+        self._crawl_next = [-1] * nlrus
+        self._crawl_wait = [0] * nlrus
+        self._crawl_seen = self._crawl_noexp = 0
+        self._crawl_histo = [0] * 60
 
     # -- commands --------------------------------------------------------------------------
     def get(self, key: bytes, touch_exptime: int | None = None):

@@ -126,6 +126,41 @@ def test_crawler_reclaims_expired_items():
     assert visited >= 500
 
 
+def test_the_autocrawl_waits_as_memcached_schedules_it():
+    """memcached's lru_maintainer_crawler_check: an LRU whose pass saw nothing that expires
+    within the hour waits a minute longer each pass (plus 5 s); one where more than 1% of
+    the items with a TTL expire within the minute is crawled again 5 s later; a requested
+    crawl (``lru_crawler crawl``) walks regardless and leaves the schedule as it is."""
+    store, clock, wall = make("-o", "no_lru_maintainer")  # one LRU: COLD
+    for i in range(300):
+        put(store, b"k%d" % i, b"v")
+    assert store.crawl(10_000) == 300
+    assert store.crawl(10_000) == 0  # waits 60 + 5 s
+    advance(clock, wall, 65)
+    assert store.crawl(10_000) == 0
+    assert store.crawl(10_000, scheduled=False) == 300
+    advance(clock, wall, 1)
+    assert store.crawl(10_000) == 300  # now 120 + 5 s
+    advance(clock, wall, 125)
+    assert store.crawl(10_000) == 0
+    advance(clock, wall, 1)
+    assert store.crawl(10_000) == 300
+    assert store.stats.class_sum("crawler_items_checked") == 1200
+    # Items that expire within the minute: the next pass comes 5 s after this one.
+    store, clock, wall = make("-o", "no_lru_maintainer")
+    for i in range(300):
+        put(store, b"t%d" % i, b"v", exptime=30)
+    assert store.crawl(10_000) == 300
+    advance(clock, wall, 5)
+    assert store.crawl(10_000) == 0
+    advance(clock, wall, 1)
+    assert store.crawl(10_000) == 300
+    assert store.stats.class_sum("crawler_reclaimed") == 0
+    advance(clock, wall, 30)
+    assert store.crawl(10_000) == 300
+    assert store.stats.class_sum("crawler_reclaimed") == 300 and store.curr_items == 0
+
+
 # -- storage modes and CAS --------------------------------------------------------------------
 
 
