@@ -79,16 +79,20 @@ def wait_port(port: int) -> None:
     raise TimeoutError(port)
 
 
+# The interpreter of each node build: this one, and with --before another checkout's.
+PYTHONS = {"node": sys.executable}
+
+
 def start(kind: str, memory: int, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, int]:
-    """A fresh ``kind`` server ("memcached" -t 1, or "node") on a free port, with ``extra``
-    flags."""
+    """A fresh ``kind`` server ("memcached" -t 1, "node", or the "before" node of
+    ``--before``) on a free port, with ``extra`` flags."""
     port = free_port()
     if kind == "memcached":
         user = ["-u", "root"] if os.geteuid() == 0 else []
         argv = ["memcached", "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-t", "1"]
         argv += ["-m", str(memory), *user, *extra]
     else:
-        argv = [sys.executable, "-m", "ringcache.node", "-p", str(port), "-m", str(memory)]
+        argv = [PYTHONS[kind], "-m", "ringcache.node", "-p", str(port), "-m", str(memory)]
         argv += extra
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port)
@@ -194,10 +198,12 @@ def throughput(rounds: int, seconds: int, only: str | None) -> list[str]:
         if only and only not in name:
             continue
         print(f"\n{name}: {rounds} alternating rounds of {seconds}s")
-        ratios, cpu_ratios, per = [], [], {"node": [], "memcached": []}
+        kinds = [*PYTHONS, "memcached"]
+        ratios, cpu_ratios = [], []
+        per: dict[str, list[tuple[float, float]]] = {kind: [] for kind in kinds}
         for r in range(rounds):
             got = {}
-            for kind in ("node", "memcached") if r % 2 == 0 else ("memcached", "node"):
+            for kind in kinds[r % len(kinds) :] + kinds[: r % len(kinds)]:
                 proc, port = start(kind, 64)
                 cpu0 = cpu_seconds(proc.pid)
                 ops, tps = load(port, seconds)
@@ -208,17 +214,25 @@ def throughput(rounds: int, seconds: int, only: str | None) -> list[str]:
             ratios.append(got["node"][0] / got["memcached"][0])
             cpu_ratios.append(got["node"][1] / got["memcached"][1])
             print(
-                f"  round {r + 1}: node {got['node'][0]:9.0f}/s {got['node'][1]:6.1f} µs CPU"
-                f"  memcached {got['memcached'][0]:9.0f}/s {got['memcached'][1]:6.1f} µs CPU"
-                f"  ratio {ratios[-1]:.2f}x  CPU {cpu_ratios[-1]:.2f}x"
+                f"  round {r + 1}: "
+                + "  ".join(f"{k} {got[k][0]:9.0f}/s {got[k][1]:6.1f} µs CPU" for k in kinds)
+                + f"  ratio {ratios[-1]:.2f}x  CPU {cpu_ratios[-1]:.2f}x"
             )
+        medians = {
+            k: (statistics.median(t for t, _ in per[k]), statistics.median(c for _, c in per[k]))
+            for k in kinds
+        }
         line = (
-            f"{name:52s} node {statistics.median(t for t, _ in per['node']):9.0f}/s "
-            f"{statistics.median(c for _, c in per['node']):6.1f} µs  memcached "
-            f"{statistics.median(t for t, _ in per['memcached']):9.0f}/s "
-            f"{statistics.median(c for _, c in per['memcached']):6.1f} µs  "
-            f"ratio {statistics.median(ratios):.2f}x  CPU/op {statistics.median(cpu_ratios):.2f}x"
+            f"{name:52s} "
+            + "  ".join(f"{k} {medians[k][0]:9.0f}/s {medians[k][1]:6.1f} µs" for k in kinds)
+            + f"  ratio {statistics.median(ratios):.2f}x"
+            + f"  CPU/op {statistics.median(cpu_ratios):.2f}x"
         )
+        if "before" in medians:
+            line += (
+                f"  node/before {medians['node'][0] / medians['before'][0]:.2f}x,"
+                f" CPU/op {medians['node'][1] / medians['before'][1]:.2f}x"
+            )
         summary.append(line)
     print("\nnode vs memcached -t 1 (medians; goals: ratio >= 0.5x, CPU/op <= 2.2x)")
     for line in summary:
@@ -246,7 +260,7 @@ def fill(port: int, items: int) -> None:
 def memory(items: int) -> None:
     print(f"\nRSS per item, {items} items with 100-byte values (-m 1024)")
     per_item = {}
-    for kind in ("node", "memcached"):
+    for kind in [*PYTHONS, "memcached"]:
         proc, port = start(kind, 1024)
         time.sleep(0.5)
         before = rss_bytes(proc.pid)
@@ -265,7 +279,15 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--items", type=int, default=200_000)
     parser.add_argument("--only", help="run the workloads whose name contains this")
+    parser.add_argument(
+        "--before",
+        metavar="PYTHON",
+        help="also a node run by this interpreter (another checkout's, installed in it), in "
+        "the same alternating rounds: the change's effect from one run",
+    )
     args = parser.parse_args()
+    if args.before:
+        PYTHONS["before"] = args.before
     for tool in ("memcached", "memcaslap"):
         if shutil.which(tool) is None:
             print(f"{tool} is missing: apt-get install memcached libmemcached-tools")
