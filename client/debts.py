@@ -293,7 +293,7 @@ class Debts:
         calls = [
             Call(
                 r,
-                b"".join([b"touch %s 0\r\n" % index_key(p) for p in ps]),
+                b"".join([protocol.touch(index_key(p), 0) for p in ps]),
                 (STATUS,) * len(ps),
                 "debt watch",
             )

@@ -333,10 +333,10 @@ class Engine:
         """During a move: the previous owners of ``keys`` that are out, to which the writes
         will owe deletes (``_invalidate_previous`` journals them). This client registers its
         debt for them before it writes, as for a node it writes around: until the journal is
-        replayed, neither another client's miss nor the mover may read the old value there."""
-        if self.membership.previous is None:
-            return []
-        return list(dict.fromkeys(peer for _, peer in self.membership.previous_owners(keys)[1]))
+        replayed, neither another client's miss nor the mover may read the old value there.
+        (Read at each use, not kept for ``_invalidate_previous``: the pause of registering
+        may see such an owner re-admitted, and then its deletes are sent, not journaled.)"""
+        return [peer for _, peer in self.membership.previous_owners(keys)[1]]
 
     def _invalidate_previous(self, keys: Iterable[bytes]) -> Op[set[bytes]]:
         """During a move: delete written or deleted keys from their previous owners, so that

@@ -72,7 +72,7 @@ class Debts:
                 if conn is None:
                     conn = Connection(server, timeout=2, security=self.security)
                     self.conns[server.name] = conn
-                (reply,) = conn.request(b"touch %s 0\r\n" % self.index, (protocol.STATUS,))
+                (reply,) = conn.request(protocol.touch(self.index, 0), (protocol.STATUS,))
             except (OSError, RingcacheError):
                 self.failed.add(server.name)
                 dead = self.conns.pop(server.name, None)
@@ -135,10 +135,7 @@ def copy_items(
             if kept and registries is not None and time.monotonic() - looked > LEASE:
                 # Too slow for the look it was made under: taken back (its keys are misses
                 # now), and the batches that follow are smaller.
-                target.request(
-                    b"".join(protocol.meta_delete(k, b"C" + cas) for k, cas in kept),
-                    (protocol.META,) * len(kept),
-                )
+                _take_back(target, kept)
                 batch = max(1, batch // 2)
                 continue
             added += len(kept)
@@ -187,10 +184,19 @@ def _copy_batch(
         if check.code == b"HD":
             kept.append((key, stored.flags["c"]))
         else:  # the source changed while copying: the copy must not outlive it
-            undo.append(protocol.meta_delete(key, b"C" + stored.flags["c"]))
+            undo.append((key, stored.flags["c"]))
     if undo:
-        target.request(b"".join(undo), (protocol.META,) * len(undo))
+        _take_back(target, undo)
     return kept
+
+
+def _take_back(target: Connection, copies: list[tuple[bytes, bytes]]) -> None:
+    """Delete copies added to ``dst`` where each is still the one added (``md k C<cas>``):
+    a value written there since stays."""
+    target.request(
+        b"".join(protocol.meta_delete(k, b"C" + cas) for k, cas in copies),
+        (protocol.META,) * len(copies),
+    )
 
 
 def clear(
