@@ -608,6 +608,11 @@ def _rebalance(
             f"note: a client that could not reach {server} owes it a replay: nothing more was "
             "moved from it (its keys are misses until written again)"
         )
+    if result["cleared"]:
+        console.print(
+            f"note: deleted {result['cleared']} items that a joining node kept from before it "
+            "joined (values the application may have replaced or deleted since)"
+        )
     console.print(
         f"moved {result['copied']} of {result['planned']} keys that changed owner; "
         f"membership version {result['version']}: {';'.join(map(str, new))}"

@@ -313,4 +313,6 @@ def _move(
         say(f"{server} did not answer: nothing was moved from it")
     for server in result["owed"]:
         say(f"{server} is owed a replay by a client: nothing more was moved from it")
+    if result["cleared"]:
+        say(f"deleted {result['cleared']} items that a joining node kept from before it joined")
     say(f"moved {result['copied']} of {result['planned']} keys; version {result['version']}")

@@ -2,7 +2,8 @@
 
 This module owns what ``ringcache add``/``remove``/``rebalance`` do to a cluster's data:
 compute which keys change owner between two rings, enumerate them on their old owners
-(``lru_crawler metadump all``), clear leftovers of earlier memberships from the new owners,
+(``lru_crawler metadump all``), clear leftovers of earlier memberships from the new owners
+(every item of a joining server, the keys about to arrive on the others),
 move each key with its flags and remaining TTL (``add`` on the new owner, then delete the
 source copy only if it is unchanged, taking the copy back if it changed meanwhile) unless a
 client owes the source a replay (its debts, read as the clients read them), sweep again for
@@ -209,6 +210,17 @@ def clear(
             conn.request(b"".join(protocol.delete(k) for k in part), (protocol.STATUS,) * len(part))
 
 
+def clear_joining(server: Server, security: Security | None = None) -> int:
+    """Delete every item of a server about to join but the movers' lock, plan and marks
+    (``MOVERS_KEYS``): a node removed earlier, or restarted warm while out, still holds what
+    it held then, and no client has replaced or deleted those keys on it since. Returns how
+    many were deleted. No client writes to a server before the membership naming it is
+    published, so nothing newer is lost."""
+    keys = [it.key for it in metadump(server, security) if not it.key.startswith(MOVERS_KEYS)]
+    clear(server, keys, security=security)
+    return len(keys)
+
+
 def published(servers: list[Server], security: Security | None = None) -> ClusterConfig | None:
     """The newest membership any of ``servers`` serves."""
     best: ClusterConfig | None = None
@@ -314,6 +326,10 @@ def rebalance(
        removed — moves nothing and is reported in ``skipped``).
     2. Unless ``new`` is already published (a re-run), delete the planned keys from their
        new owners: a leftover of an earlier membership must not win over the moved value.
+       A server that joins (in ``new``, not in ``old``) is emptied of every item but the
+       movers' (``clear_joining``): what it kept from an earlier membership may be a value
+       the application has since replaced or deleted, and the plan only names the keys that
+       still exist on an old member.
     3. Publish ``new`` as moving (an odd version): clients write to the new owners, delete
        the key from the previous owner, and read the previous owner on a miss. Then wait
        ``grace`` seconds, at least the clients' ``discovery_interval``, so that no client still
@@ -328,7 +344,7 @@ def rebalance(
 
     A member of ``new`` that refuses or misses a publish raises ``PublishError``, naming it.
     ``security`` (TLS, login) is used for every connection. Returns planned, copied,
-    version, passes, skipped and owed.
+    version, passes, skipped, owed and cleared (the leftovers deleted from joining servers).
     """
     everyone = list({s.name: s for s in [*old, *new]}.values())
     members = {s.name for s in new}
@@ -340,9 +356,15 @@ def rebalance(
     skipped: list[Server] = []
     moves = plan(old, new, skipped, security)
     rerun = current is not None and {s.name for s in current.servers} == members
+    cleared = 0
     if not rerun:
+        members_before = {s.name for s in old}
+        for server in new:
+            if server.name not in members_before:
+                cleared += clear_joining(server, security)
         for move in moves:
-            clear(move.dst, [it.key for it in move.items], security=security)
+            if move.dst.name in members_before:
+                clear(move.dst, [it.key for it in move.items], security=security)
     _publish(everyone, new, version, members, security)
     time.sleep(grace)
     total = sum(len(m.items) for m in moves)
@@ -377,6 +399,7 @@ def rebalance(
         "passes": rounds,
         "skipped": [str(s) for s in skipped],
         "owed": [str(s) for s in owes],
+        "cleared": cleared,
     }
 
 

@@ -103,6 +103,38 @@ def test_ttl_and_flags_move_with_the_key_and_leftovers_do_not_win(local_cluster)
     assert again["copied"] == 0
 
 
+def test_a_joining_node_keeps_nothing_from_before_it_joined(local_cluster):
+    # A node removed earlier (or restarted warm while out) still holds values from then. The
+    # application has since deleted or replaced those keys on the members, or they were
+    # evicted there: the plan, made from the members, does not name them, and the node's old
+    # copies would be read once it owns the keys again.
+    lc, _ = local_cluster
+    old = parse_location(lc.locations())
+    joining = lc.add()
+    new = [*old, parse_location(joining.location)[0]]
+    ring = Ring(new)
+    owned = [f"k{i}" for i in range(400) if ring.get(f"k{i}".encode()).port == joining.port]
+    stale = Plain(("127.0.0.1", joining.port))
+    for k in owned[:20]:
+        stale.set(k, b"from before")  # deleted on the members since: on no member now
+    stale.set(b"elsewhere", b"from before")  # not its key in the new ring either
+    stale.set(b"ringcache:move:drained:x", b"kept")  # the movers' own keys stay
+    client = Client([str(s) for s in old])
+    client.set(owned[20], "current")  # the one key the plan moves
+    client.close()
+    result = rebalance(old, new, grace=0)
+    assert result["cleared"] == 21 and result["copied"] == 1
+    after = Client([str(s) for s in new])
+    assert after.get_many(owned[:21]) == {owned[20]: "current"}
+    assert stale.get(b"elsewhere") is None
+    assert stale.get(b"ringcache:move:drained:x") == b"kept"
+    # A re-run (the membership is published: clients write to the node now) clears nothing.
+    after.set(owned[0], "written since")
+    again = rebalance(old, new, grace=0)
+    assert again["cleared"] == 0 and after.get(owned[0]) == "written since"
+    after.close()
+
+
 def test_clients_warm_up_from_the_previous_owner_during_a_move(local_cluster):
     lc, _ = local_cluster
     old = parse_location(lc.locations())
