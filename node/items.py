@@ -57,12 +57,19 @@ _EXP_TIME = struct.Struct("<II")
 _VIEW = struct.Struct("<IIIIBB")
 # cas, exptime, time, nbytes, flags (offsets 16..39)
 _REWRITE = struct.Struct("<QIIII")
+# next, prev, then (past the CAS) exptime, time, nbytes, flags, nkey, iflags, clsid: what an
+# LRU move reads of an item, in one unpack from its header's start
+_MOVE = struct.Struct("<qq8xIIIIBBB")
 
 # Meta flags of an item (the header byte at offset 43): a client was handed the win token
 # (mg N/R/stale), the value is stale (md I, ms I), the key arrived in base64 (b).
 M_TOKEN_SENT = 0x01
 M_STALE = 0x02
 M_KEY_BINARY = 0x04
+
+# An item's flags moving to WARM keep all but the LRU bits and ACTIVE (``_to_warm``).
+_OFF_LRU = ~(LRU_BITS | F_ACTIVE)
+_ON_WARM = WARM << LRU_SHIFT
 
 
 def item_total(nkey: int, flags: int, nbytes: int) -> int:
@@ -185,28 +192,27 @@ class Items:
                 return TEMP << LRU_SHIFT
         return HOT << LRU_SHIFT
 
-    def _bump(self, hd: int, page: bytearray, off: int) -> None:
-        """A fetch (memcached's ``do_item_bump``). Segmented: the first marks the item
-        FETCHED, the next ACTIVE (and gives it the time); an item becoming ACTIVE in COLD
-        moves to WARM at once, where memcached queues it for its maintainer thread. ``lru``:
-        FETCHED, and to the head when it was last moved a minute ago or more. ``sieve``: the
-        visited bit (ACTIVE)."""
-        iflags = page[off + OFF_IFLAGS]
-        now = self.clock.now
+    def _bump(self, hd: int, page: bytearray, off: int, iflags: int = -1) -> None:
+        """A fetch (memcached's ``do_item_bump``); ``iflags``: the item's flags when the
+        caller has read them. Segmented: the first marks the item FETCHED, the next ACTIVE
+        (and gives it the time); an item becoming ACTIVE in COLD moves to WARM at once, where
+        memcached queues it for its maintainer thread. ``lru``: FETCHED, and to the head when
+        it was last moved a minute ago or more. ``sieve``: the visited bit (ACTIVE)."""
+        if iflags < 0:
+            iflags = page[off + OFF_IFLAGS]
         if self.segmented:
             if iflags & F_ACTIVE:
                 return
             if not iflags & F_FETCHED:
                 page[off + OFF_IFLAGS] = iflags | F_FETCHED
-                return
-            _TIME.pack_into(page, off + OFF_TIME, now)
-            if iflags & LRU_BITS != COLD << LRU_SHIFT:
+            elif iflags & LRU_BITS == COLD << LRU_SHIFT:
+                self._to_warm(hd, page, off)
+            else:
                 page[off + OFF_IFLAGS] = iflags | F_ACTIVE
-                return
-            self._to_warm(hd, page, off, iflags)
+                _TIME.pack_into(page, off + OFF_TIME, self.clock.now)
         elif self.sieve:
             page[off + OFF_IFLAGS] = iflags | F_FETCHED | F_ACTIVE
-            _TIME.pack_into(page, off + OFF_TIME, now)
+            _TIME.pack_into(page, off + OFF_TIME, self.clock.now)
         else:
             page[off + OFF_IFLAGS] = iflags | F_FETCHED
             self._update(hd, page, off)
@@ -218,26 +224,25 @@ class Items:
         now = self.clock.now
         if self.segmented:
             iflags = page[off + OFF_IFLAGS]
-            _TIME.pack_into(page, off + OFF_TIME, now)
             if iflags & LRU_BITS == COLD << LRU_SHIFT and iflags & F_ACTIVE:
-                self._to_warm(hd, page, off, iflags)
+                self._to_warm(hd, page, off)
+            else:
+                _TIME.pack_into(page, off + OFF_TIME, now)
         elif self.sieve:
             _TIME.pack_into(page, off + OFF_TIME, now)
         elif self.item_time(hd) < now - ITEM_UPDATE_INTERVAL:
             _TIME.pack_into(page, off + OFF_TIME, now)
             self._lru_move(hd, page, off, COLD)
 
-    def _to_warm(self, hd: int, page: bytearray, off: int, iflags: int) -> None:
-        """A hit to COLD moves the item to WARM's head (not ACTIVE: it has had its move).
-        ``_lru_unlink`` and ``_lru_link`` written out for the two known LRUs: this runs for
-        about every other hit when the items are read alike."""
-        cls = self.slabs.classes[page[off + OFF_CLSID]]
-        _, _, nbytes, flags, nkey, _ = _VIEW.unpack_from(page, off + OFF_EXPTIME)
-        ntotal = ITEM_HEADER + nkey + 9 + (4 if flags else 0) + nbytes  # item_total
+    def _to_warm(self, hd: int, page: bytearray, off: int) -> None:
+        """A hit to COLD moves the item to WARM's head with the time (not ACTIVE: it has had
+        its move). ``_lru_unlink`` and ``_lru_link`` written out for the two known LRUs, with
+        one read of the header: this runs for about every other hit when the items are read
+        alike."""
+        nxt, prv, _, _, nbytes, flags, nkey, iflags, clsid = _MOVE.unpack_from(page, off)
+        cls = self.slabs.classes[clsid]
         pages = self.pages
         heads = cls.heads
-        tails = cls.tails
-        nxt, prv = _QQ.unpack_from(page, off)
         if prv != NONE:
             _Q.pack_into(pages[prv >> PAGE_SHIFT], prv & OFFSET_MASK, nxt)
         else:
@@ -245,24 +250,26 @@ class Items:
         if nxt != NONE:
             _Q.pack_into(pages[nxt >> PAGE_SHIFT], (nxt & OFFSET_MASK) + OFF_PREV, prv)
         else:
-            tails[COLD] = prv
+            cls.tails[COLD] = prv
         head = heads[WARM]
         _QQ.pack_into(page, off, head, NONE)
         if head != NONE:
             _Q.pack_into(pages[head >> PAGE_SHIFT], (head & OFFSET_MASK) + OFF_PREV, hd)
         else:
-            tails[WARM] = hd
+            cls.tails[WARM] = hd
         heads[WARM] = hd
-        page[off + OFF_IFLAGS] = (iflags & ~(LRU_BITS | F_ACTIVE)) | WARM << LRU_SHIFT
+        page[off + OFF_IFLAGS] = iflags & _OFF_LRU | _ON_WARM
+        _TIME.pack_into(page, off + OFF_TIME, self.clock.now)
         counts = cls.lru_counts
         counts[COLD] -= 1
         counts[WARM] += 1
+        ntotal = ITEM_HEADER + nkey + 9 + (4 if flags else 0) + nbytes  # item_total
         lru_bytes = cls.lru_bytes
         lru_bytes[COLD] -= ntotal
-        lru_bytes[WARM] += ntotal
-        self.stats.cls[cls.clsid].moves_to_warm += 1
-        if lru_bytes[WARM] > cls.warm_at:
-            self.juggle(cls.clsid)
+        warm = lru_bytes[WARM] = lru_bytes[WARM] + ntotal
+        self.stats.cls[clsid].moves_to_warm += 1
+        if warm > cls.warm_at:
+            self.juggle(clsid)
 
     def juggle(self, clsid: int) -> int:
         """memcached's ``lru_maintainer_juggle`` of one class: TEMP's expired items reclaimed;
@@ -333,14 +340,13 @@ class Items:
             while moved < most and hd != NONE:
                 page = pages[hd >> PAGE_SHIFT]
                 off = hd & OFFSET_MASK
-                exptime, itime, nbytes, flags, nkey, iflags = _VIEW.unpack_from(
-                    page, off + OFF_EXPTIME
+                _, prv, exptime, itime, nbytes, flags, nkey, iflags, _ = _MOVE.unpack_from(
+                    page, off
                 )
                 if (exptime and exptime < now) or (flush and self._flushed(page, off, itime)):
                     expired = True
                     break
                 ntotal = ITEM_HEADER + nkey + 9 + (4 if flags else 0) + nbytes  # item_total
-                prv = _Q.unpack_from(page, off + OFF_PREV)[0]
                 if iflags & F_ACTIVE:  # rescue ACTIVE items aggressively
                     page[off + OFF_IFLAGS] = iflags & keep | on_warm
                     if w_n:

@@ -221,7 +221,7 @@ class Store(HashIndex, Items, Crawler):
         if touch_exptime is not None:
             _I.pack_into(page, off + OFF_EXPTIME, touch_exptime)
         if not iflags & F_ACTIVE:  # an ACTIVE item has had its bump (segmented, sieve)
-            self._bump(hd, page, off)
+            self._bump(hd, page, off, iflags)
         if iflags & F_CHUNKED:
             data = self._data(page, off, nkey, nbytes, iflags)
         else:
