@@ -179,26 +179,32 @@ def drop_plan(servers: list[Server], sec) -> None:
             pass
 
 
-def identity(server: Server, security: Security | None = None) -> str | None:
-    """Which process answers at ``server`` (its pid and start time), or None if none does."""
+def identity(server: Server, security: Security | None = None) -> tuple[str, int] | None:
+    """Which process answers at ``server``: its pid and start time, and the connections it
+    has accepted so far (``total_connections``); None if none answers. The pid and start
+    time alone do not tell a process from the one it replaced when the pid is the same (a
+    container's pid 1) and the start time is carried over (a warm restart keeps
+    ``process_started``, as memcached's does); the count does: it only grows in one process
+    and starts again in the next."""
     try:
         (stats,) = _request(server, protocol.stats(), (protocol.STATS,), security)
-        return "%s@%d" % (
-            stats[b"pid"].decode(), int(stats[b"time"]) - int(stats[b"uptime"])
-        )  # fmt: skip
+        started = int(stats[b"time"]) - int(stats[b"uptime"])
+        return f"{stats[b'pid'].decode()}@{started}", int(stats[b"total_connections"])
     except (OSError, RingcacheError, KeyError, ValueError, TypeError):
         return None
 
 
 def mark_drained(server: Server, members: list[Server], security: Security | None) -> None:
     """Before a ``remove`` of ``server`` (a pod's preStop) moves its keys: remember on the
-    members which process is being drained, so that the follower does not move keys back onto
-    it while DNS still lists the terminating pod (only a server that is no longer a member is
-    looked up, so a remove that fails leaves the mark unused)."""
+    members which process is being drained (``identity``: ``pid@start connections``), so
+    that the follower does not move keys back onto it while DNS still lists the terminating
+    pod (only a server that is no longer a member is looked up, so a remove that fails leaves
+    the mark unused)."""
     ident = identity(server, security)
     if ident is None:
         return
-    data = protocol.store(b"set", DRAINED + server.name.encode(), 0, DRAINED_TTL, ident.encode())
+    mark = ("%s %d" % ident).encode()
+    data = protocol.store(b"set", DRAINED + server.name.encode(), 0, DRAINED_TTL, mark)
     for member in members:
         try:
             _request(member, data, (protocol.STATUS,), security)
@@ -208,7 +214,9 @@ def mark_drained(server: Server, members: list[Server], security: Security | Non
 
 def drained(server: Server, members: list[Server], security: Security | None) -> bool:
     """Whether ``server`` is the very process a ``remove`` drained (or none answers there):
-    not to be added back; a pod restarted under the same name is another process."""
+    not to be added back. A pod restarted under the same name is another process: another
+    pid or start time, or (a warm restart as pid 1) fewer connections accepted than the
+    drained one had."""
     read = protocol.meta_get(DRAINED + server.name.encode(), b"v")
     for member in members:
         try:
@@ -217,7 +225,10 @@ def drained(server: Server, members: list[Server], security: Security | None) ->
             continue
         if isinstance(found, Meta) and found.value:
             ident = identity(server, security)
-            return ident is None or ident.encode() == found.value
+            if ident is None:
+                return True
+            marked, _, count = found.value.decode(errors="replace").partition(" ")
+            return ident[0] == marked and ident[1] >= (int(count) if count.isdigit() else 0)
     return False
 
 

@@ -331,3 +331,65 @@ def test_the_manifests_follower_and_prestop_over_tls_with_logins(tmp_path):
     print(f"\nmanifest commands over TLS: preStop {moved}; {hit} of 2000 kept after a restart")
     assert wrong == 0 and hit >= 0.99 * len(values)
     assert "Traceback" not in output
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="a node that is pid 1, as in a container, needs root and unshare (a pid namespace)",
+)
+def test_a_pod_restarted_warm_as_pid_1_is_not_taken_for_the_drained_one(tmp_path):
+    """A container restarted in place (a failed liveness probe runs the preStop, then the
+    container starts again on the same memory file) is pid 1 again and keeps the start time
+    a warm restart carries over: only its count of accepted connections tells it from the
+    process the preStop drained, which the follower must keep out."""
+    from ringcache.cluster.follow import drained, identity, mark_drained
+    from tests.conftest import RawClient, free_port, start_node, wait_port
+
+    member = start_node()
+    port = free_port()
+    argv = ["unshare", "--pid", "--fork", "--kill-child", sys.executable, "-m", "ringcache.node",
+            "-l", "127.0.0.1", "-p", str(port), "-m", "64", "-e", str(tmp_path / "mem"), "-A"]  # fmt: skip
+    procs: list[subprocess.Popen] = []
+
+    def start() -> None:
+        with open(tmp_path / "stderr", "ab") as err:
+            procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err))
+        wait_port(port, procs[-1])
+
+    def call(data: bytes, end: bytes) -> bytes:
+        raw = RawClient(port)
+        try:
+            return raw.call(data, end)
+        finally:
+            raw.close()
+
+    pod, members = Server("127.0.0.1", port), [Server("127.0.0.1", member.port)]
+    try:
+        start()
+        for _ in range(20):  # the connections of the clients it served
+            assert call(b"set kept 0 0 1\r\nk\r\n", b"\r\n") == b"STORED\r\n"
+        drained_one = identity(pod)
+        assert drained_one is not None and drained_one[0].startswith("1@")
+        mark_drained(pod, members, None)
+        for _ in range(3):  # the follower looks at it a few times while DNS still lists it
+            assert drained(pod, members, None)
+        call(b"shutdown graceful\r\n", b"")
+        assert procs[-1].wait(30) == 0
+        time.sleep(int(time.time()) + 1.05 - time.time())  # a restart needs the clock moved on
+        start()
+        assert call(b"get kept\r\n", b"END\r\n") == b"VALUE kept 0 1\r\nk\r\nEND\r\n"
+        restarted = identity(pod)
+        assert restarted is not None and restarted[0] == drained_one[0]  # pid and start alike
+        assert not drained(pod, members, None)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:  # unshare waits for its child, ignoring SIGTERM
+                children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+                for child in children:
+                    os.kill(int(child), signal.SIGTERM)
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()  # --kill-child: its child is killed with it
+                    proc.wait(10)
+        member.stop()
