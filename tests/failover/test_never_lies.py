@@ -268,6 +268,44 @@ def test_a_remove_copies_nothing_the_clients_owe_the_leaving_node(local_cluster,
         hole.close()
 
 
+def test_a_node_removed_while_stopped_and_re_added_warm_serves_nothing_from_before(tmp_path):
+    """A node stopped for a warm restart (SIGUSR1) is removed while it is down (it moves
+    nothing: skipped), the application deletes every key, then the node comes back with
+    every item it held and is added again under traffic. No client wrote around it (no debt
+    names it), and the plan names only keys a member holds: the values it kept are read
+    unless the mover empties it before it joins."""
+    from ringcache.cluster.rebalance import publish
+
+    servers = [start_node("-p", str(free_port()), "-e", str(tmp_path / "memory"))]
+    servers += [start_node() for _ in range(2)]
+    try:
+        members = [Server("127.0.0.1", s.port) for s in servers]
+        publish(members, members, 2)
+        options = {"discovery": True, "discovery_interval": 0.1}
+        with CheckedTraffic([s.location for s in servers], **options) as before:
+            time.sleep(1.5)
+        servers[0].proc.send_signal(signal.SIGUSR1)
+        assert servers[0].proc.wait(timeout=30) == 0
+        removed = rebalance(members, members[1:], grace=0.5)
+        assert removed["skipped"] == [str(members[0])]
+        keys = [f"{label}:{i}" for label in before.models for i in range(before.keys)]
+        with Client([str(m) for m in members[1:]], **OPTIONS) as client:
+            assert client.delete_many(keys)
+        with CheckedTraffic([str(m) for m in members[1:]], seed=8, **options) as t:
+            time.sleep(1.0)
+            next_second()
+            servers[0] = start_again(servers[0])  # warm: every item it held
+            assert "[restart]" not in servers[0].stderr().split("Gracefully stopping")[-1]
+            added = rebalance(members[1:], members, grace=0.5)
+            time.sleep(2.5)
+        print(f"\n[never lies] re-added warm after a remove while stopped: {added}")
+        check(t, "a node removed while stopped, re-added warm")
+        assert added["cleared"] > 0
+    finally:
+        for server in servers:
+            server.stop()
+
+
 def test_an_interrupted_move_re_run_completes_without_a_lie(local_cluster):
     lc, _ = local_cluster
     old = parse_location(lc.locations())
