@@ -30,6 +30,17 @@ def fill(locations: list[str], n: int = 3000) -> dict[str, object]:
     return values
 
 
+def joining(lc, n: int = 400):
+    """The members, the members and a node just started beside them (not yet a member), that
+    node, and which of the keys k0..k<n-1> it will own."""
+    old = parse_location(lc.locations())
+    member = lc.add()
+    new = [*old, parse_location(member.location)[0]]
+    ring = Ring(new)
+    owned = [f"k{i}" for i in range(n) if ring.get(f"k{i}".encode()).port == member.port]
+    return old, new, member, owned
+
+
 def test_add_keeps_the_hit_ratio(local_cluster):
     lc, base = local_cluster
     before = lc.locations()
@@ -80,11 +91,7 @@ def test_remove_keeps_the_hit_ratio(local_cluster):
 
 def test_ttl_and_flags_move_with_the_key_and_leftovers_do_not_win(local_cluster):
     lc, _ = local_cluster
-    old = parse_location(lc.locations())
-    new_member = lc.add()
-    new = [*old, parse_location(new_member.location)[0]]
-    ring = Ring(new)
-    moving = [f"k{i}" for i in range(400) if ring.get(f"k{i}".encode()).port == new_member.port]
+    old, new, new_member, moving = joining(lc)
     client = Client(lc.locations()[:3])
     client.set(moving[0], 12345, expire=1000)  # int: pymemcache flags 2
     client.set(moving[1], "old value")
@@ -109,12 +116,8 @@ def test_a_joining_node_keeps_nothing_from_before_it_joined(local_cluster):
     # evicted there: the plan, made from the members, does not name them, and the node's old
     # copies would be read once it owns the keys again.
     lc, _ = local_cluster
-    old = parse_location(lc.locations())
-    joining = lc.add()
-    new = [*old, parse_location(joining.location)[0]]
-    ring = Ring(new)
-    owned = [f"k{i}" for i in range(400) if ring.get(f"k{i}".encode()).port == joining.port]
-    stale = Plain(("127.0.0.1", joining.port))
+    old, new, member, owned = joining(lc)
+    stale = Plain(("127.0.0.1", member.port))
     for k in owned[:20]:
         stale.set(k, b"from before")  # deleted on the members since: on no member now
     stale.set(b"elsewhere", b"from before")  # not its key in the new ring either
@@ -193,11 +196,8 @@ def test_no_key_is_copied_from_a_source_that_a_client_owes_a_replay(local_cluste
     # mover must not copy it to the new owner, where the next read would return a value the
     # application deleted.
     lc, _ = local_cluster
-    old = parse_location(lc.locations())
-    new_member = lc.add()
-    new = [*old, parse_location(new_member.location)[0]]
-    ring, old_ring = Ring(new), Ring(old)
-    moving = [f"k{i}" for i in range(2000) if ring.get(f"k{i}".encode()).port == new_member.port]
+    old, new, new_member, moving = joining(lc, 2000)
+    old_ring = Ring(old)
     src = old_ring.get(moving[0].encode())
     from_src = [k for k in moving if old_ring.get(k.encode()) == src]
     for k in from_src:
