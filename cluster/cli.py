@@ -587,10 +587,9 @@ def _rebalance(
 
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
-            lock.renew()
 
         try:
-            result = rebalance(old, new, progress, grace=grace, security=security)
+            result = rebalance(old, new, progress, grace=grace, security=security, renew=lock.renew)
         except PublishError as exc:
             raise Failure(f"{exc}; the move did not complete, run it again") from None
         except (RuntimeError, OSError, RingcacheError) as exc:

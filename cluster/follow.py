@@ -318,7 +318,7 @@ def _move(
     lock: MoveLock,
     say: Callable[[str], None],
 ) -> None:
-    result = rebalance(old, new, lambda done, total: lock.renew(), grace=grace, security=security)
+    result = rebalance(old, new, grace=grace, security=security, renew=lock.renew)
     drop_plan(everyone, security)
     for server in result["skipped"]:
         say(f"{server} did not answer: nothing was moved from it")

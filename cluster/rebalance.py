@@ -28,6 +28,7 @@ from ringcache.client.protocol import ClusterConfig, DumpEntry, parse_metadump_l
 from ringcache.client.ring import Ring, Server
 
 MOVERS_KEYS = b"ringcache:move:"  # the lock and the plan of ``follow``, kept on every node
+RENEW_EVERY = 10_000  # items listed between two calls of a move's ``renew`` (its lock's TTL)
 
 
 def metadump(server: Server, security: Security | None = None) -> Iterator[DumpEntry]:
@@ -201,24 +202,44 @@ def _take_back(target: Connection, copies: list[tuple[bytes, bytes]]) -> None:
 
 
 def clear(
-    dst: Server, keys: list[bytes], batch: int = 500, security: Security | None = None
+    dst: Server,
+    keys: list[bytes],
+    batch: int = 500,
+    security: Security | None = None,
+    renew: Callable[[], None] = lambda: None,
 ) -> None:
-    """Delete ``keys`` from ``dst`` (leftovers of an earlier membership, before it owns them)."""
+    """Delete ``keys`` from ``dst`` (leftovers of an earlier membership, before it owns them);
+    ``renew`` is called after each batch (the mover's lock)."""
     with Connection(dst, timeout=10, security=security) as conn:
         for i in range(0, len(keys), batch):
             part = keys[i : i + batch]
             conn.request(b"".join(protocol.delete(k) for k in part), (protocol.STATUS,) * len(part))
+            renew()
 
 
-def clear_joining(server: Server, security: Security | None = None) -> int:
+def clear_joining(
+    server: Server, security: Security | None = None, renew: Callable[[], None] = lambda: None
+) -> int:
     """Delete every item of a server about to join but the movers' lock, plan and marks
     (``MOVERS_KEYS``): a node removed earlier, or restarted warm while out, still holds what
     it held then, and no client has replaced or deleted those keys on it since. Returns how
     many were deleted. No client writes to a server before the membership naming it is
     published, so nothing newer is lost."""
-    keys = [it.key for it in metadump(server, security) if not it.key.startswith(MOVERS_KEYS)]
-    clear(server, keys, security=security)
+    keys = [
+        it.key for it in _renewing(metadump(server, security), renew)
+        if not it.key.startswith(MOVERS_KEYS)
+    ]  # fmt: skip
+    clear(server, keys, security=security, renew=renew)
     return len(keys)
+
+
+def _renewing(items: Iterator[DumpEntry], renew: Callable[[], None]) -> Iterator[DumpEntry]:
+    """``items``, calling ``renew`` every ``RENEW_EVERY`` of them: a metadump of millions of
+    items takes longer than the mover's lock lives."""
+    for n, item in enumerate(items, 1):
+        if n % RENEW_EVERY == 0:
+            renew()
+        yield item
 
 
 def published(servers: list[Server], security: Security | None = None) -> ClusterConfig | None:
@@ -287,15 +308,17 @@ def plan(
     new: list[Server],
     unreachable: list[Server] | None = None,
     security: Security | None = None,
+    renew: Callable[[], None] = lambda: None,
 ) -> list[Move]:
     """For every server of ``old`` that answers: its keys whose owner differs on ``new``.
-    Servers that do not answer are skipped (and listed in ``unreachable``)."""
+    Servers that do not answer are skipped (and listed in ``unreachable``). ``renew`` is
+    called as the items are listed (the mover's lock)."""
     new_ring = Ring(new)
     by_name = {s.name: s for s in new}
     moves: dict[tuple[str, str], Move] = {}
     for src in old:
         try:
-            items = list(metadump(src, security))
+            items = list(_renewing(metadump(src, security), renew))
         except (OSError, RingcacheError):
             if unreachable is None:
                 raise
@@ -319,6 +342,7 @@ def rebalance(
     passes: int = 3,
     grace: float = DISCOVERY_GRACE,
     security: Security | None = None,
+    renew: Callable[[], None] = lambda: None,
 ) -> dict[str, Any]:
     """Move from membership ``old`` to ``new`` without a miss storm and without a lie.
 
@@ -343,7 +367,9 @@ def rebalance(
     5. Publish ``new`` again (the next, even, version): the move is complete.
 
     A member of ``new`` that refuses or misses a publish raises ``PublishError``, naming it.
-    ``security`` (TLS, login) is used for every connection. Returns planned, copied,
+    ``security`` (TLS, login) is used for every connection; ``renew`` (the mover's lock) is
+    called as items are listed, cleared and copied, so that a lock with a TTL of seconds
+    outlives a move of millions of keys. Returns planned, copied,
     version, passes, skipped, owed and cleared (the leftovers deleted from joining servers).
     """
     everyone = list({s.name: s for s in [*old, *new]}.values())
@@ -354,17 +380,17 @@ def rebalance(
     version = (current.version if current is not None else 0) + 1
     version += 1 - version % 2
     skipped: list[Server] = []
-    moves = plan(old, new, skipped, security)
+    moves = plan(old, new, skipped, security, renew)
     rerun = current is not None and {s.name for s in current.servers} == members
     cleared = 0
     if not rerun:
         members_before = {s.name for s in old}
         for server in new:
             if server.name not in members_before:
-                cleared += clear_joining(server, security)
+                cleared += clear_joining(server, security, renew)
         for move in moves:
             if move.dst.name in members_before:
-                clear(move.dst, [it.key for it in move.items], security=security)
+                clear(move.dst, [it.key for it in move.items], security=security, renew=renew)
     _publish(everyone, new, version, members, security)
     time.sleep(grace)
     total = sum(len(m.items) for m in moves)
@@ -387,9 +413,10 @@ def rebalance(
                 except Owed:
                     owes.append(move.src)
                 done += len(part)
+                renew()
                 if progress:
                     progress(done, max(total, done))
-        moves = plan([s for s in sources if s not in owes], new, [], security)
+        moves = plan([s for s in sources if s not in owes], new, [], security, renew)
         total += sum(len(m.items) for m in moves)
     _publish(everyone, new, version + 1, members, security)  # the same members: complete
     return {

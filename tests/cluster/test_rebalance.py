@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -215,3 +216,36 @@ def test_no_key_is_copied_from_a_source_that_a_client_owes_a_replay(local_cluste
     again = rebalance(old, new, grace=0)
     assert again["owed"] == [] and again["copied"] == len(from_src)
     assert all(new_owner.get(k) == b"old" for k in from_src)
+
+
+def test_the_movers_lock_outlives_a_clear_longer_than_its_ttl(local_cluster, monkeypatch):
+    # Listing the members' items and clearing a joining node's take seconds here (a re-added
+    # 1 GB node: over a minute, at 60,000 items a second): the move renews its lock as it
+    # goes, or a second mover could take it meanwhile.
+    from ringcache.cluster import follow
+
+    monkeypatch.setattr(follow, "LOCK_TTL", 2.0)  # memcached's whole seconds: 1 s lives 0-1 s
+    lc, _ = local_cluster
+    old, new, member, _ = joining(lc)
+    ring = Ring(new)
+    keys: dict[int, list[bytes]] = {s.port: [] for s in new}
+    for i in range(250_000):  # the members' keys stay theirs: listed, not copied
+        key = b"k:%d" % i
+        keys[ring.get(key).port].append(key)
+    keys[member.port] = [b"old:%d" % i for i in range(100_000)]
+    for port, some in keys.items():
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"".join(b"set %s 0 0 1 noreply\r\nx\r\n" % k for k in some))
+            s.sendall(b"version\r\n")
+            s.settimeout(30)
+            assert s.recv(100).startswith(b"VERSION")
+    lock = follow.MoveLock(new, grace=0)
+    assert lock.ttl == 2
+    lock.try_acquire()
+    started = time.monotonic()
+    result = rebalance(old, new, grace=0, renew=lock.renew)
+    assert result["cleared"] == 100_000 and result["copied"] == 0
+    assert time.monotonic() - started > lock.ttl + 1  # long enough to lose an unrenewed lock
+    holders = {Plain(s.address).get(follow.LOCK_KEY) for s in new}
+    assert holders == {lock.owner.encode()}
+    lock.release()
