@@ -369,8 +369,8 @@ def rebalance(
     A member of ``new`` that refuses or misses a publish raises ``PublishError``, naming it.
     ``security`` (TLS, login) is used for every connection; ``renew`` (the mover's lock) is
     called as items are listed, cleared and copied, so that a lock with a TTL of seconds
-    outlives a move of millions of keys. Returns planned, copied,
-    version, passes, skipped, owed and cleared (the leftovers deleted from joining servers).
+    outlives a move of millions of keys. Returns planned, copied, version, passes, skipped,
+    owed and cleared (the leftovers deleted from joining servers).
     """
     everyone = list({s.name: s for s in [*old, *new]}.values())
     members = {s.name for s in new}
