@@ -31,12 +31,18 @@ MOVERS_KEYS = b"ringcache:move:"  # the lock and the plan of ``follow``, kept on
 RENEW_EVERY = 10_000  # items listed between two calls of a move's ``renew`` (its lock's TTL)
 
 
-def metadump(server: Server, security: Security | None = None) -> Iterator[DumpEntry]:
-    """Every live item of a server, from ``lru_crawler metadump all``."""
+def metadump(
+    server: Server, security: Security | None = None, renew: Callable[[], None] = lambda: None
+) -> Iterator[DumpEntry]:
+    """Every live item of a server, from ``lru_crawler metadump all``; ``renew`` (the mover's
+    lock) is called every ``RENEW_EVERY`` items: a dump of millions takes longer than the
+    lock lives."""
     with Connection(server, timeout=30, security=security) as conn:
-        for line in conn.lines(protocol.METADUMP_ALL):
+        for n, line in enumerate(conn.lines(protocol.METADUMP_ALL), 1):
             if not line.startswith(b"key="):
                 raise RuntimeError(f"{server}: {line.decode(errors='replace')}")
+            if n % RENEW_EVERY == 0:
+                renew()
             yield parse_metadump_line(line)
 
 
@@ -226,20 +232,10 @@ def clear_joining(
     many were deleted. No client writes to a server before the membership naming it is
     published, so nothing newer is lost."""
     keys = [
-        it.key for it in _renewing(metadump(server, security), renew)
-        if not it.key.startswith(MOVERS_KEYS)
-    ]  # fmt: skip
+        it.key for it in metadump(server, security, renew) if not it.key.startswith(MOVERS_KEYS)
+    ]
     clear(server, keys, security=security, renew=renew)
     return len(keys)
-
-
-def _renewing(items: Iterator[DumpEntry], renew: Callable[[], None]) -> Iterator[DumpEntry]:
-    """``items``, calling ``renew`` every ``RENEW_EVERY`` of them: a metadump of millions of
-    items takes longer than the mover's lock lives."""
-    for n, item in enumerate(items, 1):
-        if n % RENEW_EVERY == 0:
-            renew()
-        yield item
 
 
 def published(servers: list[Server], security: Security | None = None) -> ClusterConfig | None:
@@ -318,7 +314,7 @@ def plan(
     moves: dict[tuple[str, str], Move] = {}
     for src in old:
         try:
-            items = list(_renewing(metadump(src, security), renew))
+            items = list(metadump(src, security, renew))
         except (OSError, RingcacheError):
             if unreachable is None:
                 raise

@@ -67,9 +67,11 @@ M_TOKEN_SENT = 0x01
 M_STALE = 0x02
 M_KEY_BINARY = 0x04
 
-# An item's flags moving to WARM keep all but the LRU bits and ACTIVE (``_to_warm``).
+# An item's flags moving to another LRU keep all but the LRU bits and ACTIVE, then name it
+# (``_to_warm``, ``_drain``).
 _OFF_LRU = ~(LRU_BITS | F_ACTIVE)
 _ON_WARM = WARM << LRU_SHIFT
+_ON_COLD = COLD << LRU_SHIFT
 
 
 def item_total(nkey: int, flags: int, nbytes: int) -> int:
@@ -324,9 +326,7 @@ class Items:
         lru_bytes = cls.lru_bytes
         now = self.clock.now
         flush = self.oldest_live
-        keep = ~(LRU_BITS | F_ACTIVE)
-        on_warm = WARM << LRU_SHIFT
-        on_cold = COLD << LRU_SHIFT
+        keep, on_warm, on_cold = _OFF_LRU, _ON_WARM, _ON_COLD  # locals: the walk is hot
         moved = 0
         while True:
             # The chains: their oldest and newest item (its page and offset), length and

@@ -165,6 +165,12 @@ def start_memcached(*args: str) -> ServerProcess:
     raise RuntimeError("memcached did not start")
 
 
+def next_second() -> None:
+    """memcached refuses a warm restart in the second it stopped (its clock must move on)."""
+    now = time.time()
+    time.sleep(int(now) + 1.05 - now)
+
+
 def start_again(server: ServerProcess) -> ServerProcess:
     """``server``'s command line again, on its port (it stopped by itself: SIGUSR1, a
     ``shutdown``); its stderr goes on in the same file."""

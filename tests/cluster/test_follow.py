@@ -343,7 +343,7 @@ def test_a_pod_restarted_warm_as_pid_1_is_not_taken_for_the_drained_one(tmp_path
     a warm restart carries over: only its count of accepted connections tells it from the
     process the preStop drained, which the follower must keep out."""
     from ringcache.cluster.follow import drained, identity, mark_drained
-    from tests.conftest import RawClient, free_port, start_node, wait_port
+    from tests.conftest import RawClient, free_port, next_second, start_node, wait_port
 
     member = start_node()
     port = free_port()
@@ -375,7 +375,7 @@ def test_a_pod_restarted_warm_as_pid_1_is_not_taken_for_the_drained_one(tmp_path
             assert drained(pod, members, None)
         call(b"shutdown graceful\r\n", b"")
         assert procs[-1].wait(30) == 0
-        time.sleep(int(time.time()) + 1.05 - time.time())  # a restart needs the clock moved on
+        next_second()
         start()
         assert call(b"get kept\r\n", b"END\r\n") == b"VALUE kept 0 1\r\nk\r\nEND\r\n"
         restarted = identity(pod)

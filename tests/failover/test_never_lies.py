@@ -22,6 +22,7 @@ from tests.conftest import (
     MEMCACHED,
     ServerProcess,
     free_port,
+    next_second,
     start_again,
     start_memcached,
     start_node,
@@ -376,12 +377,6 @@ def signal_and_settle(pid: int, sig: int) -> None:
         if states and all(state in ("T", "t") for state in states):
             return
         time.sleep(0.005)
-
-
-def next_second() -> None:
-    """A warm restart needs the wall clock to have moved on since the stop (memcached's rule)."""
-    now = time.time()
-    time.sleep(int(now) + 1.05 - now)
 
 
 class Outage:

@@ -21,6 +21,7 @@ from tests.conftest import (
     RawClient,
     ServerProcess,
     free_port,
+    next_second,
     start_memcached,
     start_node,
 )
@@ -55,12 +56,6 @@ def graceful_stop(server: ServerProcess) -> None:
     server.proc.send_signal(signal.SIGUSR1)
     assert server.proc.wait(timeout=30) == 0
     assert "Gracefully stopping" in server.stderr()
-
-
-def next_second() -> None:
-    """memcached refuses a restart in the second it stopped (its clock must move on)."""
-    now = time.time()
-    time.sleep(int(now) + 1.05 - now)
 
 
 def restart_lines(server: ServerProcess) -> list[str]:
